@@ -1,0 +1,67 @@
+"""Weight-only quantization of exported graphs to MatMulNBits (block-wise int8 or int4).
+
+Measured on SmolLM2-135M: plain `quantize_dynamic` QInt8 agreed with fp32 on ~55% of next
+tokens and per-channel QInt8 was garbage, while 8-bit MatMulNBits (block 32, int8 compute)
+agreed on ~98%. So every MatMul with constant weights becomes MatMulNBits.
+
+A tied LM head is exported as `MatMul(hidden, Transpose(embedding))`: its weight is not a
+constant, so the quantizer would leave ~113 MB of fp32 to be read at every decode step. We
+fold the Transpose into a constant first, so the head is quantized like every other layer.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+BITS = {"int8": 8, "int4": 4}
+
+
+def fold_transposed_weights(model: onnx.ModelProto) -> int:
+    """Replace `MatMul(x, Transpose(W))` (W an initializer) by `MatMul(x, W_t)`; returns how many."""
+    graph = model.graph
+    initializers = {i.name: i for i in graph.initializer}
+    producers = {out: node for node in graph.node for out in node.output}
+    folded = 0
+    for node in graph.node:
+        if node.op_type != "MatMul":
+            continue
+        transpose = producers.get(node.input[1])
+        if transpose is None or transpose.op_type != "Transpose" or transpose.input[0] not in initializers:
+            continue
+        weight = numpy_helper.to_array(initializers[transpose.input[0]])
+        perm = next((list(a.ints) for a in transpose.attribute if a.name == "perm"), None)
+        name = f"{transpose.input[0]}_transposed"
+        if name not in initializers:
+            initializers[name] = numpy_helper.from_array(np.ascontiguousarray(np.transpose(weight, perm)), name)
+            graph.initializer.append(initializers[name])
+        node.input[1] = name
+        folded += 1
+    # drop Transpose nodes nobody reads any more
+    used = {i for node in graph.node for i in node.input} | {o.name for o in graph.output}
+    keep = [n for n in graph.node if n.op_type != "Transpose" or any(o in used for o in n.output if o != "")]
+    if len(keep) != len(graph.node):
+        del graph.node[:]
+        graph.node.extend(keep)
+    return folded
+
+
+def quantize_model(src: Path, dst: Path, scheme: str, block_size: int = 32) -> None:
+    """Quantize every constant-weight MatMul of `src` to `scheme` ('int8' or 'int4') into `dst`."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+    model = onnx.load(str(src))
+    fold_transposed_weights(model)
+    config = DefaultWeightOnlyQuantConfig(
+        block_size=block_size,
+        is_symmetric=True,
+        accuracy_level=4,  # int8 activations in the kernel: the fast path on AVX2/AVX512-VNNI CPUs
+        bits=BITS[scheme],
+    )
+    quantizer = MatMulNBitsQuantizer(model, algo_config=config)
+    quantizer.process()
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    quantizer.model.save_model_to_file(str(dst), use_external_data_format=False)

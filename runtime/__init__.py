@@ -1,0 +1,21 @@
+"""replyrank: write candidate replies to a comment, score how human and how well received each
+would be, and return the best one, on CPU with ONNX Runtime (never torch)."""
+
+from .bot import Bot, Candidate, Result, load
+from .bundle import default_bundle_dir
+from .errors import BundleError, InputError, ReplyrankError
+from .generate import GenerationOptions
+
+__version__ = "0.1.0"
+__all__ = [
+    "Bot",
+    "BundleError",
+    "Candidate",
+    "GenerationOptions",
+    "InputError",
+    "ReplyrankError",
+    "Result",
+    "__version__",
+    "default_bundle_dir",
+    "load",
+]

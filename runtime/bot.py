@@ -1,0 +1,181 @@
+"""Generate, score, select: the pipeline of the 2020 GPT-2 + BERT Reddit reply bot, on ONNX Runtime.
+
+1. the generator samples N candidate replies to the comment (prompt prefilled once, shared);
+2. the discriminator gives each the probability that a human wrote it (realism);
+3. the upvote model predicts how well each would be received;
+4. candidates that are empty, duplicates, echoes of the comment or below the realism threshold
+   are dropped; the kept one with the highest predicted upvotes is the reply.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .bundle import load_manifest
+from .errors import InputError
+from .generate import GenerationOptions, Generator
+from .score import PairScorer
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One reply and its scores.
+
+    realism: probability in [0, 1] that the discriminator takes the reply for human-written
+             (None when the candidate was dropped before scoring: empty, duplicate, echo).
+    upvotes: the upvote model's prediction, on the scale the bundle's manifest names
+             (`manifest["upvotes"]["score"]`); higher is better, compare within one bundle.
+    kept:    whether it passed selection; `reason` says why not when it did not.
+    """
+
+    text: str
+    realism: float | None
+    upvotes: float | None
+    kept: bool
+    reason: str | None = None
+    finish_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Result:
+    """What `Bot.reply` returns: the chosen candidate (or None and why), and every candidate, best first."""
+
+    comment: str
+    best: Candidate | None
+    candidates: list[Candidate]
+    reason: str | None = None
+    truncated: bool = False
+    prompt_tokens: int = 0
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object the CLI prints."""
+        return {
+            "comment": self.comment,
+            "best": asdict(self.best) if self.best else None,
+            "reason": self.reason,
+            "truncated": self.truncated,
+            "prompt_tokens": self.prompt_tokens,
+            "candidates": [asdict(c) for c in self.candidates],
+            "timings_ms": {k: round(v, 1) for k, v in self.timings_ms.items()},
+        }
+
+
+def _or_none(value: float) -> float | None:
+    return None if np.isnan(value) else float(value)
+
+
+def _normalized(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def _check_text(text: object, what: str) -> str:
+    if not isinstance(text, str):
+        raise InputError(f"{what} must be a string, got {type(text).__name__}")
+    # Lone surrogates (from broken decoding upstream) cannot be tokenized; replace them visibly.
+    text = text.encode("utf-8", "replace").decode("utf-8")
+    if not text.strip():
+        raise InputError(f"{what} is empty; give some text to reply to")
+    return text
+
+
+class Bot:
+    """A loaded bundle. Safe to call from several threads at once (ONNX Runtime sessions are)."""
+
+    def __init__(self, bundle_dir: str | Path, threads: int | None = None, realism_threshold: float | None = None):
+        self.manifest = load_manifest(bundle_dir)
+        self.path: Path = self.manifest["root"]
+        self.generator = Generator(self.manifest["generator"]["dir"], self.manifest["generator"], threads)
+        self.discriminator = PairScorer(self.manifest["discriminator"]["dir"], self.manifest["discriminator"], threads)
+        self.upvotes = PairScorer(self.manifest["upvotes"]["dir"], self.manifest["upvotes"], threads)
+        threshold = self.manifest.get("realism_threshold", 0.5) if realism_threshold is None else realism_threshold
+        if not 0 <= threshold <= 1:
+            raise InputError(f"realism threshold must be in [0, 1], got {threshold}")
+        self.realism_threshold = float(threshold)
+
+    def score(self, comment: str, replies: list[str]) -> list[Candidate]:
+        """Score replies written elsewhere; returns them best first with selection applied."""
+        comment = _check_text(comment, "comment")
+        if isinstance(replies, str) or not replies:
+            raise InputError("give a list of at least one reply to rank")
+        for reply in replies:
+            if not isinstance(reply, str):
+                raise InputError(f"each reply must be a string, got {type(reply).__name__}")
+        replies = [reply.encode("utf-8", "replace").decode("utf-8") for reply in replies]
+        return self._select(comment, replies, [None] * len(replies))[0]
+
+    def reply(self, comment: str, options: GenerationOptions | None = None, **overrides: Any) -> Result:
+        """Write `options.candidates` replies to `comment`, score them, and pick the best."""
+        options = replace(options or GenerationOptions(), **overrides)
+        options.check()
+        comment = _check_text(comment, "comment")
+        start = time.perf_counter()
+        prompt = self.generator.encode_prompt(comment, options)
+        seeds = np.random.SeedSequence(options.seed).spawn(options.candidates)
+        rngs = [np.random.default_rng(s) for s in seeds]
+        generations, prefill_s = self.generator.generate(prompt.ids, options, rngs)
+        generated = time.perf_counter()
+        texts = [g.text for g in generations]
+        candidates, reason = self._select(comment, texts, [g.finish_reason for g in generations])
+        end = time.perf_counter()
+        best = candidates[0] if candidates and candidates[0].kept else None
+        return Result(
+            comment=comment,
+            best=best,
+            candidates=candidates,
+            reason=reason,
+            truncated=prompt.truncated,
+            prompt_tokens=len(prompt.ids),
+            timings_ms={
+                "prefill": prefill_s * 1e3,
+                "decode": (generated - start - prefill_s) * 1e3, "score": (end - generated) * 1e3, "total": (end - start) * 1e3},
+        )
+
+    def _select(self, comment: str, texts: list[str], finish: list[str | None]) -> tuple[list[Candidate], str | None]:
+        # drop what cannot be a reply before paying for scoring it
+        reasons: list[str | None] = []
+        seen: set[str] = set()
+        for text in texts:
+            key = _normalized(text)
+            if not key:
+                reasons.append("empty")
+            elif key == _normalized(comment):
+                reasons.append("echoes the comment")
+            elif key in seen:
+                reasons.append("duplicate")
+            else:
+                reasons.append(None)
+            seen.add(key)
+        scored = [i for i, r in enumerate(reasons) if r is None]
+        realism = np.full(len(texts), np.nan)
+        upvotes = np.full(len(texts), np.nan)
+        if scored:
+            realism[scored] = self.discriminator(comment, [texts[i] for i in scored])
+            upvotes[scored] = self.upvotes(comment, [texts[i] for i in scored])
+        for i in scored:
+            if realism[i] < self.realism_threshold:
+                reasons[i] = f"realism {realism[i]:.3f} < threshold {self.realism_threshold:.3f}"
+        candidates = [
+            Candidate(text, _or_none(realism[i]), _or_none(upvotes[i]), reasons[i] is None, reasons[i], finish[i])
+            for i, text in enumerate(texts)
+        ]
+        # best first: kept ones by upvotes, then scored ones by upvotes, then the unscored
+        candidates.sort(key=lambda c: (not c.kept, c.upvotes is None, -(c.upvotes or 0.0)))
+        reason = None
+        if not candidates[0].kept:
+            reason = "no candidate passed selection" + (
+                f" (best realism {np.nanmax(realism):.3f} < threshold {self.realism_threshold:.3f})" if scored else " (all empty or duplicates)"
+            )
+        return candidates, reason
+
+
+def load(bundle_dir: str | Path | None = None, threads: int | None = None, realism_threshold: float | None = None) -> Bot:
+    """Load a bundle (default: `$REPLYRANK_BUNDLE`, else the default bundle in the cache folder)."""
+    from .bundle import default_bundle_dir
+
+    return Bot(bundle_dir if bundle_dir is not None else default_bundle_dir(), threads, realism_threshold)

@@ -1,0 +1,105 @@
+"""The bundle: one folder with a manifest (`replyrank.json`) and one sub-folder per model.
+
+    bundle/
+      replyrank.json        format version, hashes, prompt template, score meanings, threshold, validation
+      generator/            model.onnx (+ model.onnx.data), config.json, tokenizer.json   (optimum's layout)
+      discriminator/        model.onnx, config.json, tokenizer.json
+      upvotes/              model.onnx, config.json, tokenizer.json
+
+`load_manifest` checks everything that can be checked without running a model: the format
+version, that every listed path stays inside the folder, that every file exists and has the
+sha256 the manifest recorded. A half-copied or edited bundle fails here, at load time, with a
+message that says what to do, never later at the first call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from .errors import BundleError
+
+FORMAT_VERSION = 1
+MANIFEST = "replyrank.json"
+PARTS = ("generator", "discriminator", "upvotes")
+
+
+def default_bundle_dir() -> Path:
+    """`$REPLYRANK_BUNDLE`, else the default bundle in the user's cache folder."""
+    if os.environ.get("REPLYRANK_BUNDLE"):
+        return Path(os.environ["REPLYRANK_BUNDLE"]).expanduser()
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "replyrank" / "default-bundle"
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def inside(root: Path, relative: str) -> Path:
+    """Resolve `relative` under `root`, refusing absolute paths, `..` and symlinks that leave it."""
+    if Path(relative).is_absolute():
+        raise BundleError(f"manifest path {relative!r} is absolute; bundle paths must be relative to the bundle folder")
+    resolved = (root / relative).resolve()
+    if not resolved.is_relative_to(root.resolve()):
+        raise BundleError(f"manifest path {relative!r} points outside the bundle folder {root}; rebuild the bundle")
+    return resolved
+
+
+def load_manifest(bundle_dir: str | Path, verify_hashes: bool = True) -> dict[str, Any]:
+    """Read and check `bundle_dir/replyrank.json`; return it with each part's `dir` resolved."""
+    root = Path(bundle_dir).expanduser()
+    if not root.is_dir():
+        raise BundleError(
+            f"no bundle at {root}: build the default one with `replyrank build-default`, "
+            "or pass --bundle / set REPLYRANK_BUNDLE to a bundle folder"
+        )
+    manifest_path = root / MANIFEST
+    if not manifest_path.is_file():
+        raise BundleError(f"{root} has no {MANIFEST}; it is not a replyrank bundle (or its export did not finish)")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise BundleError(f"{manifest_path} is not valid JSON ({error}); re-export the bundle") from None
+    if not isinstance(manifest, dict):
+        raise BundleError(f"{manifest_path} is not a JSON object; re-export the bundle")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise BundleError(
+            f"{manifest_path} has format version {version!r}; this replyrank reads version {FORMAT_VERSION}: "
+            "upgrade replyrank or re-export the bundle"
+        )
+    for part in PARTS:
+        entry = manifest.get(part)
+        if not isinstance(entry, dict) or not isinstance(entry.get("path"), str) or not isinstance(entry.get("files"), dict):
+            raise BundleError(f"{manifest_path} has no valid {part!r} entry; re-export the bundle")
+        part_dir = inside(root, entry["path"])
+        for name, digest in entry["files"].items():
+            file_path = inside(root, f"{entry['path']}/{name}")
+            if not file_path.is_file():
+                raise BundleError(f"bundle file {part}/{name} is missing from {root}; re-export or re-copy the bundle")
+            if verify_hashes and sha256(file_path) != digest:
+                raise BundleError(
+                    f"bundle file {part}/{name} does not match the sha256 in {MANIFEST} (changed or corrupted); "
+                    "re-export or re-copy the bundle"
+                )
+        entry["dir"] = part_dir
+    manifest["root"] = root.resolve()
+    return manifest
+
+
+def write_manifest(bundle_dir: Path, manifest: dict[str, Any]) -> None:
+    """Hash every file of every part and write the manifest (used by the export side)."""
+    for part in PARTS:
+        part_dir = bundle_dir / manifest[part]["path"]
+        manifest[part]["files"] = {
+            path.relative_to(part_dir).as_posix(): sha256(path) for path in sorted(part_dir.rglob("*")) if path.is_file()
+        }
+    (bundle_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

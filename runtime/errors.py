@@ -1,0 +1,13 @@
+"""The package's own errors: every failure a user can cause is one of these, with a one-line message that says the fix."""
+
+
+class ReplyrankError(Exception):
+    """Base class of every error replyrank raises on purpose."""
+
+
+class BundleError(ReplyrankError):
+    """A bundle folder is missing, incomplete, changed or of a format this version cannot read."""
+
+
+class InputError(ReplyrankError, ValueError):
+    """A comment, reply or option that replyrank cannot work with."""

@@ -1,0 +1,252 @@
+"""Candidate replies from an exported causal LM: a numpy sampling loop over the ONNX KV cache.
+
+One code path serves every graph that optimum's `text-generation-with-past` export (or a graph
+with the same interface) produces, GPT-2 and Llama-family alike: the feed is built from the
+inputs the graph declares (`input_ids`, `attention_mask`, `position_ids`,
+`past_key_values.{i}.key/value`), and `present.{i}.*` outputs become the next step's past.
+
+The comment's prompt is prefilled once, with batch 1; its cache is then repeated for the N
+candidates, which decode together as one batch. Each candidate draws its random numbers from
+its own generator, so candidate i is the same whether it is decoded alone or beside others.
+Rows that finish leave the batch, so they stop costing decode work.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+from tokenizers import Tokenizer
+
+from .errors import BundleError, InputError
+from .sessions import create_session
+
+_ONNX_FLOAT = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    """How candidates are sampled. `temperature=0` means greedy decoding."""
+
+    candidates: int = 8
+    max_new_tokens: int = 40
+    min_new_tokens: int = 1
+    temperature: float = 0.7
+    top_k: int = 40  # 0 disables
+    top_p: float = 1.0  # 1.0 disables
+    repetition_penalty: float = 1.0  # 1.0 disables; CTRL's rule, as transformers applies it
+    stop: tuple[str, ...] = ()
+    max_comment_tokens: int = 256
+    seed: int | None = None
+
+    def check(self) -> None:
+        if self.candidates < 1:
+            raise InputError(f"candidates must be at least 1, got {self.candidates}")
+        if self.max_new_tokens < 1:
+            raise InputError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            raise InputError(f"min_new_tokens must be between 0 and max_new_tokens, got {self.min_new_tokens}")
+        if not self.temperature >= 0:
+            raise InputError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise InputError(f"top_k must be >= 0 (0 disables it), got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise InputError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not self.repetition_penalty > 0:
+            raise InputError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+        if self.max_comment_tokens < 1:
+            raise InputError(f"max_comment_tokens must be at least 1, got {self.max_comment_tokens}")
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One sampled continuation: its text, its token ids, and why it ended (`eos`, `stop` or `length`)."""
+
+    text: str
+    token_ids: tuple[int, ...]
+    finish_reason: str
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """The tokenized prompt and whether the comment had to be shortened to fit it."""
+
+    ids: list[int]
+    comment_tokens: int
+    truncated: bool
+
+
+def sample_next(
+    logits: np.ndarray, history: list[list[int]], options: GenerationOptions, rngs: list[np.random.Generator], ban: np.ndarray | None
+) -> np.ndarray:
+    """Pick one token per row of `logits` (rows, vocab); row i draws only from `rngs[i]`."""
+    logits = logits.astype(np.float32, copy=True)
+    # forbid tokens that may not come yet (EOS before min_new_tokens)
+    if ban is not None:
+        logits[:, ban] = -np.inf
+    # repetition penalty: make every token already in the row's text less likely
+    if options.repetition_penalty != 1.0:
+        for row, seen in enumerate(history):
+            ids = np.unique(seen)
+            values = logits[row, ids]
+            logits[row, ids] = np.where(values > 0, values / options.repetition_penalty, values * options.repetition_penalty)
+    # greedy: the most likely token, and no random draw at all
+    if options.temperature == 0:
+        return logits.argmax(axis=-1)
+    # temperature: sharpen (< 1) or flatten (> 1) the distribution
+    logits /= options.temperature
+    # top-k: keep the k most likely tokens of each row
+    if 0 < options.top_k < logits.shape[-1]:
+        kth = np.partition(logits, -options.top_k, axis=-1)[:, -options.top_k, None]
+        logits[logits < kth] = -np.inf
+    # softmax, in float64 so the cumulative sums below are exact enough to be reproducible
+    probs = np.exp(logits - logits.max(axis=-1, keepdims=True), dtype=np.float64)
+    probs /= probs.sum(axis=-1, keepdims=True)
+    # top-p: keep the smallest set of tokens whose probability reaches p (the top token always stays)
+    if options.top_p < 1.0:
+        order = np.argsort(-probs, axis=-1, kind="stable")
+        sorted_probs = np.take_along_axis(probs, order, axis=-1)
+        drop_sorted = np.cumsum(sorted_probs, axis=-1) - sorted_probs >= options.top_p
+        np.put_along_axis(probs, order, np.where(drop_sorted, 0.0, sorted_probs), axis=-1)
+        probs /= probs.sum(axis=-1, keepdims=True)
+    # sample: one uniform draw per row from that row's own generator, inverted through the CDF
+    draws = np.array([rng.random() for rng in rngs])
+    cdf = np.cumsum(probs, axis=-1)
+    picks = (cdf < draws[:, None] * cdf[:, -1:]).sum(axis=-1)
+    return np.minimum(picks, probs.shape[-1] - 1)
+
+
+class Generator:
+    """An exported causal LM, its tokenizer and its prompt template, ready to sample replies."""
+
+    def __init__(self, model_dir: Path, spec: dict[str, Any], threads: int | None = None):
+        self.spec = spec
+        self.template: str = spec["prompt_template"]
+        if self.template.count("{comment}") != 1:
+            raise BundleError("the generator's prompt_template must contain {comment} exactly once; re-export the bundle")
+        self.eos_ids = np.array(spec["eos_token_ids"], dtype=np.int64)
+        self.context_length: int = int(spec["context_length"])
+        self.tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        # The template's own markup (e.g. <|im_start|>) is parsed as special tokens; the user's
+        # comment never is: a typed "<|endoftext|>" stays text. Two tokenizers, so neither flag
+        # flips while another thread is encoding.
+        self.text_tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        self.text_tokenizer.encode_special_tokens = True
+        prefix, suffix = self.template.split("{comment}")
+        self.prefix_ids = self.tokenizer.encode(prefix, add_special_tokens=False).ids if prefix else []
+        self.suffix_ids = self.tokenizer.encode(suffix, add_special_tokens=False).ids if suffix else []
+        if spec.get("bos_token_id") is not None:
+            self.prefix_ids = [int(spec["bos_token_id"])] + self.prefix_ids
+
+        self.session = create_session(model_dir / "model.onnx", threads)
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        self.input_names = set(inputs)
+        self.past_names = [name for name in inputs if name.startswith("past_key_values.")]
+        self.present_names = ["present." + name[len("past_key_values.") :] for name in self.past_names]
+        self.output_names = ["logits", *self.present_names]
+        missing = {"input_ids", "logits", *self.present_names} - self.input_names - {o.name for o in self.session.get_outputs()}
+        if missing or not self.past_names:
+            raise BundleError(f"the generator graph is not a KV-cache causal LM (missing {sorted(missing) or 'past inputs'}); re-export it")
+        first_past = inputs[self.past_names[0]]
+        self.kv_heads, self.head_dim = int(first_past.shape[1]), int(first_past.shape[3])
+        self.cache_dtype = _ONNX_FLOAT[first_past.type]
+        vocab = self.session.get_outputs()[0].shape[-1]
+        if isinstance(vocab, int) and self.tokenizer.get_vocab_size() > vocab:
+            raise BundleError(
+                f"the generator's tokenizer has {self.tokenizer.get_vocab_size()} tokens but the model only {vocab}; "
+                "the bundle mixes files of different models: re-export it"
+            )
+
+    def encode_prompt(self, comment: str, options: GenerationOptions) -> Prompt:
+        """Prompt token ids. A comment too long for the context keeps its first tokens (the rest is dropped)."""
+        comment_ids = self.text_tokenizer.encode(comment, add_special_tokens=False).ids
+        room = self.context_length - options.max_new_tokens - len(self.prefix_ids) - len(self.suffix_ids)
+        if room < 1:
+            raise InputError(
+                f"max_new_tokens={options.max_new_tokens} leaves no room for the comment in the generator's "
+                f"{self.context_length}-token context; ask for fewer new tokens"
+            )
+        limit = min(room, options.max_comment_tokens)
+        return Prompt(self.prefix_ids + comment_ids[:limit] + self.suffix_ids, len(comment_ids), len(comment_ids) > limit)
+
+    def _run(self, input_ids: np.ndarray, past_length: int, cache: dict[str, ort.OrtValue]) -> tuple[np.ndarray, dict[str, ort.OrtValue]]:
+        """One forward pass; the cache stays in ONNX Runtime's memory (OrtValues) between steps."""
+        batch, length = input_ids.shape
+        binding = self.session.io_binding()
+        feed = {
+            "input_ids": input_ids,
+            "attention_mask": np.ones((batch, past_length + length), dtype=np.int64),
+            "position_ids": np.broadcast_to(np.arange(past_length, past_length + length, dtype=np.int64), (batch, length)).copy(),
+        }
+        for name, value in feed.items():
+            if name in self.input_names:
+                binding.bind_cpu_input(name, value)
+        for name in self.past_names:
+            binding.bind_ortvalue_input(name, cache[name])
+        for name in self.output_names:
+            binding.bind_output(name, "cpu")
+        self.session.run_with_iobinding(binding)
+        logits, *presents = binding.get_outputs()
+        return logits.numpy()[:, -1, :], dict(zip(self.past_names, presents))
+
+    def empty_cache(self, batch: int) -> dict[str, ort.OrtValue]:
+        empty = np.zeros((batch, self.kv_heads, 0, self.head_dim), dtype=self.cache_dtype)
+        return {name: ort.OrtValue.ortvalue_from_numpy(empty) for name in self.past_names}
+
+    def generate(
+        self, prompt_ids: list[int], options: GenerationOptions, rngs: list[np.random.Generator]
+    ) -> tuple[list[Generation], float]:
+        """Sample `len(rngs)` continuations of `prompt_ids` (row i uses only `rngs[i]`); also the prefill seconds."""
+        n = len(rngs)
+        start = time.perf_counter()
+        # prefill: run the prompt once, batch 1
+        logits, cache = self._run(np.array([prompt_ids], dtype=np.int64), 0, self.empty_cache(1))
+        prefill_s = time.perf_counter() - start
+        # share it: every candidate starts from the same prompt cache and next-token logits
+        if n > 1:
+            cache = {name: ort.OrtValue.ortvalue_from_numpy(np.repeat(value.numpy(), n, axis=0)) for name, value in cache.items()}
+            logits = np.repeat(logits, n, axis=0)
+        past_length = len(prompt_ids)
+        rows = list(range(n))  # which candidate each batch row is
+        tokens: list[list[int]] = [[] for _ in range(n)]
+        finish: list[str] = ["length"] * n
+        for step in range(options.max_new_tokens):
+            # sample the next token of every unfinished candidate
+            ban = self.eos_ids if step < options.min_new_tokens else None
+            history = [prompt_ids + tokens[row] for row in rows] if options.repetition_penalty != 1.0 else []
+            picks = sample_next(logits, history, options, [rngs[row] for row in rows], ban)
+            # append it, and mark candidates that hit EOS or a stop string
+            done = []
+            for position, (row, token) in enumerate(zip(rows, picks.tolist())):
+                if token in self.eos_ids:
+                    finish[row] = "eos"
+                    done.append(position)
+                    continue
+                tokens[row].append(token)
+                if options.stop and any(s in self.tokenizer.decode(tokens[row][-16:]) for s in options.stop):
+                    finish[row] = "stop"
+                    done.append(position)
+            if step == options.max_new_tokens - 1:
+                break
+            # finished candidates leave the batch: drop their rows from the cache
+            if done:
+                keep = [p for p in range(len(rows)) if p not in done]
+                if not keep:
+                    break
+                cache = {name: ort.OrtValue.ortvalue_from_numpy(value.numpy()[keep]) for name, value in cache.items()}
+                rows = [rows[p] for p in keep]
+                picks = picks[keep]
+            # decode: one step for the rows still running, past grows by one
+            logits, cache = self._run(picks[:, None].astype(np.int64), past_length, cache)
+            past_length += 1
+        return [Generation(self._text(tokens[row], options.stop), tuple(tokens[row]), finish[row]) for row in range(n)], prefill_s
+
+    def _text(self, token_ids: list[int], stop: tuple[str, ...]) -> str:
+        text = self.tokenizer.decode(token_ids, skip_special_tokens=True)
+        for s in stop:
+            text = text.split(s, 1)[0]
+        return text.strip()

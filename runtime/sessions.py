@@ -1,0 +1,35 @@
+"""The one place that builds ONNX Runtime sessions.
+
+Three sessions (generator, discriminator, upvote model) share the machine's cores. Each gets
+the same explicit intra-op thread count and a single inter-op thread, so together they never
+start more worker threads than the user asked for (fastembed's `common/onnx_model.py` and
+faster-whisper's VAD session set their options the same explicit way).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import onnxruntime as ort
+
+
+def default_threads() -> int:
+    """Physical-ish core count: ONNX Runtime's default, made explicit so sessions can share it."""
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+def create_session(model_path: str | Path, threads: int | None = None) -> ort.InferenceSession:
+    """Open `model_path` on the CPU with all graph optimizations and `threads` intra-op threads."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads or default_threads()
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    # Workers sleep instead of spinning between calls: three sessions on two cores
+    # must not burn each other's time while the other one runs.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # Shapes change every decode step and every batch; the arena would keep the largest
+    # of each forever, so memory would grow with the variety of inputs seen.
+    options.enable_cpu_mem_arena = False
+    return ort.InferenceSession(str(model_path), sess_options=options, providers=["CPUExecutionProvider"])
