@@ -97,27 +97,23 @@ def sample_next(
     # greedy: the most likely token, and no random draw at all
     if options.temperature == 0:
         return logits.argmax(axis=-1)
-    # temperature: sharpen (< 1) or flatten (> 1) the distribution
-    logits /= options.temperature
-    # top-k: keep the k most likely tokens of each row
-    if 0 < options.top_k < logits.shape[-1]:
-        kth = np.partition(logits, -options.top_k, axis=-1)[:, -options.top_k, None]
-        logits[logits < kth] = -np.inf
-    # softmax, in float64 so the cumulative sums below are exact enough to be reproducible
-    probs = np.exp(logits - logits.max(axis=-1, keepdims=True), dtype=np.float64)
+    # top-k: keep the k most likely tokens of each row, most likely first (all tokens when k is 0)
+    k = options.top_k if 0 < options.top_k < logits.shape[-1] else logits.shape[-1]
+    token_ids = np.argpartition(-logits, k - 1, axis=-1)[:, :k] if k < logits.shape[-1] else np.tile(np.arange(k), (len(logits), 1))
+    kept = np.take_along_axis(logits, token_ids, axis=-1)
+    order = np.argsort(-kept, axis=-1, kind="stable")
+    token_ids, kept = np.take_along_axis(token_ids, order, axis=-1), np.take_along_axis(kept, order, axis=-1)
+    # temperature, then softmax in float64: sharpen (< 1) or flatten (> 1) the distribution
+    probs = np.exp((kept - kept[:, :1]) / options.temperature, dtype=np.float64)
     probs /= probs.sum(axis=-1, keepdims=True)
-    # top-p: keep the smallest set of tokens whose probability reaches p (the top token always stays)
+    # top-p: keep the smallest prefix of tokens whose probability reaches p (the top token always stays)
     if options.top_p < 1.0:
-        order = np.argsort(-probs, axis=-1, kind="stable")
-        sorted_probs = np.take_along_axis(probs, order, axis=-1)
-        drop_sorted = np.cumsum(sorted_probs, axis=-1) - sorted_probs >= options.top_p
-        np.put_along_axis(probs, order, np.where(drop_sorted, 0.0, sorted_probs), axis=-1)
-        probs /= probs.sum(axis=-1, keepdims=True)
+        probs[np.cumsum(probs, axis=-1) - probs >= options.top_p] = 0.0
     # sample: one uniform draw per row from that row's own generator, inverted through the CDF
     draws = np.array([rng.random() for rng in rngs])
     cdf = np.cumsum(probs, axis=-1)
-    picks = (cdf < draws[:, None] * cdf[:, -1:]).sum(axis=-1)
-    return np.minimum(picks, probs.shape[-1] - 1)
+    picks = np.minimum((cdf < draws[:, None] * cdf[:, -1:]).sum(axis=-1), k - 1)
+    return token_ids[np.arange(len(token_ids)), picks]
 
 
 class Generator:
@@ -173,8 +169,8 @@ class Generator:
         limit = min(room, options.max_comment_tokens)
         return Prompt(self.prefix_ids + comment_ids[:limit] + self.suffix_ids, len(comment_ids), len(comment_ids) > limit)
 
-    def _run(self, input_ids: np.ndarray, past_length: int, cache: dict[str, ort.OrtValue]) -> tuple[np.ndarray, dict[str, ort.OrtValue]]:
-        """One forward pass; the cache stays in ONNX Runtime's memory (OrtValues) between steps."""
+    def forward(self, input_ids: np.ndarray, past_length: int, cache: dict[str, ort.OrtValue]) -> tuple[np.ndarray, dict[str, ort.OrtValue]]:
+        """One forward pass: logits (batch, length, vocab) and the new cache, kept as OrtValues between steps."""
         batch, length = input_ids.shape
         binding = self.session.io_binding()
         feed = {
@@ -191,7 +187,7 @@ class Generator:
             binding.bind_output(name, "cpu")
         self.session.run_with_iobinding(binding)
         logits, *presents = binding.get_outputs()
-        return logits.numpy()[:, -1, :], dict(zip(self.past_names, presents))
+        return logits.numpy(), dict(zip(self.past_names, presents))
 
     def empty_cache(self, batch: int) -> dict[str, ort.OrtValue]:
         empty = np.zeros((batch, self.kv_heads, 0, self.head_dim), dtype=self.cache_dtype)
@@ -204,7 +200,8 @@ class Generator:
         n = len(rngs)
         start = time.perf_counter()
         # prefill: run the prompt once, batch 1
-        logits, cache = self._run(np.array([prompt_ids], dtype=np.int64), 0, self.empty_cache(1))
+        logits, cache = self.forward(np.array([prompt_ids], dtype=np.int64), 0, self.empty_cache(1))
+        logits = logits[:, -1]
         prefill_s = time.perf_counter() - start
         # share it: every candidate starts from the same prompt cache and next-token logits
         if n > 1:
@@ -241,7 +238,8 @@ class Generator:
                 rows = [rows[p] for p in keep]
                 picks = picks[keep]
             # decode: one step for the rows still running, past grows by one
-            logits, cache = self._run(picks[:, None].astype(np.int64), past_length, cache)
+            logits, cache = self.forward(picks[:, None].astype(np.int64), past_length, cache)
+            logits = logits[:, -1]
             past_length += 1
         return [Generation(self._text(tokens[row], options.stop), tuple(tokens[row]), finish[row]) for row in range(n)], prefill_s
 

@@ -1,0 +1,230 @@
+"""`export_bundle`: three trained models → one validated, quantized bundle folder, written atomically.
+
+Steps: (1) the generator becomes a fused KV-cache graph (onnxruntime-genai's model builder:
+GroupQueryAttention with rotary embedding, for the Llama family) or optimum's
+`text-generation-with-past` graph (GPT-2 and every other causal LM); (2) both scorers go
+through optimum's `text-classification` export; (3) MatMuls are quantized to block-wise int8
+(or int4); (4) parity and quality are measured and gated; (5) the realism threshold is
+calibrated on the bundle's own candidates; (6) the manifest is written and the finished folder
+is moved into place, so an interrupted export never leaves a half-written bundle behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+import replyrank
+from replyrank.bundle import FORMAT_VERSION, MANIFEST, write_manifest
+
+from .convert import Checkpoint, ExportError, check_scorer, export_onnx, generator_spec, materialize_causal_lm
+from .quantize import BITS, quantize_model
+from .validate import GATES, generator_quantized_vs_fp32, generator_vs_torch, scorer_vs_torch
+
+# Causal LMs that onnxruntime-genai's builder turns into a fused graph; others go through optimum.
+FUSED_ARCHITECTURES = {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "Phi3ForCausalLM"}
+PART_FILES = ("tokenizer.json", "config.json", "generation_config.json")
+
+DEFAULT_SCORES = {
+    "discriminator": {"name": "realism", "meaning": "probability that a human wrote the reply to the comment", "scale": "0-1"},
+    "upvotes": {"name": "upvotes", "meaning": "predicted Reddit score of the reply", "scale": "log1p(max(score, 0))"},
+}
+
+
+@dataclass
+class ExportOptions:
+    quantize: str = "int8"  # int8 | int4 | none
+    prompt_template: str | None = None
+    fused: bool = True  # use onnxruntime-genai's fused graph where the architecture allows it
+    quality_gate: bool = True
+    realism_threshold: float | None = None  # None: calibrate on the bundle's own candidates
+    scores: dict[str, dict[str, str]] = field(default_factory=lambda: {k: dict(v) for k, v in DEFAULT_SCORES.items()})
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def _progress(steps: int) -> Callable[[str], None]:
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=steps, file=sys.stderr, unit="step", bar_format="{l_bar}{bar}| {n}/{total} [{elapsed}]")
+
+    def advance(label: str) -> None:
+        bar.set_description(label)
+        bar.update(1)
+        if bar.n >= bar.total:
+            bar.close()
+
+    return advance
+
+
+def _fused_export(checkpoint: Checkpoint, out_dir: Path, work: Path) -> bool:
+    """Build the fused fp32 graph with onnxruntime-genai's builder; False when it does not apply."""
+    from transformers import AutoConfig
+
+    architectures = AutoConfig.from_pretrained(checkpoint.folder).architectures or []
+    if not set(architectures) & FUSED_ARCHITECTURES:
+        return False
+    try:
+        from onnxruntime_genai.models.builder import create_model
+    except ImportError:
+        return False
+    create_model("", str(checkpoint.folder), str(out_dir), "fp32", "cpu", str(work / "genai-cache"), filename="model.onnx")
+    for name in PART_FILES:
+        if (checkpoint.folder / name).is_file():
+            shutil.copy(checkpoint.folder / name, out_dir / name)
+    return True
+
+
+def _finish_part(fp32_dir: Path, part_dir: Path, scheme: str) -> None:
+    """Quantize (or copy) the fp32 graph into the bundle, with only the files the runtime and optimum need."""
+    part_dir.mkdir(parents=True)
+    if scheme == "none":
+        for path in fp32_dir.glob("model.onnx*"):
+            shutil.copy(path, part_dir / path.name)
+    else:
+        quantize_model(fp32_dir / "model.onnx", part_dir / "model.onnx", scheme)
+    for name in PART_FILES:
+        if (fp32_dir / name).is_file():
+            shutil.copy(fp32_dir / name, part_dir / name)
+
+
+def calibrate_threshold(bundle_dir: Path, comments: list[str], quantile: float = 0.5, candidates: int = 8) -> float:
+    """The realism that `quantile` of the bundle's own candidates reach: by default the more human half passes.
+
+    A threshold set on real-vs-generated accuracy alone would pass no candidate from a generator the
+    discriminator separates well; ranking needs realistic candidates kept, not none.
+    """
+    bot = replyrank.Bot(bundle_dir, realism_threshold=0.0)
+    realism = []
+    for i, comment in enumerate(comments):
+        result = bot.reply(comment, candidates=candidates, max_new_tokens=32, seed=i)
+        realism += [c.realism for c in result.candidates if c.realism is not None]
+    if not realism:
+        raise ExportError("calibration produced no scorable candidate; check the generator's prompt template")
+    return float(np.quantile(realism, 1 - quantile))
+
+
+def _target(out: Path) -> None:
+    if out.exists() and not (out / MANIFEST).is_file() and any(out.iterdir()):
+        raise ExportError(f"{out} exists and is not a replyrank bundle; choose an empty or new folder")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=out.parent)
+        probe.close()
+    except OSError as error:
+        raise ExportError(f"cannot write to {out.parent} ({error.strerror}); choose a writable --out folder") from None
+
+
+def move_into_place(staging: Path, out: Path) -> None:
+    """Swap a finished folder into `out`; the previous bundle stays whole until the new one is complete."""
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        out.rename(old)
+        staging.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        staging.rename(out)
+
+
+def export_bundle(
+    generator: str,
+    discriminator: str,
+    upvotes: str,
+    out: str | Path,
+    validation_pairs: list[tuple[str, str]],
+    options: ExportOptions | None = None,
+) -> dict[str, Any]:
+    """Export, quantize, validate and calibrate three models into the bundle folder `out`; returns the manifest."""
+    options = options or ExportOptions()
+    if options.quantize not in (*BITS, "none"):
+        raise ExportError(f"unknown quantization {options.quantize!r}; use int8, int4 or none")
+    if len(validation_pairs) < 4:
+        raise ExportError("give at least 4 real (comment, reply) pairs for validation")
+    out = Path(out).expanduser().resolve()
+    _target(out)
+    disc = check_scorer(discriminator, 2, "discriminator")
+    upv = check_scorer(upvotes, 1, "upvote model")
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    advance = _progress(8)
+    try:
+        with tempfile.TemporaryDirectory(prefix="replyrank-export-") as tmp:
+            work = Path(tmp)
+            gen = materialize_causal_lm(generator, work)
+            advance("generator loaded")
+            spec = generator_spec(gen, options.prompt_template)
+            fused = options.fused and _fused_export(gen, work / "generator-fp32", work)
+            if not fused:
+                export_onnx(gen, work / "generator-fp32", "text-generation-with-past")
+            advance("generator exported")
+            export_onnx(disc, work / "discriminator-fp32", "text-classification")
+            export_onnx(upv, work / "upvotes-fp32", "text-classification")
+            advance("scorers exported")
+            for part in ("generator", "discriminator", "upvotes"):
+                _finish_part(work / f"{part}-fp32", staging / part, options.quantize)
+            advance(f"quantized ({options.quantize})")
+
+            specs = {
+                "generator": {**spec, "graph": "fused (onnxruntime-genai builder)" if fused else "optimum text-generation-with-past"},
+                "discriminator": {"kind": "probability", "label": 1, "max_length": 256, "score": options.scores["discriminator"]},
+                "upvotes": {"kind": "regression", "max_length": 256, "score": options.scores["upvotes"]},
+            }
+            for part, source in (("discriminator", disc), ("upvotes", upv)):
+                config = json.loads((source.folder / "config.json").read_text())
+                specs[part].update(vocab_size=config["vocab_size"], pad_token_id=config.get("pad_token_id") or 0)
+            validation: dict[str, Any] = {"pairs": len(validation_pairs), "gates": GATES}
+            validation["generator_fp32_vs_torch"] = generator_vs_torch(work / "generator-fp32", spec, gen.folder, validation_pairs)
+            advance("generator parity")
+            if options.quantize != "none":
+                validation["generator_quantized_vs_fp32"] = generator_quantized_vs_fp32(
+                    work / "generator-fp32", staging / "generator", spec, validation_pairs
+                )
+            advance("generator quality")
+            validation["discriminator_vs_torch"] = scorer_vs_torch(staging / "discriminator", specs["discriminator"], disc.folder, validation_pairs)
+            validation["upvotes_vs_torch"] = scorer_vs_torch(staging / "upvotes", specs["upvotes"], upv.folder, validation_pairs)
+            advance("scorer quality")
+        failures = _gate_failures(validation)
+        validation["passed"] = not failures
+        if failures and options.quality_gate:
+            raise ExportError("quantized bundle below the quality gate: " + "; ".join(failures) + " (use --quantize none, or --no-quality-gate)")
+        manifest: dict[str, Any] = {
+            "format_version": FORMAT_VERSION,
+            "replyrank_version": replyrank.__version__,
+            "quantization": options.quantize,
+            "sources": {"generator": generator, "discriminator": discriminator, "upvotes": upvotes},
+            "realism_threshold": 0.5,
+            "validation": validation,
+            **options.metadata,
+        }
+        for part in ("generator", "discriminator", "upvotes"):
+            manifest[part] = {"path": part, **specs[part]}
+        write_manifest(staging, manifest)
+        if options.realism_threshold is None:
+            manifest["realism_threshold"] = calibrate_threshold(staging, [c for c, _ in validation_pairs[:12]])
+            manifest["threshold_calibration"] = "median realism of the bundle's own candidates on validation comments"
+        else:
+            manifest["realism_threshold"] = options.realism_threshold
+        write_manifest(staging, manifest)
+        advance("calibrated")
+        move_into_place(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _gate_failures(validation: dict[str, Any]) -> list[str]:
+    failures = []
+    quantized = validation.get("generator_quantized_vs_fp32")
+    if quantized and quantized["top1_agreement"] < GATES["generator_top1_agreement"]:
+        failures.append(f"generator top-1 agreement {quantized['top1_agreement']:.3f} < {GATES['generator_top1_agreement']}")
+    for part in ("discriminator_vs_torch", "upvotes_vs_torch"):
+        if validation[part]["correlation"] < GATES["scorer_correlation"]:
+            failures.append(f"{part.split('_')[0]} correlation {validation[part]['correlation']:.3f} < {GATES['scorer_correlation']}")
+    return failures

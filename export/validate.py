@@ -1,0 +1,83 @@
+"""The numbers that say an export is faithful, written into the bundle's manifest.
+
+- generator, fp32 ONNX vs PyTorch: max abs logit difference for the prefill and for one decode
+  step that reads the cache;
+- generator, quantized vs fp32 ONNX: next-token top-1 agreement and mean KL(fp32 || quantized)
+  over every position of real (comment, reply) texts, teacher-forced;
+- each scorer, quantized ONNX vs PyTorch: Pearson correlation and max abs difference of scores.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from replyrank.generate import GenerationOptions, Generator
+from replyrank.score import PairScorer
+
+# Quality gates: a quantized part below these fails the export unless the user overrides it.
+GATES = {"generator_top1_agreement": 0.95, "scorer_correlation": 0.95}
+
+
+def _texts(generator: Generator, pairs: list[tuple[str, str]], limit: int = 16) -> list[list[int]]:
+    options = GenerationOptions(max_new_tokens=8, max_comment_tokens=96)
+    sequences = []
+    for comment, reply in pairs[:limit]:
+        prompt = generator.encode_prompt(comment, options).ids
+        sequences.append(prompt + generator.text_tokenizer.encode(reply, add_special_tokens=False).ids[:32])
+    return sequences
+
+
+def generator_vs_torch(model_dir: Path, spec: dict, torch_folder: Path, pairs: list[tuple[str, str]]) -> dict:
+    """Max abs logit difference, fp32 ONNX vs PyTorch, for the prefill and a cached decode step."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(torch_folder, dtype=torch.float32).eval()
+    generator = Generator(model_dir, spec)
+    prefill, decode = 0.0, 0.0
+    for ids in _texts(generator, pairs, limit=4):
+        with torch.no_grad():
+            reference = model(torch.tensor([ids])).logits[0].numpy()
+        logits, cache = generator.forward(np.array([ids[:-1]]), 0, generator.empty_cache(1))
+        prefill = max(prefill, float(np.abs(logits[0] - reference[:-1]).max()))
+        step, _ = generator.forward(np.array([ids[-1:]]), len(ids) - 1, cache)
+        decode = max(decode, float(np.abs(step[0, -1] - reference[-1]).max()))
+    return {"prefill_max_abs_logit_diff": prefill, "decode_max_abs_logit_diff": decode}
+
+
+def generator_quantized_vs_fp32(fp32_dir: Path, quantized_dir: Path, spec: dict, pairs: list[tuple[str, str]]) -> dict:
+    """Next-token top-1 agreement and mean KL of the quantized generator against fp32, teacher-forced."""
+    reference, quantized = Generator(fp32_dir, spec), Generator(quantized_dir, spec)
+    agree, kl, positions = 0, 0.0, 0
+    for ids in _texts(reference, pairs):
+        batch = np.array([ids])
+        p_logits = reference.forward(batch, 0, reference.empty_cache(1))[0][0].astype(np.float64)
+        q_logits = quantized.forward(batch, 0, quantized.empty_cache(1))[0][0].astype(np.float64)
+        agree += int((p_logits.argmax(-1) == q_logits.argmax(-1)).sum())
+        log_p = p_logits - np.logaddexp.reduce(p_logits, axis=-1, keepdims=True)
+        log_q = q_logits - np.logaddexp.reduce(q_logits, axis=-1, keepdims=True)
+        kl += float((np.exp(log_p) * (log_p - log_q)).sum())
+        positions += len(ids)
+    return {"top1_agreement": agree / positions, "mean_kl": kl / positions, "positions": positions}
+
+
+def scorer_vs_torch(model_dir: Path, spec: dict, torch_folder: Path, pairs: list[tuple[str, str]]) -> dict:
+    """Correlation and max abs difference of the exported scorer's scores against PyTorch's."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(torch_folder, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(torch_folder)
+    comments, replies = [c for c, _ in pairs], [r for _, r in pairs]
+    with torch.no_grad():
+        batch = tokenizer(comments, replies, padding=True, truncation=True, max_length=spec.get("max_length", 256), return_tensors="pt")
+        logits = model(**batch).logits.double()
+    reference = logits[:, 0] if spec["kind"] == "regression" else logits.softmax(-1)[:, spec.get("label", 1)]
+    scorer = PairScorer(model_dir, spec)
+    scores = np.concatenate([scorer(c, [r]) for c, r in pairs])
+    reference = reference.numpy()
+    spread = reference.std() > 1e-9 and scores.std() > 1e-9
+    correlation = float(np.corrcoef(scores, reference)[0, 1]) if spread else 1.0 if np.allclose(scores, reference, atol=1e-3) else 0.0
+    return {"correlation": correlation, "max_abs_diff": float(np.abs(scores - reference).max()), "pairs": len(pairs)}
