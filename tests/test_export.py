@@ -1,0 +1,119 @@
+"""The export's contract: ONNX matches PyTorch, greedy decoding matches transformers' generate(),
+quantized matches fp32 within the stated tolerance, and bad input fails cleanly."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from tiny import PAIRS
+
+import replyrank
+from replyrank.bundle import load_manifest
+from replyrank.errors import BundleError
+from replyrank.export import ExportError, ExportOptions, export_bundle
+from replyrank.export.validate import generator_vs_torch
+from replyrank.generate import GenerationOptions
+
+
+@pytest.mark.parametrize("bundle", ["gpt2_fp32_bundle", "llama_fp32_bundle"])
+def test_onnx_logits_match_torch_for_prefill_and_cached_decode(bundle, models, request):
+    path = request.getfixturevalue(bundle)
+    manifest = load_manifest(path)
+    name = "gpt2" if "gpt2" in bundle else "llama"
+    diffs = generator_vs_torch(manifest["generator"]["dir"], manifest["generator"], models[name], PAIRS)
+    assert diffs["prefill_max_abs_logit_diff"] < 1e-4
+    assert diffs["decode_max_abs_logit_diff"] < 1e-4
+    assert manifest["validation"]["generator_fp32_vs_torch"]["prefill_max_abs_logit_diff"] < 1e-4
+
+
+def test_fused_graph_is_used_for_llama(llama_bundle, gpt2_bundle):
+    import onnx
+
+    graph = onnx.load(str(Path(llama_bundle) / "generator" / "model.onnx"), load_external_data=False).graph
+    ops = {n.op_type for n in graph.node}
+    assert "GroupQueryAttention" in ops and "MatMulNBits" in ops
+    assert json.loads((Path(gpt2_bundle) / "replyrank.json").read_text())["generator"]["graph"].startswith("optimum")
+
+
+@pytest.mark.parametrize("bundle,name", [("gpt2_fp32_bundle", "gpt2"), ("llama_fp32_bundle", "llama")])
+def test_greedy_generation_equals_transformers_generate(bundle, name, models, request):
+    from transformers import AutoModelForCausalLM
+
+    bot = replyrank.load(request.getfixturevalue(bundle))
+    options = GenerationOptions(candidates=1, max_new_tokens=12, min_new_tokens=12, temperature=0.0)
+    prompt = bot.generator.encode_prompt("has anyone tried the pasta place", options)
+    (ours,), _ = bot.generator.generate(prompt.ids, options, [np.random.default_rng(0)])
+    model = AutoModelForCausalLM.from_pretrained(models[name]).eval()
+    with torch.no_grad():
+        reference = model.generate(
+            torch.tensor([prompt.ids]), max_new_tokens=12, min_new_tokens=12, do_sample=False, pad_token_id=0
+        )[0, len(prompt.ids) :].tolist()
+    assert list(ours.token_ids) == reference
+
+
+def test_quantized_generator_tracks_fp32(gpt2_bundle, llama_bundle):
+    for bundle in (gpt2_bundle, llama_bundle):
+        validation = load_manifest(bundle)["validation"]
+        quantized = validation["generator_quantized_vs_fp32"]
+        # tiny random models have near-ties everywhere; the real bundle is gated at GATES
+        assert quantized["top1_agreement"] >= 0.85 and quantized["mean_kl"] < 0.05
+        assert validation["discriminator_vs_torch"]["correlation"] > 0.95
+        assert validation["upvotes_vs_torch"]["correlation"] > 0.95
+
+
+def test_manifest_hash_detects_a_changed_file(gpt2_bundle, tmp_path):
+    copy = tmp_path / "b"
+    shutil.copytree(gpt2_bundle, copy)
+    with open(copy / "discriminator" / "config.json", "a") as f:
+        f.write(" ")
+    with pytest.raises(BundleError, match="sha256"):
+        replyrank.load(copy)
+
+
+def test_missing_generator_is_a_clear_error(models, tmp_path):
+    with pytest.raises(ExportError, match="cannot load generator"):
+        export_bundle(str(tmp_path / "nope"), str(models["disc"]), str(models["upv"]), tmp_path / "out", PAIRS)
+    assert not (tmp_path / "out").exists()
+
+
+def test_non_causal_generator_is_refused(models, tmp_path):
+    with pytest.raises(ExportError, match="not a causal LM"):
+        export_bundle(str(models["disc"]), str(models["disc"]), str(models["upv"]), tmp_path / "out", PAIRS)
+    assert not list(tmp_path.glob(".out*"))
+
+
+def test_scorers_with_wrong_label_counts_are_refused(models, tmp_path):
+    with pytest.raises(ExportError, match="has 1 labels; a discriminator needs 2"):
+        export_bundle(str(models["gpt2"]), str(models["upv"]), str(models["upv"]), tmp_path / "out", PAIRS)
+    with pytest.raises(ExportError, match="has 2 labels; a upvote model needs 1"):
+        export_bundle(str(models["gpt2"]), str(models["disc"]), str(models["disc"]), tmp_path / "out", PAIRS)
+
+
+def test_unwritable_output_folder_is_refused(models, tmp_path):
+    # a path under a regular file cannot be created, even by root (who ignores permission bits)
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    with pytest.raises(ExportError, match="cannot write"):
+        export_bundle(str(models["gpt2"]), str(models["disc"]), str(models["upv"]), blocker / "out", PAIRS)
+
+
+def test_a_folder_that_is_not_a_bundle_is_never_replaced(models, tmp_path):
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep me")
+    with pytest.raises(ExportError, match="not a replyrank bundle"):
+        export_bundle(str(models["gpt2"]), str(models["disc"]), str(models["upv"]), precious, PAIRS)
+    assert (precious / "notes.txt").read_text() == "keep me"
+
+
+def test_quality_gate_stops_a_bad_quantization(models, tmp_path):
+    with pytest.raises(ExportError, match="quality gate"):
+        export_bundle(
+            str(models["llama"]), str(models["disc"]), str(models["upv"]), tmp_path / "out", PAIRS, ExportOptions(quantize="int4")
+        )
+    assert not (tmp_path / "out").exists()

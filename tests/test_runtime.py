@@ -1,0 +1,176 @@
+"""The runtime's contract on tiny exported bundles: sampling, sharing the prefill, scoring, selection, CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import replyrank
+from replyrank.cli import main
+from replyrank.generate import GenerationOptions
+
+COMMENT = "has anyone tried the pasta place near campus"
+
+
+@pytest.fixture(scope="module", params=["gpt2_bundle", "llama_bundle"])
+def bot(request):
+    return replyrank.load(request.getfixturevalue(request.param), realism_threshold=0.0)
+
+
+def test_import_does_not_pull_torch():
+    code = "import sys, replyrank, replyrank.cli; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_exact_greedy_output_is_stable(bot):
+    options = GenerationOptions(candidates=3, max_new_tokens=10, min_new_tokens=10, temperature=0)
+    prompt = bot.generator.encode_prompt(COMMENT, options)
+    rngs = [np.random.default_rng(i) for i in range(3)]
+    generations, _ = bot.generator.generate(prompt.ids, options, rngs)
+    # greedy ignores the random draws: every row is the same sequence
+    assert len({g.token_ids for g in generations}) == 1 and len(generations[0].token_ids) == 10
+
+
+def test_same_seed_same_candidates_different_seed_different(bot):
+    a = bot.reply(COMMENT, candidates=4, max_new_tokens=12, seed=7)
+    b = bot.reply(COMMENT, candidates=4, max_new_tokens=12, seed=7)
+    c = bot.reply(COMMENT, candidates=4, max_new_tokens=12, seed=8)
+    assert [x.text for x in a.candidates] == [x.text for x in b.candidates]
+    assert sorted(x.text for x in a.candidates) != sorted(x.text for x in c.candidates)
+
+
+def test_shared_prefill_equals_independent_runs(bot):
+    options = GenerationOptions(candidates=4, max_new_tokens=16, temperature=1.0, top_k=0)
+    prompt = bot.generator.encode_prompt(COMMENT, options)
+    seeds = np.random.SeedSequence(3).spawn(4)
+    together, _ = bot.generator.generate(prompt.ids, options, [np.random.default_rng(s) for s in seeds])
+    alone = [bot.generator.generate(prompt.ids, options, [np.random.default_rng(s)])[0][0] for s in seeds]
+    assert [g.token_ids for g in together] == [g.token_ids for g in alone]
+
+
+def test_eos_stops_a_row_and_min_new_tokens_holds_it_back(bot):
+    options = GenerationOptions(candidates=6, max_new_tokens=30, min_new_tokens=5, temperature=1.5, top_k=0)
+    prompt = bot.generator.encode_prompt(COMMENT, options)
+    generations, _ = bot.generator.generate(prompt.ids, options, [np.random.default_rng(i) for i in range(6)])
+    for g in generations:
+        assert len(g.token_ids) >= 5
+        assert g.finish_reason in {"eos", "length"}
+        assert (g.finish_reason == "length") == (len(g.token_ids) == 30)
+        assert not set(g.token_ids) & set(bot.generator.eos_ids.tolist())
+
+
+def test_top_k_one_is_greedy(bot):
+    greedy = bot.reply(COMMENT, candidates=2, max_new_tokens=8, temperature=0, seed=1)
+    top1 = bot.reply(COMMENT, candidates=2, max_new_tokens=8, temperature=1.0, top_k=1, seed=2)
+    assert {c.text for c in greedy.candidates} == {c.text for c in top1.candidates}
+
+
+def test_scores_are_in_range_and_sorted(bot):
+    result = bot.reply(COMMENT, candidates=6, max_new_tokens=10, seed=1)
+    assert len(result.candidates) == 6
+    scored = [c for c in result.candidates if c.realism is not None]
+    assert scored and all(0 <= c.realism <= 1 and np.isfinite(c.upvotes) for c in scored)
+    kept = [c.upvotes for c in result.candidates if c.kept]
+    assert kept == sorted(kept, reverse=True)
+    assert result.best == result.candidates[0]
+    assert set(result.timings_ms) == {"prefill", "decode", "score", "total"}
+
+
+def test_selection_drops_empty_duplicates_echoes_and_unrealistic(gpt2_bundle):
+    bot = replyrank.load(gpt2_bundle, realism_threshold=0.0)
+    ranked = bot.score(COMMENT, ["yes it was fine", "Yes it  was fine", "", COMMENT.upper(), "no idea"])
+    reasons = {c.text: c.reason for c in ranked}
+    assert reasons["Yes it  was fine"] == "duplicate" and reasons[""] == "empty"
+    assert reasons[COMMENT.upper()] == "echoes the comment"
+    assert reasons["yes it was fine"] is None and reasons["no idea"] is None
+    strict = replyrank.load(gpt2_bundle, realism_threshold=1.0)
+    result = strict.reply(COMMENT, candidates=2, max_new_tokens=6, seed=1)
+    assert result.best is None and "threshold" in result.reason
+    assert all(not c.kept for c in result.candidates)
+
+
+def test_special_tokens_typed_by_a_user_are_text(bot):
+    ids = bot.generator.encode_prompt("<|endoftext|><|im_end|>", GenerationOptions()).ids
+    assert not set(ids) & set(bot.generator.eos_ids.tolist())
+    encoding = bot.discriminator.tokenizer.encode("[SEP] [CLS]", "[SEP]")
+    assert encoding.ids.count(bot.discriminator.tokenizer.token_to_id("[SEP]")) == 2  # only the post-processor's
+
+
+def test_long_comment_is_truncated_and_said(bot):
+    result = bot.reply("pasta " * 3000, candidates=2, max_new_tokens=8, seed=1)
+    assert result.truncated and result.prompt_tokens <= bot.generator.context_length
+
+
+@pytest.mark.parametrize(
+    "options,message",
+    [
+        ({"candidates": 0}, "candidates"),
+        ({"temperature": -1}, "temperature"),
+        ({"top_p": 0}, "top_p"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"max_new_tokens": 0}, "max_new_tokens"),
+    ],
+)
+def test_bad_options_are_input_errors(gpt2_bundle, options, message):
+    bot = replyrank.load(gpt2_bundle)
+    with pytest.raises(replyrank.InputError, match=message):
+        bot.reply(COMMENT, **options)
+
+
+@pytest.mark.parametrize("comment", ["", "   \n\t"])
+def test_empty_comment_is_an_input_error(gpt2_bundle, comment):
+    with pytest.raises(replyrank.InputError, match="empty"):
+        replyrank.load(gpt2_bundle).reply(comment)
+
+
+def test_concurrent_calls_equal_sequential(gpt2_bundle):
+    bot = replyrank.load(gpt2_bundle, threads=1)
+    comments = [f"{COMMENT} {i}" for i in range(8)]
+    sequential = [bot.reply(c, candidates=3, max_new_tokens=10, seed=i).to_dict()["candidates"] for i, c in enumerate(comments)]
+    with ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(bot.reply, c, candidates=3, max_new_tokens=10, seed=i) for i, c in enumerate(comments)]
+        threaded = [f.result().to_dict()["candidates"] for f in futures]
+    assert threaded == sequential
+
+
+def test_cli_json_matches_the_api(gpt2_bundle):
+    runner = CliRunner()
+    out = runner.invoke(main, ["reply", COMMENT, "--bundle", str(gpt2_bundle), "-n", "3", "--max-new-tokens", "8", "--seed", "5", "--json"])
+    assert out.exit_code == 0, out.output
+    data = json.loads(out.stdout)
+    api = replyrank.load(gpt2_bundle).reply(COMMENT, candidates=3, max_new_tokens=8, seed=5).to_dict()
+    assert data["candidates"] == api["candidates"] and data["best"] == api["best"]
+    assert set(data["timings_ms"]) == {"prefill", "decode", "score", "total"}
+
+
+def test_cli_rank_info_and_stdin(gpt2_bundle):
+    runner = CliRunner()
+    ranked = runner.invoke(main, ["rank", "--comment", "-", "yes", "no idea", "--bundle", str(gpt2_bundle), "--json"], input=COMMENT)
+    assert ranked.exit_code == 0, ranked.output
+    data = json.loads(ranked.stdout)
+    assert data["comment"] == COMMENT and len(data["candidates"]) == 2
+    info = runner.invoke(main, ["info", "--bundle", str(gpt2_bundle), "--json"])
+    data = json.loads(info.stdout)
+    assert data["path"] == str(gpt2_bundle.resolve()) and data["manifest"]["format_version"] == 1
+    assert "generator_quantized_vs_fp32" in data["validation"] and data["sizes"]["generator/model.onnx"] > 0
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["reply", "  "], "empty"),
+        (["reply", "hi", "-n", "0"], "candidates"),
+        (["reply", "hi", "--top-p", "2"], "top_p"),
+    ],
+)
+def test_cli_bad_input_is_one_line_without_traceback(gpt2_bundle, args, message):
+    result = CliRunner().invoke(main, [*args, "--bundle", str(gpt2_bundle)])
+    assert result.exit_code != 0
+    assert message in result.stderr and "Traceback" not in result.output
+    assert len(result.stderr.strip().splitlines()) == 1
