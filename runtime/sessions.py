@@ -13,6 +13,8 @@ from pathlib import Path
 
 import onnxruntime as ort
 
+from .errors import BundleError
+
 
 def default_threads() -> int:
     """Physical-ish core count: ONNX Runtime's default, made explicit so sessions can share it."""
@@ -32,4 +34,8 @@ def create_session(model_path: str | Path, threads: int | None = None) -> ort.In
     # Shapes change every decode step and every batch; the arena would keep the largest
     # of each forever, so memory would grow with the variety of inputs seen.
     options.enable_cpu_mem_arena = False
-    return ort.InferenceSession(str(model_path), sess_options=options, providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(str(model_path), sess_options=options, providers=["CPUExecutionProvider"])
+    except Exception as error:  # onnxruntime's load errors (InvalidProtobuf, Fail, ...) share no base class but Exception
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise BundleError(f"{model_path} is not a loadable ONNX model ({reason}); re-export the bundle") from error

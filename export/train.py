@@ -1,0 +1,388 @@
+"""Training the three models with PyTorch and transformers: a plain torch loop each, seeded,
+with progress bars, checkpoints that let an interrupted run resume, and outputs moved into
+place only when complete.
+
+- generator: a causal LM fine-tuned on `prompt(comment) + reply + EOS`; the loss counts the
+  reply tokens only; the prompt template is saved beside the model and used unchanged by the runtime.
+- discriminator: a (comment, reply) pair classifier, label 1 = written by a human, 0 = written by
+  the generator (sampled by replyrank's own runtime with the deployment settings), classes balanced.
+- upvote model: a (comment, reply) pair regressor on a transform of the score, or, with sibling
+  pairs, trained with DialogRPT's pairwise loss: -log sigmoid(f(better) - f(worse)).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .assemble import move_into_place
+from .convert import GENERATOR_SPEC, ExportError, _fix_gguf_eos, _local_or_hub
+
+CHECKPOINT = "checkpoint"
+
+
+@dataclass
+class TrainOptions:
+    epochs: float = 1.0
+    batch_size: int = 16
+    learning_rate: float = 5e-5
+    max_length: int = 256
+    seed: int = 0
+    device: str | None = None  # None: cuda when there is one, else cpu
+    save_every: int = 200  # optimizer steps between checkpoints
+    max_steps: int | None = None
+
+
+def upvote_target(score: float) -> float:
+    """Reddit scores are heavy-tailed and can be negative: sign(s) * log1p(|s|)."""
+    return math.copysign(math.log1p(abs(score)), score)
+
+
+def _device(options: TrainOptions) -> str:
+    import torch
+
+    return options.device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _seed(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _staging(out: Path) -> Path:
+    """A stable staging folder beside `out`, so a re-run finds the checkpoint an interrupted run left."""
+    out = Path(out).expanduser().resolve()
+    if out.exists() and any(out.iterdir()) and not (out / "config.json").is_file():
+        raise ExportError(f"{out} exists and is not a trained model folder; choose an empty or new --out")
+    staging = out.with_name(f".{out.name}.partial")
+    staging.mkdir(parents=True, exist_ok=True)
+    return staging
+
+
+def _loop(model, batches: list[Any], loss_fn, options: TrainOptions, staging: Path, desc: str) -> list[float]:
+    """The training loop shared by all three models: AdamW, linear warm-up/decay, checkpoint and resume."""
+    import torch
+    from tqdm.auto import tqdm
+    from transformers import get_linear_schedule_with_warmup
+
+    total = max(1, int(len(batches) * options.epochs))
+    if options.max_steps:
+        total = min(total, options.max_steps)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=options.learning_rate, weight_decay=0.01)
+    schedule = get_linear_schedule_with_warmup(optimizer, max(1, total // 20), total)
+    start = 0
+    state_path = staging / CHECKPOINT / "state.pt"
+    if state_path.is_file():
+        state = torch.load(state_path, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        start = state["step"]
+        print(f"resuming {desc} from step {start}", file=sys.stderr)
+    model.train()
+    losses = []
+    order = np.random.default_rng(options.seed).permutation(max(total, len(batches))) % len(batches)
+    for step in tqdm(range(start, total), desc=desc, file=sys.stderr, initial=start, total=total):
+        loss = loss_fn(model, batches[order[step]])
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(float(loss))
+        if (step + 1) % options.save_every == 0 and step + 1 < total:
+            state_path.parent.mkdir(exist_ok=True)
+            torch.save(
+                {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "step": step + 1},
+                state_path.with_suffix(".tmp"),
+            )
+            state_path.with_suffix(".tmp").replace(state_path)
+    model.eval()
+    return losses
+
+
+def _finish(model, tokenizer, staging: Path, out: Path, extra: dict[str, Any]) -> Path:
+    shutil.rmtree(staging / CHECKPOINT, ignore_errors=True)
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    (staging / "replyrank_training.json").write_text(json.dumps(extra, indent=2))
+    out = Path(out).expanduser().resolve()
+    move_into_place(staging, out)
+    return out
+
+
+# --- generator -----------------------------------------------------------------------------
+
+
+def default_template(tokenizer) -> str:
+    """A chat model's own template around the comment, else a plain `Comment/Reply` frame."""
+    if tokenizer.chat_template:
+        messages = [{"role": "user", "content": "{comment}"}]
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return "Comment: {comment}\nReply:"
+
+
+def load_causal_lm(base: str):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    location, extra = _local_or_hub(base)
+    model = AutoModelForCausalLM.from_pretrained(location, dtype="float32", **extra)
+    tokenizer = AutoTokenizer.from_pretrained(location, **extra)
+    if extra:
+        _fix_gguf_eos(tokenizer)
+        model.config.eos_token_id = model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return model, tokenizer
+
+
+def generator_examples(tokenizer, template: str, pairs: Sequence[tuple[str, str]], max_length: int) -> list[tuple[list[int], int]]:
+    """(token ids, prompt length) per pair; prompts keep their first tokens, replies end with EOS."""
+    prefix, suffix = template.split("{comment}")
+    examples = []
+    for comment, reply in pairs:
+        comment_ids = tokenizer(comment, add_special_tokens=False, split_special_tokens=True).input_ids[: max_length // 2]
+        prompt = tokenizer(prefix, add_special_tokens=False).input_ids + comment_ids + tokenizer(suffix, add_special_tokens=False).input_ids
+        reply_ids = tokenizer(" " + reply.strip() if not template.endswith(("\n", " ")) else reply.strip(), add_special_tokens=False, split_special_tokens=True).input_ids
+        ids = (prompt + reply_ids)[: max_length - 1] + [tokenizer.eos_token_id]
+        if len(ids) > len(prompt):
+            examples.append((ids, len(prompt)))
+    return examples
+
+
+def _lm_batches(examples: list[tuple[list[int], int]], batch_size: int, pad_id: int):
+    import torch
+
+    examples = sorted(examples, key=lambda e: len(e[0]))  # similar lengths together: less padding
+    batches = []
+    for i in range(0, len(examples), batch_size):
+        chunk = examples[i : i + batch_size]
+        width = max(len(ids) for ids, _ in chunk)
+        input_ids = torch.full((len(chunk), width), pad_id)
+        labels = torch.full((len(chunk), width), -100)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for row, (ids, prompt_length) in enumerate(chunk):
+            input_ids[row, : len(ids)] = torch.tensor(ids)
+            labels[row, prompt_length : len(ids)] = torch.tensor(ids[prompt_length:])  # the reply tokens only
+            mask[row, : len(ids)] = 1
+        batches.append({"input_ids": input_ids, "attention_mask": mask, "labels": labels})
+    return batches
+
+
+def reply_perplexity(model, batches, device: str) -> float:
+    """exp(mean NLL of reply tokens) over held-out batches."""
+    import torch
+
+    from .metrics import perplexity
+
+    nll, count = 0.0, 0
+    with torch.no_grad():
+        for batch in batches:
+            batch = {k: v.to(device) for k, v in batch.items()}
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
+            labels = batch["labels"][:, 1:]
+            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction="sum")
+            nll += float(loss)
+            count += int((labels != -100).sum())
+    return perplexity(nll, count)
+
+
+def train_generator(
+    train: Sequence[tuple[str, str]], valid: Sequence[tuple[str, str]], base: str, out: str | Path,
+    options: TrainOptions | None = None, template: str | None = None,
+) -> dict[str, Any]:
+    """Fine-tune `base` on (comment, reply) pairs; writes the model, tokenizer and prompt template to `out`."""
+    options = options or TrainOptions(learning_rate=5e-5, batch_size=8)
+    _seed(options.seed)
+    staging = _staging(Path(out))
+    model, tokenizer = load_causal_lm(base)
+    template = template or default_template(tokenizer)
+    device = _device(options)
+    model.to(device)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    batches = _lm_batches(generator_examples(tokenizer, template, train, options.max_length), options.batch_size, pad)
+    held_out = _lm_batches(generator_examples(tokenizer, template, valid, options.max_length), options.batch_size, pad)
+    if not batches:
+        raise ExportError("no training examples for the generator after tokenization")
+    before = reply_perplexity(model, held_out, device) if held_out else None
+
+    def loss_fn(model, batch):
+        return model(**{k: v.to(device) for k, v in batch.items()}).loss
+
+    losses = _loop(model, batches, loss_fn, options, staging, "train generator")
+    after = reply_perplexity(model, held_out, device) if held_out else None
+    metrics = {"train_pairs": len(train), "valid_pairs": len(valid), "final_loss": float(np.mean(losses[-20:])) if losses else None,
+               "valid_reply_perplexity_before": before, "valid_reply_perplexity": after}
+    (staging / GENERATOR_SPEC).write_text(json.dumps({"prompt_template": template, "eos_token_ids": [tokenizer.eos_token_id]}))
+    model.to("cpu")
+    _finish(model, tokenizer, staging, Path(out), {"model": "generator", "base": base, "metrics": metrics})
+    return metrics
+
+
+# --- scorers -------------------------------------------------------------------------------
+
+
+def _pair_batches(tokenizer, rows: Sequence[tuple[str, str, float]], batch_size: int, max_length: int) -> list[dict[str, Any]]:
+    import torch
+
+    batches = []
+    for i in range(0, len(rows), batch_size):
+        chunk = rows[i : i + batch_size]
+        batch = tokenizer([c for c, _, _ in chunk], [r for _, r, _ in chunk], padding=True, truncation=True,
+                          max_length=max_length, return_tensors="pt")
+        batch["labels"] = torch.tensor([y for _, _, y in chunk])
+        batches.append(batch)
+    return batches
+
+
+def predict(model, tokenizer, pairs: Sequence[tuple[str, str]], device: str, max_length: int = 256, batch_size: int = 64) -> np.ndarray:
+    """Scores of a trained pair model: P(label 1) for a classifier, the output for a regressor."""
+    import torch
+
+    outputs = []
+    with torch.no_grad():
+        for i in range(0, len(pairs), batch_size):
+            chunk = pairs[i : i + batch_size]
+            batch = tokenizer([c for c, _ in chunk], [r for _, r in chunk], padding=True, truncation=True,
+                              max_length=max_length, return_tensors="pt").to(device)
+            logits = model(**batch).logits.float()
+            outputs.append((logits.softmax(-1)[:, 1] if logits.shape[-1] == 2 else logits[:, 0]).cpu().numpy())
+    return np.concatenate(outputs) if outputs else np.zeros(0)
+
+
+def _load_scorer(base: str, labels: int):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    problem = "single_label_classification" if labels == 2 else "regression"
+    model = AutoModelForSequenceClassification.from_pretrained(
+        base, num_labels=labels, problem_type=problem, ignore_mismatched_sizes=True  # a new head on any encoder
+    )
+    if labels == 2:
+        model.config.id2label, model.config.label2id = {0: "generated", 1: "human"}, {"generated": 0, "human": 1}
+    return model, tokenizer
+
+
+def train_discriminator(
+    real: Sequence[tuple[str, str]], fake: Sequence[tuple[str, str]], test_real: Sequence[tuple[str, str]],
+    test_fake: Sequence[tuple[str, str]], base: str, out: str | Path, options: TrainOptions | None = None,
+) -> dict[str, Any]:
+    """Real (label 1) vs generated (label 0) replies, balanced; ROC-AUC and balanced accuracy on held-out pairs."""
+    from .metrics import balanced_accuracy, roc_auc
+
+    options = options or TrainOptions(learning_rate=3e-5, batch_size=16, max_length=128)
+    if min(len(real), len(fake)) < 8:
+        raise ExportError(f"too few examples to train the discriminator: {len(real)} real, {len(fake)} generated (need 8 of each)")
+    _seed(options.seed)
+    count = min(len(real), len(fake))  # balance the classes
+    rows = [(c, r, 1) for c, r in real[:count]] + [(c, r, 0) for c, r in fake[:count]]
+    random.Random(options.seed).shuffle(rows)
+    staging = _staging(Path(out))
+    model, tokenizer = _load_scorer(base, 2)
+    device = _device(options)
+    model.to(device)
+    batches = _pair_batches(tokenizer, rows, options.batch_size, options.max_length)
+    _loop(model, batches, lambda m, b: m(**{k: v.to(device) for k, v in b.items()}).loss, options, staging, "train discriminator")
+    metrics: dict[str, Any] = {"train_examples": len(rows)}
+    if test_real and test_fake:
+        labels = [1] * len(test_real) + [0] * len(test_fake)
+        probs = predict(model, tokenizer, list(test_real) + list(test_fake), device, options.max_length)
+        metrics.update(test_examples=len(labels), roc_auc=roc_auc(labels, probs), balanced_accuracy=balanced_accuracy(labels, probs))
+    model.to("cpu")
+    _finish(model, tokenizer, staging, Path(out), {"model": "discriminator", "base": base, "metrics": metrics})
+    return metrics
+
+
+def train_upvotes(
+    train: Sequence[tuple[str, str, float]], test: Sequence[tuple[str, str, float]], base: str, out: str | Path,
+    options: TrainOptions | None = None, sibling_train: Sequence[tuple[tuple[str, str], tuple[str, str]]] = (),
+    sibling_tests: dict[str, Sequence[tuple[tuple[str, str], tuple[str, str]]]] | None = None,
+) -> dict[str, Any]:
+    """Regress the target (already transformed) of each (comment, reply); with `sibling_train`, DialogRPT's pairwise loss."""
+    import torch
+
+    from .metrics import pairwise_accuracy, spearman
+
+    options = options or TrainOptions(learning_rate=3e-5, batch_size=16, max_length=128)
+    if len(train) < 8 and len(sibling_train) < 8:
+        raise ExportError(f"too few examples to train the upvote model: {len(train)} (need 8)")
+    _seed(options.seed)
+    staging = _staging(Path(out))
+    model, tokenizer = _load_scorer(base, 1)
+    device = _device(options)
+    model.to(device)
+    if sibling_train:
+        # each batch holds the better replies then the worse ones, so one forward pass scores both
+        rows = [(c, r, 0.0) for hi, lo in sibling_train for c, r in (hi, lo)]
+        half = max(1, options.batch_size // 2)
+        batches = _pair_batches(tokenizer, rows, half * 2, options.max_length)
+
+        def loss_fn(m, b):
+            scores = m(**{k: v.to(device) for k, v in b.items() if k != "labels"}).logits[:, 0]
+            return -torch.nn.functional.logsigmoid(scores[0::2] - scores[1::2]).mean()
+    else:
+        rows = list(train)
+        random.Random(options.seed).shuffle(rows)
+        batches = _pair_batches(tokenizer, rows, options.batch_size, options.max_length)
+        for b in batches:
+            b["labels"] = b["labels"].float()
+
+        def loss_fn(m, b):
+            return m(**{k: v.to(device) for k, v in b.items()}).loss
+
+    _loop(model, batches, loss_fn, options, staging, "train upvote model")
+    metrics: dict[str, Any] = {"train_examples": len(rows), "objective": "pairwise" if sibling_train else "regression"}
+    if len(test) > 2:
+        predicted = predict(model, tokenizer, [(c, r) for c, r, _ in test], device, options.max_length)
+        metrics.update(test_examples=len(test), spearman=spearman(predicted, [y for _, _, y in test]))
+    for name, pairs in (sibling_tests or {}).items():
+        if pairs:
+            hi = predict(model, tokenizer, [p[0] for p in pairs], device, options.max_length)
+            lo = predict(model, tokenizer, [p[1] for p in pairs], device, options.max_length)
+            metrics[f"pairwise_accuracy_{name}"] = pairwise_accuracy(hi, lo)
+            metrics[f"sibling_pairs_{name}"] = len(pairs)
+    model.to("cpu")
+    _finish(model, tokenizer, staging, Path(out), {"model": "upvotes", "base": base, "metrics": metrics})
+    return metrics
+
+
+# --- fakes for the discriminator -----------------------------------------------------------
+
+
+def sample_replies(
+    generator: str, comments: Sequence[str], options, work: Path, threads: int | None = None, seed: int = 0
+) -> list[tuple[str, str]]:
+    """(comment, generated reply) pairs written by replyrank's own ONNX runtime with `options`.
+
+    `generator` is a bundle folder (its generator is used as is) or a causal LM (hub id, folder,
+    GGUF), which is first exported the way a bundle exports it, so the fakes are the deployment's own.
+    """
+    from tqdm.auto import tqdm
+
+    from replyrank.bundle import MANIFEST, load_manifest
+    from replyrank.generate import Generator
+
+    from .assemble import export_generator
+
+    if (Path(generator) / MANIFEST).is_file():
+        manifest = load_manifest(generator)
+        model = Generator(manifest["generator"]["dir"], manifest["generator"], threads)
+    else:
+        spec, _ = export_generator(generator, work / "fake-generator", work)
+        model = Generator(work / "fake-generator", spec, threads)
+    fakes = []
+    for i, comment in enumerate(tqdm(comments, desc="sample fakes", file=sys.stderr)):
+        prompt = model.encode_prompt(comment, options)
+        rngs = [np.random.default_rng(s) for s in np.random.SeedSequence([seed, i]).spawn(options.candidates)]
+        generations, _ = model.generate(prompt.ids, options, rngs)
+        fakes += [(comment, g.text) for g in generations if g.text.strip()]
+    return fakes
