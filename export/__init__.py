@@ -2,7 +2,6 @@
 
 from .assemble import ExportOptions, export_bundle
 from .convert import ExportError
-from . import recipes
 from .default import build_default_bundle
 
-__all__ = ["ExportError", "ExportOptions", "build_default_bundle", "recipes", "export_bundle"]
+__all__ = ["ExportError", "ExportOptions", "build_default_bundle", "export_bundle"]

@@ -31,6 +31,7 @@ from .validate import GATES, generator_quantized_vs_fp32, generator_vs_torch, sc
 
 # Causal LMs that onnxruntime-genai's builder turns into a fused graph; others go through optimum.
 FUSED_ARCHITECTURES = {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "Phi3ForCausalLM"}
+SCORER_SPEC = "replyrank_scorer.json"  # written by `train upvotes`: output_scale and output_offset
 PART_FILES = ("tokenizer.json", "config.json", "generation_config.json")
 
 DEFAULT_SCORES = {
@@ -187,6 +188,9 @@ def export_bundle(
             for part, source in (("discriminator", disc), ("upvotes", upv)):
                 config = json.loads((source.folder / "config.json").read_text())
                 specs[part].update(vocab_size=config["vocab_size"], pad_token_id=config.get("pad_token_id") or 0)
+                scaling = source.folder / SCORER_SPEC
+                if scaling.is_file():  # a regressor trained on standardized targets
+                    specs[part].update(json.loads(scaling.read_text()))
             validation: dict[str, Any] = {"pairs": len(validation_pairs), "gates": GATES}
             validation["generator_fp32_vs_torch"] = generator_vs_torch(work / "generator-fp32", spec, gen.folder, validation_pairs)
             advance("generator parity")

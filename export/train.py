@@ -39,6 +39,7 @@ class TrainOptions:
     device: str | None = None  # None: cuda when there is one, else cpu
     save_every: int = 200  # optimizer steps between checkpoints
     max_steps: int | None = None
+    lora_rank: int | None = None  # generator only: train a LoRA adapter (peft) instead of every weight
 
 
 def upvote_target(score: float) -> float:
@@ -100,7 +101,7 @@ def _loop(model, batches: list[Any], loss_fn, options: TrainOptions, staging: Pa
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
-        losses.append(float(loss))
+        losses.append(loss.item())
         if (step + 1) % options.save_every == 0 and step + 1 < total:
             state_path.parent.mkdir(exist_ok=True)
             torch.save(
@@ -142,6 +143,11 @@ def load_causal_lm(base: str):
     if extra:
         _fix_gguf_eos(tokenizer)
         model.config.eos_token_id = model.generation_config.eos_token_id = tokenizer.eos_token_id
+        # the weights are dequantized to fp32 on load; newer transformers still mark the model as
+        # GGUF-quantized and refuse to save it
+        model.hf_quantizer = None
+        model.is_quantized = False
+        model.config.__dict__.pop("quantization_config", None)
     return model, tokenizer
 
 
@@ -214,18 +220,42 @@ def train_generator(
     if not batches:
         raise ExportError("no training examples for the generator after tokenization")
     before = reply_perplexity(model, held_out, device) if held_out else None
+    if options.lora_rank:
+        from peft import LoraConfig, get_peft_model
+
+        targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "c_attn", "c_proj", "c_fc"]
+        present = sorted({name.rsplit(".", 1)[-1] for name, _ in model.named_modules()} & set(targets))
+        config = LoraConfig(r=options.lora_rank, lora_alpha=2 * options.lora_rank, lora_dropout=0.05, target_modules=present, task_type="CAUSAL_LM")
+        model = get_peft_model(model, config)
 
     def loss_fn(model, batch):
         return model(**{k: v.to(device) for k, v in batch.items()}).loss
 
     losses = _loop(model, batches, loss_fn, options, staging, "train generator")
     after = reply_perplexity(model, held_out, device) if held_out else None
+    if options.lora_rank:
+        model.save_pretrained(staging / "adapter")  # the adapter alone: small enough to move between machines
+        model = model.merge_and_unload()
     metrics = {"train_pairs": len(train), "valid_pairs": len(valid), "final_loss": float(np.mean(losses[-20:])) if losses else None,
                "valid_reply_perplexity_before": before, "valid_reply_perplexity": after}
     (staging / GENERATOR_SPEC).write_text(json.dumps({"prompt_template": template, "eos_token_ids": [tokenizer.eos_token_id]}))
+    print(f"generator metrics: {json.dumps(metrics)}", file=sys.stderr)
     model.to("cpu")
     _finish(model, tokenizer, staging, Path(out), {"model": "generator", "base": base, "metrics": metrics})
     return metrics
+
+
+def merge_adapter(base: str, adapter: str | Path, out: str | Path) -> Path:
+    """Fold a LoRA adapter trained by `train_generator` into its base model and save a plain model folder."""
+    from peft import PeftModel
+
+    model, tokenizer = load_causal_lm(base)
+    staging = _staging(Path(out))
+    merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    spec = Path(adapter).parent / GENERATOR_SPEC
+    if spec.is_file():
+        shutil.copy(spec, staging / GENERATOR_SPEC)
+    return _finish(merged, tokenizer, staging, Path(out), {"model": "generator", "base": base, "adapter": str(adapter)})
 
 
 # --- scorers -------------------------------------------------------------------------------
@@ -330,7 +360,10 @@ def train_upvotes(
             scores = m(**{k: v.to(device) for k, v in b.items() if k != "labels"}).logits[:, 0]
             return -torch.nn.functional.logsigmoid(scores[0::2] - scores[1::2]).mean()
     else:
-        rows = list(train)
+        # standardized targets train well from a fresh head; the bundle maps outputs back with the scale
+        targets = np.array([y for _, _, y in train], dtype=np.float64)
+        offset, scale = float(targets.mean()), float(targets.std() or 1.0)
+        rows = [(c, r, (y - offset) / scale) for c, r, y in train]
         random.Random(options.seed).shuffle(rows)
         batches = _pair_batches(tokenizer, rows, options.batch_size, options.max_length)
         for b in batches:
@@ -340,6 +373,8 @@ def train_upvotes(
             return m(**{k: v.to(device) for k, v in b.items()}).loss
 
     _loop(model, batches, loss_fn, options, staging, "train upvote model")
+    if not sibling_train:
+        (staging / "replyrank_scorer.json").write_text(json.dumps({"output_scale": scale, "output_offset": offset}))
     metrics: dict[str, Any] = {"train_examples": len(rows), "objective": "pairwise" if sibling_train else "regression"}
     if len(test) > 2:
         predicted = predict(model, tokenizer, [(c, r) for c, r, _ in test], device, options.max_length)

@@ -78,7 +78,10 @@ def scorer_vs_torch(model_dir: Path, spec: dict, torch_folder: Path, pairs: list
     with torch.no_grad():
         batch = tokenizer(comments, replies, padding=True, truncation=True, max_length=spec.get("max_length", 256), return_tensors="pt")
         logits = model(**batch).logits.double()
-    reference = logits[:, 0] if spec["kind"] == "regression" else logits.softmax(-1)[:, spec.get("label", 1)]
+    if spec["kind"] == "regression":
+        reference = logits[:, 0] * spec.get("output_scale", 1.0) + spec.get("output_offset", 0.0)
+    else:
+        reference = logits.softmax(-1)[:, spec.get("label", 1)]
     scorer = PairScorer(model_dir, spec)
     scores = np.concatenate([scorer(c, [r]) for c, r in pairs])
     reference = reference.numpy()

@@ -20,11 +20,15 @@ import os
 from pathlib import Path
 from typing import Any
 
+from tokenizers import Tokenizer
+
 from .errors import BundleError
 
 FORMAT_VERSION = 1
 MANIFEST = "replyrank.json"
 PARTS = ("generator", "discriminator", "upvotes")
+# what the runtime reads from each part's entry: a hand-edited manifest without them fails at load
+REQUIRED_KEYS = {"generator": ("prompt_template", "eos_token_ids", "context_length"), "discriminator": ("kind",), "upvotes": ("kind",)}
 
 
 def default_bundle_dir() -> Path:
@@ -51,6 +55,14 @@ def inside(root: Path, relative: str) -> Path:
     if not resolved.is_relative_to(root.resolve()):
         raise BundleError(f"manifest path {relative!r} points outside the bundle folder {root}; rebuild the bundle")
     return resolved
+
+
+def load_tokenizer(path: Path) -> Tokenizer:
+    """A part's `tokenizer.json`; one that `tokenizers` cannot read is a BundleError, like a broken graph."""
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as error:  # tokenizers raises a bare Exception for malformed files
+        raise BundleError(f"{path} is not a readable tokenizer ({error}); re-export the bundle") from error
 
 
 def load_manifest(bundle_dir: str | Path, verify_hashes: bool = True) -> dict[str, Any]:
@@ -80,6 +92,9 @@ def load_manifest(bundle_dir: str | Path, verify_hashes: bool = True) -> dict[st
         entry = manifest.get(part)
         if not isinstance(entry, dict) or not isinstance(entry.get("path"), str) or not isinstance(entry.get("files"), dict):
             raise BundleError(f"{manifest_path} has no valid {part!r} entry; re-export the bundle")
+        missing = [key for key in REQUIRED_KEYS[part] if key not in entry]
+        if missing:
+            raise BundleError(f"{manifest_path}'s {part!r} entry lacks {', '.join(missing)}; re-export the bundle")
         part_dir = inside(root, entry["path"])
         for name, digest in entry["files"].items():
             file_path = inside(root, f"{entry['path']}/{name}")
@@ -91,6 +106,9 @@ def load_manifest(bundle_dir: str | Path, verify_hashes: bool = True) -> dict[st
                     "re-export or re-copy the bundle"
                 )
         entry["dir"] = part_dir
+    threshold = manifest.get("realism_threshold", 0.5)
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
+        raise BundleError(f"{manifest_path} has realism_threshold {threshold!r}, not a number in [0, 1]; re-export the bundle")
     manifest["root"] = root.resolve()
     return manifest
 

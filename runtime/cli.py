@@ -228,7 +228,8 @@ def training_options(command: Any) -> Any:
 @click.option("--max-pairs", type=int, default=None, help="Use at most this many training pairs.")
 def train_generator_command(data: tuple[str, ...], out: str, base: str, max_pairs: int | None, **kw: Any) -> None:
     """Fine-tune a causal LM on comment → reply (loss on the reply tokens only)."""
-    recipes = _export_module().recipes
+    _export_module()
+    from replyrank.export import recipes
     _emit(recipes.generator(_files(data), base, out, _train_options(**kw), max_pairs))
 
 
@@ -239,7 +240,8 @@ def train_generator_command(data: tuple[str, ...], out: str, base: str, max_pair
 @click.option("--fakes", type=int, default=1000, show_default=True, help="Generated replies to train on.")
 def train_discriminator_command(data: tuple[str, ...], out: str, generator_source: str, base: str, fakes: int, **kw: Any) -> None:
     """Train a real-vs-generated pair classifier on fakes sampled by replyrank's own runtime."""
-    recipes = _export_module().recipes
+    _export_module()
+    from replyrank.export import recipes
     _emit(recipes.discriminator(_files(data), generator_source, base, out, _train_options(**kw), fakes))
 
 
@@ -250,7 +252,8 @@ def train_discriminator_command(data: tuple[str, ...], out: str, generator_sourc
 @click.option("--max-pairs", type=int, default=None)
 def train_upvotes_command(data: tuple[str, ...], out: str, base: str, pairwise: bool, max_pairs: int | None, **kw: Any) -> None:
     """Train a pair regressor on sign(s)·log1p(|s|) of reply scores (or pairwise on siblings)."""
-    recipes = _export_module().recipes
+    _export_module()
+    from replyrank.export import recipes
     _emit(recipes.upvotes(_files(data), base, out, _train_options(**kw), pairwise, max_pairs))
 
 
@@ -265,7 +268,8 @@ def train_all_command(
     data: tuple[str, ...], out: str, generator_base: str, scorer_base: str, work: str | None, max_pairs: int | None, fakes: int, **kw: Any
 ) -> None:
     """Train the three models, then export them into the bundle OUT."""
-    recipes = _export_module().recipes
+    _export_module()
+    from replyrank.export import recipes
     options = _train_options(**kw)
     work = work or f"{out.rstrip('/')}.models"
     _emit(recipes.everything(_files(data), out, generator_base, scorer_base, work, options, options, max_pairs, fakes))

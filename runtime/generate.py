@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
-from tokenizers import Tokenizer
 
+from .bundle import load_tokenizer
 from .errors import BundleError, InputError
 from .sessions import create_session
 
@@ -126,11 +126,11 @@ class Generator:
             raise BundleError("the generator's prompt_template must contain {comment} exactly once; re-export the bundle")
         self.eos_ids = np.array(spec["eos_token_ids"], dtype=np.int64)
         self.context_length: int = int(spec["context_length"])
-        self.tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        self.tokenizer = load_tokenizer(model_dir / "tokenizer.json")
         # The template's own markup (e.g. <|im_start|>) is parsed as special tokens; the user's
         # comment never is: a typed "<|endoftext|>" stays text. Two tokenizers, so neither flag
         # flips while another thread is encoding.
-        self.text_tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        self.text_tokenizer = load_tokenizer(model_dir / "tokenizer.json")
         self.text_tokenizer.encode_special_tokens = True
         prefix, suffix = self.template.split("{comment}")
         self.prefix_ids = self.tokenizer.encode(prefix, add_special_tokens=False).ids if prefix else []

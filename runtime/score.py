@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tokenizers import Tokenizer
 
+from .bundle import load_tokenizer
 from .errors import BundleError
 from .sessions import create_session
 
@@ -21,14 +21,17 @@ class PairScorer:
     """Scores (comment, reply) pairs with one exported sequence-classification model.
 
     `kind="probability"`: a 2-logit classifier; the score is softmax probability of `label`.
-    `kind="regression"`: a 1-output regressor; the score is that output, on the manifest's scale.
+    `kind="regression"`: a 1-output regressor; the score is `output * output_scale + output_offset`
+    (the regressor learns standardized targets; the manifest holds the scale to undo that).
     """
 
     def __init__(self, model_dir: Path, spec: dict[str, Any], threads: int | None = None):
         self.kind: str = spec["kind"]
+        self.output_scale = float(spec.get("output_scale", 1.0))
+        self.output_offset = float(spec.get("output_offset", 0.0))
         self.label: int = int(spec.get("label", 1))
         self.max_length: int = int(spec.get("max_length", 256))
-        self.tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        self.tokenizer = load_tokenizer(model_dir / "tokenizer.json")
         # A user's "[SEP]" or "[CLS]" is text, not markup: only the post-processor adds specials.
         self.tokenizer.encode_special_tokens = True
         self.tokenizer.enable_truncation(self.max_length, strategy="longest_first")
@@ -58,7 +61,7 @@ class PairScorer:
         (logits,) = self.session.run(["logits"], {k: v for k, v in feed.items() if k in self.input_names})
         logits = logits.astype(np.float64)
         if self.kind == "regression":
-            return logits[:, 0]
+            return logits[:, 0] * self.output_scale + self.output_offset
         logits -= logits.max(axis=-1, keepdims=True)
         probs = np.exp(logits)
         return probs[:, self.label] / probs.sum(axis=-1)

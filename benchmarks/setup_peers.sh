@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Install what `benchmarks/bench.py` compares replyrank against, without touching the package's
+# own dependencies:
+#   - matplotlib into the current (main) environment: the plots' only dependency, benchmark-only;
+#   - ctranslate2 and llama-cpp-python each into its own venv under benchmarks/.envs/<name>,
+#     made with --system-site-packages so torch, transformers and replyrank come from the main env.
+# Binary wheels only (--only-binary=:all:): a peer without a wheel for this platform is reported
+# as not installable by the bench, never built from source here.
+#
+#   bash benchmarks/setup_peers.sh            # all
+#   bash benchmarks/setup_peers.sh ctranslate2
+set -u
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+python="${PYTHON:-python}"
+wanted=("${@:-matplotlib ctranslate2 llamacpp}")
+wanted=(${wanted[@]})
+status=0
+
+want() { [[ " ${wanted[*]} " == *" $1 "* ]]; }
+
+venv() {  # venv NAME PIP-PACKAGE
+    local env="$here/.envs/$1"
+    [[ -x "$env/bin/python" ]] || "$python" -m venv --system-site-packages "$env" || return 1
+    "$env/bin/python" -m pip install --quiet --only-binary=:all: "$2"
+}
+
+if want matplotlib; then
+    "$python" -c "import matplotlib" 2>/dev/null || "$python" -m pip install --quiet --only-binary=:all: matplotlib \
+        || { echo "matplotlib: install failed; bench.py will write no plots" >&2; status=1; }
+fi
+if want ctranslate2; then
+    rm -f "$here/.envs/ctranslate2.unavailable"
+    if ! venv ctranslate2 ctranslate2; then
+        echo "ctranslate2: no binary wheel installed; bench.py reports it as not installable" >&2
+        rm -rf "$here/.envs/ctranslate2"
+        echo "pip install --only-binary=:all: ctranslate2 failed (benchmarks/setup_peers.sh, $(date -u +%F))" > "$here/.envs/ctranslate2.unavailable"
+        status=1
+    fi
+fi
+if want llamacpp; then
+    rm -f "$here/.envs/llamacpp.unavailable"
+    if ! venv llamacpp llama-cpp-python; then
+        echo "llama-cpp-python: no binary wheel for this platform on the index; bench.py reports it as not installable" >&2
+        rm -rf "$here/.envs/llamacpp"  # an empty venv would make bench.py run the system only to fail its import
+        echo "pip install --only-binary=:all: llama-cpp-python found no binary wheel for $("$python" -c 'import sysconfig; print(sysconfig.get_platform())') (benchmarks/setup_peers.sh, $(date -u +%F))" \
+            > "$here/.envs/llamacpp.unavailable"
+        status=1
+    fi
+fi
+exit $status
