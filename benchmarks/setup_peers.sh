@@ -4,8 +4,9 @@
 #   - matplotlib into the current (main) environment: the plots' only dependency, benchmark-only;
 #   - ctranslate2 and llama-cpp-python each into its own venv under benchmarks/.envs/<name>,
 #     made with --system-site-packages so torch, transformers and replyrank come from the main env.
-# Binary wheels only (--only-binary=:all:): a peer without a wheel for this platform is reported
-# as not installable by the bench, never built from source here.
+# Binary wheels where PyPI has them; llama-cpp-python has none for linux-x86_64, so it is built
+# from its source distribution (cmake + a C++ compiler, about 10 minutes on 2 cores, tuned to
+# this CPU with GGML_NATIVE). A peer that still fails is reported as not installable by the bench.
 #
 #   bash benchmarks/setup_peers.sh            # all
 #   bash benchmarks/setup_peers.sh ctranslate2
@@ -39,10 +40,11 @@ if want ctranslate2; then
 fi
 if want llamacpp; then
     rm -f "$here/.envs/llamacpp.unavailable"
-    if ! venv llamacpp llama-cpp-python; then
-        echo "llama-cpp-python: no binary wheel for this platform on the index; bench.py reports it as not installable" >&2
+    if ! venv llamacpp llama-cpp-python \
+        && ! CMAKE_ARGS="-DGGML_NATIVE=ON" "$here/.envs/llamacpp/bin/python" -m pip install --quiet llama-cpp-python; then
+        echo "llama-cpp-python: neither a wheel nor a source build installed; bench.py reports it as not installable" >&2
         rm -rf "$here/.envs/llamacpp"  # an empty venv would make bench.py run the system only to fail its import
-        echo "pip install --only-binary=:all: llama-cpp-python found no binary wheel for $("$python" -c 'import sysconfig; print(sysconfig.get_platform())') (benchmarks/setup_peers.sh, $(date -u +%F))" \
+        echo "pip install --only-binary=:all: llama-cpp-python failed, wheel and source build, on $("$python" -c 'import sysconfig; print(sysconfig.get_platform())') (benchmarks/setup_peers.sh, $(date -u +%F))" \
             > "$here/.envs/llamacpp.unavailable"
         status=1
     fi

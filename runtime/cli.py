@@ -273,3 +273,19 @@ def train_all_command(
     options = _train_options(**kw)
     work = work or f"{out.rstrip('/')}.models"
     _emit(recipes.everything(_files(data), out, generator_base, scorer_base, work, options, options, max_pairs, fakes))
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "help_option_names": []})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def bench(args: tuple[str, ...]) -> None:
+    """Run benchmarks/bench.py from a source checkout (same arguments; `replyrank bench --help`)."""
+    import importlib.util
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "bench.py"
+    if not script.is_file():
+        raise click.ClickException("the benchmark ships with the source checkout: run `python benchmarks/bench.py` there")
+    spec = importlib.util.spec_from_file_location("replyrank_bench", script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.run(list(args))
