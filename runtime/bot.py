@@ -133,7 +133,10 @@ class Bot:
             prompt_tokens=len(prompt.ids),
             timings_ms={
                 "prefill": prefill_s * 1e3,
-                "decode": (generated - start - prefill_s) * 1e3, "score": (end - generated) * 1e3, "total": (end - start) * 1e3},
+                "decode": (generated - start - prefill_s) * 1e3,  # tokenizing the prompt counts here too
+                "score": (end - generated) * 1e3,
+                "total": (end - start) * 1e3,
+            },
         )
 
     def _select(self, comment: str, texts: list[str], finish: list[str | None]) -> tuple[list[Candidate], str | None]:
