@@ -11,6 +11,8 @@ is moved into place, so an interrupted export never leaves a half-written bundle
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import os
 import shutil
@@ -76,7 +78,8 @@ def _fused_export(checkpoint: Checkpoint, out_dir: Path, work: Path) -> bool:
         from onnxruntime_genai.models.builder import create_model
     except ImportError:
         return False
-    create_model("", str(checkpoint.folder), str(out_dir), "fp32", "cpu", str(work / "genai-cache"), filename="model.onnx")
+    with contextlib.redirect_stdout(sys.stderr):  # the builder prints progress; stdout is for data
+        create_model("", str(checkpoint.folder), str(out_dir), "fp32", "cpu", str(work / "genai-cache"), filename="model.onnx")
     for name in PART_FILES:
         if (checkpoint.folder / name).is_file():
             shutil.copy(checkpoint.folder / name, out_dir / name)
@@ -137,15 +140,28 @@ def _target(out: Path) -> None:
         raise ExportError(f"cannot write to {out.parent} ({error.strerror}); choose a writable --out folder") from None
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        at_fdcwd, rename_exchange = -100, 2
+        return libc.renameat2(at_fdcwd, bytes(a), at_fdcwd, bytes(b), rename_exchange) == 0
+    except (AttributeError, OSError):
+        return False
+
+
 def move_into_place(staging: Path, out: Path) -> None:
-    """Swap a finished folder into `out`; the previous bundle stays whole until the new one is complete."""
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        out.rename(old)
+    """Swap a finished folder into `out`; at no moment is there no whole bundle at `out`."""
+    if not out.exists():
         staging.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        staging.rename(out)
+        return
+    if _exchange(staging, out):
+        shutil.rmtree(staging, ignore_errors=True)  # staging now holds the previous bundle
+        return
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")  # elsewhere: two renames, a brief gap
+    out.rename(old)
+    staging.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def export_bundle(

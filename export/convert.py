@@ -8,8 +8,10 @@ Scorers are exported as `text-classification`. Each part folder keeps optimum's 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,7 +111,8 @@ def export_onnx(checkpoint: Checkpoint, out_dir: Path, task: str) -> Path:
     """Run optimum's ONNX exporter; returns the part folder holding `model.onnx`."""
     from optimum.exporters.onnx import main_export
 
-    main_export(str(checkpoint.folder), output=out_dir, task=task, do_validation=False, device="cpu")
+    with contextlib.redirect_stdout(sys.stderr):  # stdout is for the CLI's data
+        main_export(str(checkpoint.folder), output=out_dir, task=task, do_validation=False, device="cpu")
     if not (out_dir / "tokenizer.json").is_file():
         raise ExportError(f"{checkpoint.source!r} has no fast tokenizer (tokenizer.json); the runtime needs one")
     return out_dir
