@@ -53,11 +53,26 @@ def test_upvote_target_is_symmetric_log():
 
 
 def test_interrupted_training_resumes_from_its_checkpoint(models, tmp_path):
-    from replyrank.export.train import CHECKPOINT, _staging
+    import torch
 
-    pairs = [(f"comment {i}", f"reply {i}") for i in range(40)]
-    out = tmp_path / "disc"
-    options = TrainOptions(max_steps=6, batch_size=4, save_every=2, max_length=32, device="cpu")
-    train_discriminator(pairs, pairs[::-1], [], [], str(models["disc"]), out, options)
-    assert (out / "config.json").is_file() and not (out.with_name(".disc.partial") / CHECKPOINT).exists()
-    assert _staging(out) == out.with_name(".disc.partial")
+    from replyrank.export.train import CHECKPOINT, _loop
+
+    model = torch.nn.Linear(2, 1)
+    batches = [torch.ones(1, 2)] * 8
+    staging = tmp_path / ".out.partial"
+    staging.mkdir()
+    options = TrainOptions(max_steps=8, save_every=2, seed=0)
+    steps: list[int] = []
+
+    def interrupted(m, batch):
+        if len(steps) == 5:
+            raise KeyboardInterrupt  # the run dies after step 5; the last checkpoint is at step 4
+        steps.append(1)
+        return m(batch).pow(2).mean()
+
+    with pytest.raises(KeyboardInterrupt):
+        _loop(model, batches, interrupted, options, staging, "test")
+    assert torch.load(staging / CHECKPOINT / "state.pt", weights_only=False)["step"] == 4
+    resumed: list[int] = []
+    _loop(model, batches, lambda m, b: resumed.append(1) or m(b).pow(2).mean(), options, staging, "test")
+    assert len(resumed) == 4  # steps 5-8 only
