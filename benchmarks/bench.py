@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-SYSTEMS = ("replyrank", "replyrank-fp32", "transformers", "optimum", "genai", "ctranslate2", "llamacpp")
-ENVS = {"ctranslate2": "ctranslate2", "llamacpp": "llamacpp"}  # systems that run in benchmarks/.envs/<name>
+SYSTEMS = ("replyrank", "replyrank-fp32", "transformers", "optimum", "genai", "ctranslate2", "llamacpp", "llamacpp-batched")
+ENVS = {"ctranslate2": "ctranslate2", "llamacpp": "llamacpp", "llamacpp-batched": "llamacpp"}  # systems that run in benchmarks/.envs/<name>
 CONVERTED = ("optimum", "genai", "ctranslate2")  # systems whose model peers.py converts first (cached)
 # A realistic comment: ~64 tokens with SmolLM2's tokenizer (the prompt template adds its own).
 COMMENT = (

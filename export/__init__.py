@@ -1,7 +1,7 @@
 """The build side of replyrank: train, export and quantize models into a bundle (`pip install replyrank[export]`)."""
 
-from .assemble import ExportOptions, export_bundle
+from .assemble import ExportOptions, export_bundle, validation_pairs
 from .convert import ExportError
 from .default import build_default_bundle
 
-__all__ = ["ExportError", "ExportOptions", "build_default_bundle", "export_bundle"]
+__all__ = ["ExportError", "ExportOptions", "build_default_bundle", "export_bundle", "validation_pairs"]

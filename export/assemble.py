@@ -26,6 +26,7 @@ import numpy as np
 
 import replyrank
 from replyrank.bundle import FORMAT_VERSION, MANIFEST, write_manifest
+from replyrank.errors import ReplyrankError
 
 from .convert import Checkpoint, ExportError, check_scorer, export_onnx, generator_spec, materialize_causal_lm
 from .quantize import BITS, quantize_model
@@ -246,6 +247,24 @@ def export_bundle(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return manifest
+
+
+def validation_pairs(dumps: list[str], count: int = 32) -> list[tuple[str, str]]:
+    """Real (comment, reply) pairs for validation: from Pushshift dumps if given, else from chitchat-dataset."""
+    if dumps:
+        from .data import load_pairs
+
+        pairs = load_pairs(dumps, limit=20000)
+        step = max(1, len(pairs) // count)
+        return [(p.parent, p.reply) for p in pairs[::step][:count]]
+    from .chitchat import load_turns
+
+    try:
+        turns = load_turns()
+    except ReplyrankError as error:
+        raise ExportError(f"{error}; or give --validation-data with Pushshift dumps") from None
+    step = max(1, len(turns) // count)
+    return [(t.message, t.reply) for t in turns[::step][:count]]
 
 
 def _gate_failures(validation: dict[str, Any]) -> list[str]:

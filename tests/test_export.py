@@ -117,3 +117,23 @@ def test_quality_gate_stops_a_bad_quantization(models, tmp_path):
             str(models["llama"]), str(models["disc"]), str(models["upv"]), tmp_path / "out", PAIRS, ExportOptions(quantize="int4")
         )
     assert not (tmp_path / "out").exists()
+
+
+def test_export_cli_writes_a_bundle_and_reports_json(models, tmp_path):
+    from click.testing import CliRunner
+    from conftest import REDDIT
+
+    from replyrank.cli import main
+
+    dumps = [REDDIT / "college" / "RS_CollegeAdvice.zst", REDDIT / "college" / "RC_CollegeAdvice.zst"]
+    if not dumps[0].exists():
+        pytest.skip("../shared/data/reddit is not there")
+    args = ["export", "--generator", str(models["gpt2"]), "--discriminator", str(models["disc"]), "--upvotes", str(models["upv"]),
+            "--out", str(tmp_path / "b"), "--no-quality-gate"]
+    for dump in dumps:
+        args += ["--validation-data", str(dump)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["validation"]["pairs"] == 32 and 0 <= report["realism_threshold"] <= 1
+    assert replyrank.load(tmp_path / "b").reply("hello there", candidates=2, max_new_tokens=4).candidates
