@@ -30,11 +30,13 @@ def _sample(pairs: list[Pair], count: int | None, seed: int) -> list[Pair]:
     return random.Random(seed).sample(pairs, count)
 
 
-def generator(files: Sequence[str], base: str, out: str, options: TrainOptions, max_pairs: int | None = None) -> dict[str, Any]:
+def generator(
+    files: Sequence[str], base: str, out: str, options: TrainOptions, max_pairs: int | None = None, template: str | None = None
+) -> dict[str, Any]:
     split = load_split(files, seed=options.seed)
     train = [(p.parent, p.reply) for p in _sample(split["train"], max_pairs, options.seed)]
     valid = [(p.parent, p.reply) for p in _sample(split["valid"], 512, options.seed)]
-    return train_generator(train, valid, base, out, options)
+    return train_generator(train, valid, base, out, options, template)
 
 
 def discriminator(

@@ -226,11 +226,28 @@ def training_options(command: Any) -> Any:
 @training_options
 @click.option("--base", required=True, help="Causal LM to fine-tune: hub id, folder or .gguf.")
 @click.option("--max-pairs", type=int, default=None, help="Use at most this many training pairs.")
-def train_generator_command(data: tuple[str, ...], out: str, base: str, max_pairs: int | None, **kw: Any) -> None:
+@click.option("--lora-rank", type=int, default=None, help="Train a LoRA adapter of this rank (peft), saved beside the merged model.")
+@click.option("--prompt-template", default=None, help="Prompt with {comment} (default: the model's chat template, else 'Comment: ...').")
+def train_generator_command(
+    data: tuple[str, ...], out: str, base: str, max_pairs: int | None, prompt_template: str | None, **kw: Any
+) -> None:
     """Fine-tune a causal LM on comment → reply (loss on the reply tokens only)."""
     _export_module()
     from replyrank.export import recipes
-    _emit(recipes.generator(_files(data), base, out, _train_options(**kw), max_pairs))
+
+    _emit(recipes.generator(_files(data), base, out, _train_options(**kw), max_pairs, prompt_template))
+
+
+@train.command(name="merge-adapter")
+@click.option("--base", required=True, help="The causal LM the adapter was trained on (hub id, folder or .gguf).")
+@click.option("--adapter", required=True, type=click.Path(exists=True), help="The adapter folder (OUT/adapter of `train generator --lora-rank`).")
+@click.option("--out", required=True, type=click.Path(), help="Folder for the merged model.")
+def merge_adapter_command(base: str, adapter: str, out: str) -> None:
+    """Fold a LoRA adapter into its base model (for adapters trained on another machine)."""
+    _export_module()
+    from replyrank.export.train import merge_adapter
+
+    click.echo(str(merge_adapter(base, adapter, out)))
 
 
 @train.command(name="discriminator")
@@ -242,6 +259,7 @@ def train_discriminator_command(data: tuple[str, ...], out: str, generator_sourc
     """Train a real-vs-generated pair classifier on fakes sampled by replyrank's own runtime."""
     _export_module()
     from replyrank.export import recipes
+
     _emit(recipes.discriminator(_files(data), generator_source, base, out, _train_options(**kw), fakes))
 
 
@@ -254,6 +272,7 @@ def train_upvotes_command(data: tuple[str, ...], out: str, base: str, pairwise: 
     """Train a pair regressor on sign(s)·log1p(|s|) of reply scores (or pairwise on siblings)."""
     _export_module()
     from replyrank.export import recipes
+
     _emit(recipes.upvotes(_files(data), base, out, _train_options(**kw), pairwise, max_pairs))
 
 
