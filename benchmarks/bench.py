@@ -196,7 +196,7 @@ def child(system: str, mode: str, settings: dict[str, Any], timeout: float, log:
         return {"system": system, "error": f"{mode}: exit {done.returncode}: {tail[0][:300]} (see {log})"}
     result = json.loads(lines[-1])
     if "ModuleNotFoundError" in result.get("error", "") and system in ENVS:
-        result["error"] += f" (bash benchmarks/setup_peers.sh {system} installs it into benchmarks/.envs/{ENVS[system]})"
+        result["error"] += f" (bash benchmarks/setup_peers.sh {ENVS[system]} installs it into benchmarks/.envs/{ENVS[system]})"
     return result
 
 

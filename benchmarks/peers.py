@@ -542,6 +542,7 @@ def load_llamacpp(args: dict[str, Any]) -> System:
     never = {int(i): -1e4 for i in {llm.token_eos(), *(args["eos_ids"] if source == gguf else [])}}
 
     def generate(n: int, t: int, seed: int) -> Generated:
+        llm.reset()  # every job pays for its prompt once; the N calls within it share the cached prefix
         texts, counts = [], []
         for i in range(n):
             out = llm.create_completion(
