@@ -10,13 +10,14 @@
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .bundle import load_manifest
+from .bundle import load_manifest, verify_files
 from .errors import InputError
 from .generate import GenerationOptions, Generator
 from .score import PairScorer
@@ -88,11 +89,18 @@ class Bot:
     """A loaded bundle. Safe to call from several threads at once (ONNX Runtime sessions are)."""
 
     def __init__(self, bundle_dir: str | Path, threads: int | None = None, realism_threshold: float | None = None):
-        self.manifest = load_manifest(bundle_dir)
+        self.manifest = load_manifest(bundle_dir, verify_hashes=False)
         self.path: Path = self.manifest["root"]
-        self.generator = Generator(self.manifest["generator"]["dir"], self.manifest["generator"], threads)
-        self.discriminator = PairScorer(self.manifest["discriminator"]["dir"], self.manifest["discriminator"], threads)
-        self.upvotes = PairScorer(self.manifest["upvotes"]["dir"], self.manifest["upvotes"], threads)
+        parts = self.manifest["generator"], self.manifest["discriminator"], self.manifest["upvotes"]
+        # Hashing and building the three sessions are independent and mostly outside the GIL:
+        # doing them side by side roughly halves the load time on two cores.
+        with ThreadPoolExecutor(4) as pool:
+            verified = pool.submit(verify_files, self.manifest)
+            generator = pool.submit(Generator, parts[0]["dir"], parts[0], threads)
+            discriminator = pool.submit(PairScorer, parts[1]["dir"], parts[1], threads)
+            upvotes = pool.submit(PairScorer, parts[2]["dir"], parts[2], threads)
+            verified.result()  # a changed file is the error to report, before any broken graph it explains
+            self.generator, self.discriminator, self.upvotes = generator.result(), discriminator.result(), upvotes.result()
         threshold = self.manifest.get("realism_threshold", 0.5) if realism_threshold is None else realism_threshold
         if not 0 <= threshold <= 1:
             raise InputError(f"realism threshold must be in [0, 1], got {threshold}")

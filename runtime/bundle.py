@@ -26,6 +26,7 @@ from .errors import BundleError
 
 FORMAT_VERSION = 1
 MANIFEST = "replyrank.json"
+STAMP = ".replyrank-verified.json"  # (size, mtime, sha256) of files already verified
 PARTS = ("generator", "discriminator", "upvotes")
 # what the runtime reads from each part's entry: a hand-edited manifest without them fails at load
 REQUIRED_KEYS = {"generator": ("prompt_template", "eos_token_ids", "context_length"), "discriminator": ("kind",), "upvotes": ("kind",)}
@@ -96,21 +97,52 @@ def load_manifest(bundle_dir: str | Path, verify_hashes: bool = True) -> dict[st
         if missing:
             raise BundleError(f"{manifest_path}'s {part!r} entry lacks {', '.join(missing)}; re-export the bundle")
         part_dir = inside(root, entry["path"])
-        for name, digest in entry["files"].items():
-            file_path = inside(root, f"{entry['path']}/{name}")
-            if not file_path.is_file():
+        for name in entry["files"]:
+            if not inside(root, f"{entry['path']}/{name}").is_file():
                 raise BundleError(f"bundle file {part}/{name} is missing from {root}; re-export or re-copy the bundle")
-            if verify_hashes and sha256(file_path) != digest:
-                raise BundleError(
-                    f"bundle file {part}/{name} does not match the sha256 in {MANIFEST} (changed or corrupted); "
-                    "re-export or re-copy the bundle"
-                )
         entry["dir"] = part_dir
     threshold = manifest.get("realism_threshold", 0.5)
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
         raise BundleError(f"{manifest_path} has realism_threshold {threshold!r}, not a number in [0, 1]; re-export the bundle")
     manifest["root"] = root.resolve()
+    if verify_hashes:
+        verify_files(manifest)
     return manifest
+
+
+def verify_files(manifest: dict[str, Any], use_stamp: bool = True) -> None:
+    """Check every listed file's sha256 against the manifest.
+
+    A file verified before, whose size and modification time are unchanged since, is not hashed
+    again: the stamp file beside the manifest records them (written when the folder is writable).
+    `use_stamp=False` hashes everything (`replyrank info` does).
+    """
+    root: Path = manifest["root"]
+    stamp_path = root / STAMP
+    try:
+        stamp = json.loads(stamp_path.read_text()) if use_stamp and stamp_path.is_file() else {}
+    except (OSError, ValueError):
+        stamp = {}
+    verified = {}
+    for part in PARTS:
+        for name, digest in manifest[part]["files"].items():
+            key = f"{manifest[part]['path']}/{name}"
+            path = inside(root, key)
+            status = path.stat()
+            seen = [status.st_size, status.st_mtime_ns, digest]
+            if stamp.get(key) != seen and sha256(path) != digest:
+                raise BundleError(
+                    f"bundle file {part}/{name} does not match the sha256 in {MANIFEST} (changed or corrupted); "
+                    "re-export or re-copy the bundle"
+                )
+            verified[key] = seen
+    if verified != stamp:
+        try:
+            partial = stamp_path.with_name(f"{STAMP}.{os.getpid()}")
+            partial.write_text(json.dumps(verified))
+            partial.replace(stamp_path)
+        except OSError:
+            pass  # a read-only bundle is simply hashed at every load
 
 
 def write_manifest(bundle_dir: Path, manifest: dict[str, Any]) -> None:

@@ -14,7 +14,7 @@ import click
 
 from . import __version__
 from .bot import Bot, Candidate
-from .bundle import default_bundle_dir, load_manifest
+from .bundle import STAMP, default_bundle_dir, load_manifest, verify_files
 from .errors import ReplyrankError
 from .generate import GenerationOptions
 
@@ -136,12 +136,13 @@ def rank(comment: str, replies: tuple[str, ...], bundle: str | None, threshold: 
 @click.option("--json", "json_", is_flag=True, help="One JSON object on stdout.")
 def info(bundle: str | None, json_: bool) -> None:
     """Show a bundle's manifest, validation report and file sizes (hashes are checked)."""
-    manifest = load_manifest(Path(bundle) if bundle else default_bundle_dir())
+    manifest = load_manifest(Path(bundle) if bundle else default_bundle_dir(), verify_hashes=False)
+    verify_files(manifest, use_stamp=False)  # info always hashes every file
     root = manifest.pop("root")
     for part in ("generator", "discriminator", "upvotes"):
         manifest[part].pop("dir")
     validation = manifest.pop("validation", {})
-    sizes = {p.relative_to(root).as_posix(): p.stat().st_size for p in sorted(root.rglob("*")) if p.is_file()}
+    sizes = {p.relative_to(root).as_posix(): p.stat().st_size for p in sorted(root.rglob("*")) if p.is_file() and p.name != STAMP}
     if json_:
         _emit({"path": str(root), "manifest": manifest, "validation": validation, "sizes": sizes})
         return

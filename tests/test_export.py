@@ -137,3 +137,30 @@ def test_export_cli_writes_a_bundle_and_reports_json(models, tmp_path):
     report = json.loads(result.stdout)
     assert report["validation"]["pairs"] == 32 and 0 <= report["realism_threshold"] <= 1
     assert replyrank.load(tmp_path / "b").reply("hello there", candidates=2, max_new_tokens=4).candidates
+
+
+def test_verified_stamp_never_hides_a_changed_file(gpt2_bundle, tmp_path):
+    import os
+
+    from click.testing import CliRunner
+
+    from replyrank.bundle import STAMP
+    from replyrank.cli import main
+
+    copy = tmp_path / "b"
+    shutil.copytree(gpt2_bundle, copy)
+    replyrank.load(copy)  # verifies every file and records the stamp
+    assert (copy / STAMP).is_file()
+    model = copy / "upvotes" / "model.onnx"
+    data = bytearray(model.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, one byte flipped
+    model.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="sha256"):
+        replyrank.load(copy)
+    # even a stamp forged to match the changed file does not fool `info`, which hashes everything
+    stamp = json.loads((copy / STAMP).read_text())
+    status = os.stat(model)
+    stamp["upvotes/model.onnx"][:2] = [status.st_size, status.st_mtime_ns]
+    (copy / STAMP).write_text(json.dumps(stamp))
+    result = CliRunner().invoke(main, ["info", "--bundle", str(copy)])
+    assert result.exit_code == 1 and "sha256" in result.stderr
