@@ -29,7 +29,7 @@ from replyrank.bundle import FORMAT_VERSION, MANIFEST, write_manifest
 from replyrank.errors import ReplyrankError
 
 from .convert import Checkpoint, ExportError, check_scorer, export_onnx, generator_spec, materialize_causal_lm
-from .quantize import BITS, quantize_model
+from .quantize import BITS, quantize_model, quantize_scorer
 from .validate import GATES, generator_quantized_vs_fp32, generator_vs_torch, scorer_vs_torch
 
 # Causal LMs that onnxruntime-genai's builder turns into a fused graph; others go through optimum.
@@ -87,12 +87,14 @@ def _fused_export(checkpoint: Checkpoint, out_dir: Path, work: Path) -> bool:
     return True
 
 
-def _finish_part(fp32_dir: Path, part_dir: Path, scheme: str) -> None:
+def _finish_part(fp32_dir: Path, part_dir: Path, scheme: str, scorer: bool = False) -> None:
     """Quantize (or copy) the fp32 graph into the bundle, with only the files the runtime and optimum need."""
     part_dir.mkdir(parents=True)
     if scheme == "none":
         for path in fp32_dir.glob("model.onnx*"):
             shutil.copy(path, part_dir / path.name)
+    elif scorer:
+        quantize_scorer(fp32_dir / "model.onnx", part_dir / "model.onnx")
     else:
         quantize_model(fp32_dir / "model.onnx", part_dir / "model.onnx", scheme)
     for name in PART_FILES:
@@ -194,7 +196,7 @@ def export_bundle(
             export_onnx(upv, work / "upvotes-fp32", "text-classification")
             advance("scorers exported")
             for part in ("discriminator", "upvotes"):
-                _finish_part(work / f"{part}-fp32", staging / part, options.quantize)
+                _finish_part(work / f"{part}-fp32", staging / part, options.quantize, scorer=True)
             advance(f"quantized ({options.quantize})")
 
             specs = {
@@ -275,6 +277,11 @@ def _gate_failures(validation: dict[str, Any]) -> list[str]:
     if quantized and quantized["mean_kl"] > GATES["generator_mean_kl"]:
         failures.append(f"generator mean KL {quantized['mean_kl']:.4f} > {GATES['generator_mean_kl']}")
     for part in ("discriminator_vs_torch", "upvotes_vs_torch"):
-        if validation[part]["correlation"] < GATES["scorer_correlation"]:
-            failures.append(f"{part.split('_')[0]} correlation {validation[part]['correlation']:.3f} < {GATES['scorer_correlation']}")
+        check = validation[part]
+        # scores that barely vary cannot show a correlation; then the absolute error is what counts
+        if check["correlation"] < GATES["scorer_correlation"] and check["max_abs_diff"] > check["tolerance"]:
+            failures.append(
+                f"{part.split('_')[0]} correlation {check['correlation']:.3f} < {GATES['scorer_correlation']} "
+                f"and max abs diff {check['max_abs_diff']:.4f} > {check['tolerance']:.4f}"
+            )
     return failures

@@ -4,6 +4,11 @@ Measured on SmolLM2-135M: plain `quantize_dynamic` QInt8 agreed with fp32 on ~55
 tokens and per-channel QInt8 was garbage, while 8-bit MatMulNBits (block 32, int8 compute)
 agreed on ~98%. So every MatMul with constant weights becomes MatMulNBits.
 
+Scorers are different: BERT-sized encoders over whole (comment, reply) pairs are compute-bound,
+where ONNX Runtime's dynamic int8 MatMulInteger beats block-wise dequantization. Measured on an
+all-MiniLM-L6-v2 discriminator, 8 pairs, 2 threads: fp32 63 ms, 8-bit MatMulNBits 73 ms, dynamic
+QInt8 31 ms, with a max probability difference of 0.009 against fp32.
+
 A tied LM head is exported as `MatMul(hidden, Transpose(embedding))`: its weight is not a
 constant, so the quantizer would leave ~113 MB of fp32 to be read at every decode step. We
 fold the Transpose into a constant first, so the head is quantized like every other layer.
@@ -65,3 +70,11 @@ def quantize_model(src: Path, dst: Path, scheme: str, block_size: int = 32) -> N
     quantizer.process()
     dst.parent.mkdir(parents=True, exist_ok=True)
     quantizer.model.save_model_to_file(str(dst), use_external_data_format=False)
+
+
+def quantize_scorer(src: Path, dst: Path) -> None:
+    """Dynamic int8 quantization of an encoder: int8 weights, activations quantized per call."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)

@@ -62,8 +62,9 @@ def test_quantized_generator_tracks_fp32(gpt2_bundle, llama_bundle):
         quantized = validation["generator_quantized_vs_fp32"]
         # tiny random models have near-ties everywhere; the real bundle is gated at GATES
         assert quantized["top1_agreement"] >= 0.85 and quantized["mean_kl"] < 0.05
-        assert validation["discriminator_vs_torch"]["correlation"] > 0.95
-        assert validation["upvotes_vs_torch"]["correlation"] > 0.95
+        for scorer in (validation["discriminator_vs_torch"], validation["upvotes_vs_torch"]):
+            # tiny random scorers barely vary, so their gate is the absolute error
+            assert scorer["correlation"] > 0.95 or scorer["max_abs_diff"] <= scorer["tolerance"]
 
 
 def test_manifest_hash_detects_a_changed_file(gpt2_bundle, tmp_path):
