@@ -31,7 +31,7 @@ def _texts(generator: Generator, pairs: list[tuple[str, str]], limit: int = 16) 
     sequences = []
     for comment, reply in pairs[:limit]:
         prompt = generator.encode_prompt(comment, options).ids
-        sequences.append(prompt + generator.text_tokenizer.encode(reply, add_special_tokens=False).ids[:32])
+        sequences.append(prompt + generator.tokenizer.encode(reply, add_special_tokens=False).ids[:32])
     return sequences
 
 

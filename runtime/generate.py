@@ -127,14 +127,12 @@ class Generator:
         self.eos_ids = np.array(spec["eos_token_ids"], dtype=np.int64)
         self.context_length: int = int(spec["context_length"])
         self.tokenizer = load_tokenizer(model_dir / "tokenizer.json")
-        # The template's own markup (e.g. <|im_start|>) is parsed as special tokens; the user's
-        # comment never is: a typed "<|endoftext|>" stays text. Two tokenizers, so neither flag
-        # flips while another thread is encoding.
-        self.text_tokenizer = load_tokenizer(model_dir / "tokenizer.json")
-        self.text_tokenizer.encode_special_tokens = True
+        # The template's own markup (e.g. <|im_start|>) is parsed as special tokens, once, here;
+        # after that the flag is set for good and a user's typed "<|endoftext|>" stays text.
         prefix, suffix = self.template.split("{comment}")
         self.prefix_ids = self.tokenizer.encode(prefix, add_special_tokens=False).ids if prefix else []
         self.suffix_ids = self.tokenizer.encode(suffix, add_special_tokens=False).ids if suffix else []
+        self.tokenizer.encode_special_tokens = True
         if spec.get("bos_token_id") is not None:
             self.prefix_ids = [int(spec["bos_token_id"])] + self.prefix_ids
 
@@ -159,7 +157,7 @@ class Generator:
 
     def encode_prompt(self, comment: str, options: GenerationOptions) -> Prompt:
         """Prompt token ids. A comment too long for the context keeps its first tokens (the rest is dropped)."""
-        comment_ids = self.text_tokenizer.encode(comment, add_special_tokens=False).ids
+        comment_ids = self.tokenizer.encode(comment, add_special_tokens=False).ids
         room = self.context_length - options.max_new_tokens - len(self.prefix_ids) - len(self.suffix_ids)
         if room < 1:
             raise InputError(
