@@ -29,7 +29,7 @@ from replyrank.bundle import FORMAT_VERSION, MANIFEST, write_manifest
 from replyrank.errors import ReplyrankError
 
 from .convert import Checkpoint, ExportError, check_scorer, export_onnx, generator_spec, materialize_causal_lm
-from .quantize import BITS, quantize_model, quantize_scorer
+from .quantize import BITS, optimize_offline, quantize_model, quantize_scorer
 from .validate import GATES, generator_quantized_vs_fp32, generator_vs_torch, scorer_vs_torch
 
 # Causal LMs that onnxruntime-genai's builder turns into a fused graph; others go through optimum.
@@ -95,8 +95,10 @@ def _finish_part(fp32_dir: Path, part_dir: Path, scheme: str, scorer: bool = Fal
             shutil.copy(path, part_dir / path.name)
     elif scorer:
         quantize_scorer(fp32_dir / "model.onnx", part_dir / "model.onnx")
+        optimize_offline(part_dir / "model.onnx")
     else:
         quantize_model(fp32_dir / "model.onnx", part_dir / "model.onnx", scheme)
+        optimize_offline(part_dir / "model.onnx")
     for name in PART_FILES:
         if (fp32_dir / name).is_file():
             shutil.copy(fp32_dir / name, part_dir / name)

@@ -78,3 +78,19 @@ def quantize_scorer(src: Path, dst: Path) -> None:
 
     dst.parent.mkdir(parents=True, exist_ok=True)
     quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+
+
+def optimize_offline(path: Path) -> None:
+    """Run ONNX Runtime's portable graph fusions once, at export, and save the result in place.
+
+    Opening the SmolLM2 int8 graph then took 0.53-0.62 s instead of 0.78 s (measured here).
+    EXTENDED stops short of the layout transforms that ENABLE_ALL may tie to the exporting CPU.
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    optimized = path.with_name(path.stem + ".optimized.onnx")
+    options.optimized_model_filepath = str(optimized)
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    optimized.replace(path)
