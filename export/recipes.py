@@ -6,7 +6,6 @@ valid for the generator's held-out perplexity and export validation, test for th
 
 from __future__ import annotations
 
-import json
 import random
 import tempfile
 from pathlib import Path
@@ -108,7 +107,3 @@ def pass_share(bundle: str, comments: Sequence[str], threshold: float = 0.5) -> 
     bot = replyrank.load(bundle, realism_threshold=threshold)
     candidates = [c for i, comment in enumerate(comments) for c in bot.reply(comment, seed=i).candidates if c.realism is not None]
     return sum(c.realism >= threshold for c in candidates) / max(1, len(candidates))
-
-
-def dump_json(data: Any) -> str:
-    return json.dumps(data, indent=2, default=str)
