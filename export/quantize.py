@@ -23,6 +23,7 @@ import onnx
 from onnx import numpy_helper
 
 BITS = {"int8": 8, "int4": 4}
+WEIGHTS_FILE = "model.onnx.data"  # external initializers, next to model.onnx
 
 
 def fold_transposed_weights(model: onnx.ModelProto) -> int:
@@ -81,16 +82,20 @@ def quantize_scorer(src: Path, dst: Path) -> None:
 
 
 def optimize_offline(path: Path) -> None:
-    """Run ONNX Runtime's portable graph fusions once, at export, and save the result in place.
+    """Run ONNX Runtime's portable graph fusions once, at export, and save the weights beside the graph.
 
-    Opening the SmolLM2 int8 graph then took 0.53-0.62 s instead of 0.78 s (measured here).
     EXTENDED stops short of the layout transforms that ENABLE_ALL may tie to the exporting CPU.
+    The weights go to `model.onnx.data`, which ONNX Runtime memory-maps at load instead of
+    parsing them out of one large protobuf: opening the SmolLM2 int8 generator took 0.20 s
+    instead of 0.61-0.81 s, and a reply's peak RSS fell from ~630 MB to ~500 MB (measured here).
     """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-    optimized = path.with_name(path.stem + ".optimized.onnx")
-    options.optimized_model_filepath = str(optimized)
+    staged = path.with_name("optimized.onnx")
+    options.optimized_model_filepath = str(staged)
+    options.add_session_config_entry("session.optimized_model_external_initializers_file_name", WEIGHTS_FILE)
+    options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
     ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    optimized.replace(path)
+    staged.replace(path)  # the weights file is named for the final graph, so only the graph moves

@@ -2,9 +2,9 @@
 
     bundle/
       replyrank.json        format version, hashes, prompt template, score meanings, threshold, validation
-      generator/            model.onnx (+ model.onnx.data), config.json, tokenizer.json   (optimum's layout)
-      discriminator/        model.onnx, config.json, tokenizer.json
-      upvotes/              model.onnx, config.json, tokenizer.json
+      generator/            model.onnx (graph), model.onnx.data (weights), config.json, tokenizer.json
+      discriminator/        model.onnx, model.onnx.data, config.json, tokenizer.json
+      upvotes/              model.onnx, model.onnx.data, config.json, tokenizer.json
 
 `load_manifest` checks everything that can be checked without running a model: the format
 version, that every listed path stays inside the folder, that every file exists and has the

@@ -40,6 +40,20 @@ def test_fused_graph_is_used_for_llama(llama_bundle, gpt2_bundle):
     assert json.loads((Path(gpt2_bundle) / "replyrank.json").read_text())["generator"]["graph"].startswith("optimum")
 
 
+@pytest.mark.parametrize("bundle", ["gpt2_bundle", "llama_bundle"])
+def test_quantized_weights_sit_beside_a_small_graph(bundle, request):
+    """Every part keeps its weights in model.onnx.data, which ONNX Runtime memory-maps at load."""
+    import onnx
+
+    root = Path(request.getfixturevalue(bundle))
+    for part in ("generator", "discriminator", "upvotes"):
+        graph_file, weights_file = root / part / "model.onnx", root / part / "model.onnx.data"
+        graph = onnx.load(str(graph_file), load_external_data=False).graph
+        external = [t for t in graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+        assert external and {e.value for t in external for e in t.external_data if e.key == "location"} == {"model.onnx.data"}
+        assert weights_file.stat().st_size >= sum(int(e.value) for t in external for e in t.external_data if e.key == "length")
+
+
 @pytest.mark.parametrize("bundle,name", [("gpt2_fp32_bundle", "gpt2"), ("llama_fp32_bundle", "llama")])
 def test_greedy_generation_equals_transformers_generate(bundle, name, models, request):
     from transformers import AutoModelForCausalLM

@@ -233,7 +233,10 @@ def _swap_tokenizer(root: Path) -> None:
 
 def _graph_from(source: str, target: str) -> Callable[[Path], None]:
     def edit(root: Path) -> None:
-        shutil.copy(root / source / "model.onnx", root / target / "model.onnx")
+        for path in (root / target).glob("model.onnx*"):
+            path.unlink()
+        for path in (root / source).glob("model.onnx*"):
+            shutil.copy(path, root / target / path.name)
         _rehash(root)
 
     return edit
@@ -254,6 +257,9 @@ BROKEN = {
     "truncated graph, hashes rewritten": (_write("generator/model.onnx", lambda d: d[: len(d) // 2], rehash=True), "not a loadable ONNX model"),
     "corrupted graph, hashes rewritten": (_write("generator/model.onnx", _flip(0.0), rehash=True), "not a loadable ONNX model"),
     "empty graph, hashes rewritten": (_write("discriminator/model.onnx", lambda d: b"", rehash=True), "not a loadable ONNX model"),
+    "missing weights": (lambda root: (root / "generator" / "model.onnx.data").unlink(), "generator/model.onnx.data is missing"),
+    "truncated weights": (_write("upvotes/model.onnx.data", lambda d: d[: len(d) // 2]), "sha256"),
+    "truncated weights, hashes rewritten": (_write("generator/model.onnx.data", lambda d: d[: len(d) // 2], rehash=True), "not a loadable ONNX model"),
     "garbage graph, hashes rewritten": (_write("upvotes/model.onnx", lambda d: os.urandom(4096), rehash=True), "not a loadable ONNX model"),
     "scorer graph as generator": (_graph_from("discriminator", "generator"), "not a KV-cache causal LM"),
     "generator graph as scorer": (_graph_from("generator", "upvotes"), "re-export"),
