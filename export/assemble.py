@@ -115,6 +115,8 @@ def export_generator(
         export_onnx(checkpoint, work / "generator-fp32", "text-generation-with-past")
     _finish_part(work / "generator-fp32", part_dir, quantize)
     spec["graph"] = "fused (onnxruntime-genai builder)" if fused else "optimum text-generation-with-past"
+    # GroupQueryAttention appends to a past buffer that has room; optimum's attention concatenates
+    spec["kv_cache"] = "in-place" if fused else "concat"
     return spec, checkpoint
 
 

@@ -6,7 +6,10 @@ inputs the graph declares (`input_ids`, `attention_mask`, `position_ids`,
 `past_key_values.{i}.key/value`), and `present.{i}.*` outputs become the next step's past.
 
 The comment's prompt is prefilled once, with batch 1; its cache is then repeated for the N
-candidates, which decode together as one batch. Each candidate draws its random numbers from
+candidates, which decode together as one batch. Graphs whose attention writes the new keys and
+values into its past buffer (GroupQueryAttention, manifest `"kv_cache": "in-place"`) get one
+buffer with room for the whole reply, bound as both past and present, so a step copies nothing;
+other graphs return a grown copy of the cache every step. Each candidate draws its random numbers from
 its own generator, so candidate i is the same whether it is decoded alone or beside others.
 Rows that finish leave the batch, so they stop costing decode work.
 """
@@ -137,6 +140,7 @@ class Generator:
             self.prefix_ids = [int(spec["bos_token_id"])] + self.prefix_ids
 
         self.session = create_session(model_dir / "model.onnx", threads)
+        self.in_place = spec.get("kv_cache") == "in-place"
         inputs = {i.name: i for i in self.session.get_inputs()}
         self.input_names = set(inputs)
         self.past_names = [name for name in inputs if name.startswith("past_key_values.")]
@@ -168,7 +172,10 @@ class Generator:
         return Prompt(self.prefix_ids + comment_ids[:limit] + self.suffix_ids, len(comment_ids), len(comment_ids) > limit)
 
     def forward(self, input_ids: np.ndarray, past_length: int, cache: dict[str, ort.OrtValue]) -> tuple[np.ndarray, dict[str, ort.OrtValue]]:
-        """One forward pass: logits (batch, length, vocab) and the new cache, kept as OrtValues between steps."""
+        """One forward pass: logits (batch, length, vocab) and the new cache, kept as OrtValues between steps.
+
+        A cache with room beyond `past_length` (see `room_for`) is updated in place and returned as is.
+        """
         batch, length = input_ids.shape
         binding = self.session.io_binding()
         feed = {
@@ -179,17 +186,34 @@ class Generator:
         for name, value in feed.items():
             if name in self.input_names:
                 binding.bind_cpu_input(name, value)
-        for name in self.past_names:
-            binding.bind_ortvalue_input(name, cache[name])
-        for name in self.output_names:
-            binding.bind_output(name, "cpu")
+        binding.bind_output("logits", "cpu")
+        in_place = self.in_place and cache[self.past_names[0]].shape()[2] >= past_length + length
+        for past, present in zip(self.past_names, self.present_names):
+            binding.bind_ortvalue_input(past, cache[past])
+            if in_place:
+                binding.bind_ortvalue_output(present, cache[past])
+            else:
+                binding.bind_output(present, "cpu")
         self.session.run_with_iobinding(binding)
         logits, *presents = binding.get_outputs()
-        return logits.numpy(), dict(zip(self.past_names, presents))
+        return logits.numpy(), cache if in_place else dict(zip(self.past_names, presents))
 
     def empty_cache(self, batch: int) -> dict[str, ort.OrtValue]:
         empty = np.zeros((batch, self.kv_heads, 0, self.head_dim), dtype=self.cache_dtype)
         return {name: ort.OrtValue.ortvalue_from_numpy(empty) for name in self.past_names}
+
+    def room_for(self, cache: dict[str, ort.OrtValue], rows: int, length: int) -> dict[str, ort.OrtValue]:
+        """The batch-1 prompt cache repeated for `rows` candidates; in-place graphs get buffers `length` long."""
+        grown = {}
+        for name, value in cache.items():
+            prompt = value.numpy()
+            if self.in_place:
+                buffer = np.zeros((rows, self.kv_heads, length, self.head_dim), dtype=prompt.dtype)
+                buffer[:, :, : prompt.shape[2]] = prompt
+            else:
+                buffer = np.repeat(prompt, rows, axis=0)
+            grown[name] = ort.OrtValue.ortvalue_from_numpy(buffer)
+        return grown
 
     def generate(
         self, prompt_ids: list[int], options: GenerationOptions, rngs: list[np.random.Generator]
@@ -202,9 +226,8 @@ class Generator:
         logits = logits[:, -1]
         prefill_s = time.perf_counter() - start
         # share it: every candidate starts from the same prompt cache and next-token logits
-        if n > 1:
-            cache = {name: ort.OrtValue.ortvalue_from_numpy(np.repeat(value.numpy(), n, axis=0)) for name, value in cache.items()}
-            logits = np.repeat(logits, n, axis=0)
+        cache = self.room_for(cache, n, len(prompt_ids) + options.max_new_tokens)
+        logits = np.repeat(logits, n, axis=0)
         past_length = len(prompt_ids)
         rows = list(range(n))  # which candidate each batch row is
         tokens: list[list[int]] = [[] for _ in range(n)]

@@ -54,6 +54,32 @@ def test_shared_prefill_equals_independent_runs(bot):
     assert [g.token_ids for g in together] == [g.token_ids for g in alone]
 
 
+def test_in_place_cache_equals_a_grown_copy(llama_bundle):
+    """The fused graph's cache buffer, written in place, gives the logits a copied cache gives."""
+    generator = replyrank.load(llama_bundle).generator
+    assert generator.in_place and generator.spec["kv_cache"] == "in-place"
+    prompt = generator.encode_prompt(COMMENT, GenerationOptions()).ids
+    tokens = np.array([[5], [9], [17]], dtype=np.int64)
+
+    def steps(in_place: bool) -> list[np.ndarray]:
+        generator.in_place = in_place
+        logits, cache = generator.forward(np.array([prompt]), 0, generator.empty_cache(1))
+        cache, out = generator.room_for(cache, 3, len(prompt) + 6), []
+        for step in range(6):
+            logits, cache = generator.forward(tokens + step, len(prompt) + step, cache)
+            out.append(logits)
+        return out
+
+    for a, b in zip(steps(True), steps(False)):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    options = GenerationOptions(candidates=6, max_new_tokens=24, temperature=1.5, top_k=0)
+    runs = []
+    for in_place in (True, False):
+        generator.in_place = in_place
+        runs.append(generator.generate(prompt, options, [np.random.default_rng(i) for i in range(6)])[0])
+    assert [g.token_ids for g in runs[0]] == [g.token_ids for g in runs[1]]
+
+
 def test_eos_stops_a_row_and_min_new_tokens_holds_it_back(bot):
     options = GenerationOptions(candidates=6, max_new_tokens=30, min_new_tokens=5, temperature=1.5, top_k=0)
     prompt = bot.generator.encode_prompt(COMMENT, options)
