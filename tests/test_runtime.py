@@ -115,10 +115,24 @@ def test_selection_drops_empty_duplicates_echoes_and_unrealistic(gpt2_bundle):
     assert reasons["Yes it  was fine"] == "duplicate" and reasons[""] == "empty"
     assert reasons[COMMENT.upper()] == "echoes the comment"
     assert reasons["yes it was fine"] is None and reasons["no idea"] is None
-    strict = replyrank.load(gpt2_bundle, realism_threshold=1.0)
+    strict = replyrank.load(gpt2_bundle, realism_threshold=1.0, strict=True)
     result = strict.reply(COMMENT, candidates=2, max_new_tokens=6, seed=1)
-    assert result.best is None and "threshold" in result.reason
+    assert result.best is None and "threshold" in result.reason and result.note is None
     assert all(not c.kept for c in result.candidates)
+
+
+def test_when_none_is_realistic_enough_the_most_realistic_is_kept_and_said(gpt2_bundle):
+    bot = replyrank.load(gpt2_bundle, realism_threshold=1.0)
+    result = bot.reply(COMMENT, candidates=4, max_new_tokens=6, seed=1)
+    scored = [c for c in result.candidates if c.realism is not None]
+    assert result.best is not None and result.reason is None
+    assert result.best.realism == max(c.realism for c in scored)
+    assert [c for c in result.candidates if c.kept] == [result.best]
+    assert "threshold 1.000" in result.note and f"({result.best.realism:.3f})" in result.note
+    assert all("< threshold" in c.reason for c in scored if c is not result.best)
+    assert result.to_dict()["note"] == result.note
+    ranked = bot.score(COMMENT, ["yes it was fine", "no idea"])
+    assert sum(c.kept for c in ranked) == 1
 
 
 def test_special_tokens_typed_by_a_user_are_text(bot):
@@ -173,6 +187,15 @@ def test_cli_json_matches_the_api(gpt2_bundle):
     api = replyrank.load(gpt2_bundle).reply(COMMENT, candidates=3, max_new_tokens=8, seed=5).to_dict()
     assert data["candidates"] == api["candidates"] and data["best"] == api["best"]
     assert set(data["timings_ms"]) == {"prefill", "decode", "score", "total"}
+
+
+def test_cli_says_when_no_candidate_reached_the_threshold(gpt2_bundle):
+    args = ["reply", COMMENT, "--bundle", str(gpt2_bundle), "-n", "2", "--max-new-tokens", "6", "--seed", "1", "--threshold", "1"]
+    kept = CliRunner().invoke(main, args)
+    assert kept.exit_code == 0 and "no candidate reached the realism threshold 1.000" in kept.stderr
+    assert not kept.stdout.startswith("(no reply")
+    strict = CliRunner().invoke(main, [*args, "--strict"])
+    assert strict.exit_code == 0 and strict.stdout.startswith("(no reply: no candidate passed selection")
 
 
 def test_cli_rank_info_and_stdin(gpt2_bundle):
