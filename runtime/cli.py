@@ -134,9 +134,14 @@ def rank(
     bot = _load(bundle, threads, threshold, strict)
     candidates = bot.score(text, list(replies))
     best = candidates[0] if candidates[0].kept else None
+    note = None  # kept below the threshold happens only when none reached it (see Bot._select)
+    if best and best.realism is not None and best.realism < bot.realism_threshold:
+        note = f"no reply reached the realism threshold {bot.realism_threshold:.3f}; kept the most realistic one ({best.realism:.3f})"
     if json_:
-        _emit({"comment": text, "best": asdict(best) if best else None, "candidates": [asdict(c) for c in candidates]})
+        _emit({"comment": text, "best": asdict(best) if best else None, "note": note, "candidates": [asdict(c) for c in candidates]})
         return
+    if note:
+        click.echo(f"note: {note} (--strict keeps none instead)", err=True)
     click.echo(_table(candidates, bot.manifest["upvotes"]["score"]["name"]))
 
 

@@ -145,7 +145,6 @@ class Generator:
         self.input_names = set(inputs)
         self.past_names = [name for name in inputs if name.startswith("past_key_values.")]
         self.present_names = ["present." + name[len("past_key_values.") :] for name in self.past_names]
-        self.output_names = ["logits", *self.present_names]
         missing = {"input_ids", "logits", *self.present_names} - self.input_names - {o.name for o in self.session.get_outputs()}
         if missing or not self.past_names:
             raise BundleError(f"the generator graph is not a KV-cache causal LM (missing {sorted(missing) or 'past inputs'}); re-export it")

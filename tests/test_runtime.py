@@ -73,11 +73,15 @@ def test_in_place_cache_equals_a_grown_copy(llama_bundle):
     for a, b in zip(steps(True), steps(False)):
         np.testing.assert_allclose(a, b, atol=1e-5)
     options = GenerationOptions(candidates=6, max_new_tokens=24, temperature=1.5, top_k=0)
+    first = generator.generate(prompt, options, [np.random.default_rng(i) for i in range(6)])[0]
+    # stop at row 0's first character, so rows leave the batch early and the buffer gets cut
+    options = GenerationOptions(candidates=6, max_new_tokens=24, temperature=1.5, top_k=0, stop=(first[0].text[0],))
     runs = []
     for in_place in (True, False):
         generator.in_place = in_place
         runs.append(generator.generate(prompt, options, [np.random.default_rng(i) for i in range(6)])[0])
     assert [g.token_ids for g in runs[0]] == [g.token_ids for g in runs[1]]
+    assert runs[0][0].finish_reason == "stop" and any(g.finish_reason == "length" for g in runs[0])
 
 
 def test_eos_stops_a_row_and_min_new_tokens_holds_it_back(bot):
@@ -196,6 +200,11 @@ def test_cli_says_when_no_candidate_reached_the_threshold(gpt2_bundle):
     assert not kept.stdout.startswith("(no reply")
     strict = CliRunner().invoke(main, [*args, "--strict"])
     assert strict.exit_code == 0 and strict.stdout.startswith("(no reply: no candidate passed selection")
+    ranked = CliRunner().invoke(main, ["rank", "--comment", COMMENT, "yes", "no idea", "--bundle", str(gpt2_bundle), "--threshold", "1", "--json"])
+    data = json.loads(ranked.stdout)
+    assert data["best"] is not None and "threshold 1.000" in data["note"]
+    strict_rank = CliRunner().invoke(main, ["rank", "--comment", COMMENT, "yes", "no idea", "--bundle", str(gpt2_bundle), "--threshold", "1", "--strict", "--json"])
+    assert json.loads(strict_rank.stdout)["best"] is None and json.loads(strict_rank.stdout)["note"] is None
 
 
 def test_cli_rank_info_and_stdin(gpt2_bundle):
