@@ -258,7 +258,7 @@ def export_bundle(
 def validation_pairs(dumps: list[str], count: int = 32) -> list[tuple[str, str]]:
     """Real (comment, reply) pairs for validation: from Pushshift dumps if given, else from chitchat-dataset."""
     if dumps:
-        from .data import load_pairs
+        from replyrank.dumps import load_pairs
 
         pairs = load_pairs(dumps, limit=20000)
         step = max(1, len(pairs) // count)

@@ -1,6 +1,6 @@
 """From Pushshift dumps to trained models and a bundle: what `replyrank train ...` runs.
 
-Pairs come from `data.load_pairs`, split by thread (`data.split_by_thread`): train for fitting,
+Pairs come from `dumps.load_pairs`, split by thread (`dumps.split_by_thread`): train for fitting,
 valid for the generator's held-out perplexity and export validation, test for the metrics.
 """
 
@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 from replyrank.generate import GenerationOptions
 
-from .data import Filters, Pair, load_pairs, sibling_pairs, split_by_thread
+from replyrank.dumps import Filters, Pair, load_pairs, sibling_pairs, split_by_thread
 from .train import TrainOptions, sample_replies, train_discriminator, train_generator, train_upvotes, upvote_target
 
 DEPLOYMENT = GenerationOptions(candidates=2, max_new_tokens=40, temperature=0.7, top_k=40)

@@ -188,7 +188,7 @@ def reply_perplexity(model, batches, device: str) -> float:
     """exp(mean NLL of reply tokens) over held-out batches."""
     import torch
 
-    from .metrics import perplexity
+    from replyrank.metrics import perplexity
 
     nll, count = 0.0, 0
     with torch.no_grad():
@@ -307,7 +307,7 @@ def train_discriminator(
     test_fake: Sequence[tuple[str, str]], base: str, out: str | Path, options: TrainOptions | None = None,
 ) -> dict[str, Any]:
     """Real (label 1) vs generated (label 0) replies, balanced; ROC-AUC and balanced accuracy on held-out pairs."""
-    from .metrics import balanced_accuracy, roc_auc
+    from replyrank.metrics import balanced_accuracy, roc_auc
 
     options = options or TrainOptions(learning_rate=3e-5, batch_size=16, max_length=128)
     if min(len(real), len(fake)) < 8:
@@ -340,7 +340,7 @@ def train_upvotes(
     """Regress the target (already transformed) of each (comment, reply); with `sibling_train`, DialogRPT's pairwise loss."""
     import torch
 
-    from .metrics import pairwise_accuracy, spearman
+    from replyrank.metrics import pairwise_accuracy, spearman
 
     options = options or TrainOptions(learning_rate=3e-5, batch_size=16, max_length=128)
     if len(train) < 8 and len(sibling_train) < 8:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from replyrank.export.data import (
+from replyrank.dumps import (
     DataError,
     Filters,
     Pair,

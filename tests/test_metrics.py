@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from replyrank.export.metrics import balanced_accuracy, pairwise_accuracy, perplexity, roc_auc, spearman
+from replyrank.metrics import balanced_accuracy, pairwise_accuracy, perplexity, roc_auc, spearman
 
 
 def test_roc_auc() -> None:

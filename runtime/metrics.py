@@ -4,8 +4,8 @@ The realism head is a binary classifier (real reply vs. not), so it gets ROC AUC
 and balanced accuracy; the upvote head predicts a score, so it gets Spearman
 correlation and the pairwise accuracy of DialogRPT (Gao et al., 2020): the share
 of sibling pairs where the model ranks the higher-scored reply above the
-lower-scored one. The generator gets perplexity. The maths is scikit-learn's
-and SciPy's; this module only checks inputs and names the failure.
+lower-scored one. The generator gets perplexity. Plain numpy, so the runtime's
+`eval` needs nothing beyond it; ties get average ranks, as in SciPy.
 """
 
 from __future__ import annotations
@@ -14,8 +14,6 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-from scipy.stats import spearmanr
-from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
 ArrayLike = Sequence[float] | np.ndarray
 
@@ -26,14 +24,21 @@ def roc_auc(labels: ArrayLike, probs: ArrayLike) -> float:
     classes = np.unique(labels_arr)
     if classes.size < 2:
         raise ValueError(f"roc_auc needs labels of both classes; got only {classes.tolist()}")
-    return float(roc_auc_score(labels_arr, np.asarray(probs, dtype=float)))
+    # Mann-Whitney U: the share of (positive, negative) pairs ranked right, ties counting half
+    ranks = _ranks(np.asarray(probs, dtype=float))
+    positives = labels_arr == classes[-1]
+    n_pos, n_neg = int(positives.sum()), int((~positives).sum())
+    return float((ranks[positives].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def balanced_accuracy(labels: ArrayLike, probs: ArrayLike, threshold: float = 0.5) -> float:
     """Mean of the per-class recalls when `probs >= threshold` predicts label 1."""
     labels_arr, probs_arr = _same_length(labels, probs, "balanced_accuracy")
-    predicted = (probs_arr >= threshold).astype(labels_arr.dtype)
-    return float(balanced_accuracy_score(labels_arr, predicted))
+    predicted = probs_arr >= threshold
+    positives = labels_arr == 1
+    recalls = [float(np.mean(predicted[positives] == 1)) if positives.any() else None,
+               float(np.mean(predicted[~positives] == 0)) if (~positives).any() else None]
+    return float(np.mean([r for r in recalls if r is not None]))
 
 
 def spearman(pred: ArrayLike, target: ArrayLike) -> float:
@@ -42,7 +47,7 @@ def spearman(pred: ArrayLike, target: ArrayLike) -> float:
     if pred_arr.size < 2 or np.ptp(pred_arr) == 0 or np.ptp(target_arr) == 0:
         # SciPy would return nan with a warning; a constant input has no ranking to compare.
         raise ValueError("spearman needs at least two values and non-constant pred and target")
-    return float(spearmanr(pred_arr, target_arr).statistic)
+    return float(np.corrcoef(_ranks(pred_arr), _ranks(target_arr))[0, 1])
 
 
 def pairwise_accuracy(pred_hi: ArrayLike, pred_lo: ArrayLike) -> float:
@@ -65,6 +70,18 @@ def perplexity(total_nll: float, n_tokens: int) -> float:
         return math.exp(total_nll / n_tokens)
     except OverflowError:  # a mean NLL above ~709 nats: perplexity beyond a float
         return math.inf
+
+
+def _ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks, ties sharing their average rank."""
+    order = np.argsort(values, kind="stable")
+    ranks = np.empty(len(values))
+    ranks[order] = np.arange(1, len(values) + 1)
+    unique, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
+    if len(unique) < len(values):
+        sums = np.bincount(inverse, weights=ranks)
+        ranks = (sums / counts)[inverse]
+    return ranks
 
 
 def _same_length(first: ArrayLike, second: ArrayLike, name: str) -> tuple[np.ndarray, np.ndarray]:

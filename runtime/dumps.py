@@ -27,7 +27,7 @@ from typing import Any, BinaryIO
 
 import zstandard
 
-from replyrank.errors import ReplyrankError
+from .errors import ReplyrankError
 
 log = logging.getLogger(__name__)
 
