@@ -12,35 +12,35 @@ is moved into place, so an interrupted export never leaves a half-written bundle
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
-import os
 import shutil
 import sys
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
 import replyrank
-from replyrank.bundle import FORMAT_VERSION, MANIFEST, write_manifest
+from replyrank.bundle import (
+    DEFAULT_SCORES, DISCRIMINATOR, GENERATOR, MANIFEST, REALISM_THRESHOLD, SCORERS, UPVOTES, Bundle, GeneratorSpec, Score, ScorerSpec,
+)
 from replyrank.errors import ReplyrankError
+from replyrank.generate import GenerationOptions
 
-from .convert import Checkpoint, ExportError, check_scorer, export_onnx, generator_spec, materialize_causal_lm
+from .convert import SCORER_SPEC, Checkpoint, ExportError, check_scorer, export_onnx, generator_spec, materialize_causal_lm
+from .folders import move_into_place
 from .quantize import BITS, optimize_offline, quantize_model, quantize_scorer
 from .validate import GATES, generator_quantized_vs_fp32, generator_vs_torch, scorer_vs_torch
 
 # Causal LMs that onnxruntime-genai's builder turns into a fused graph; others go through optimum.
 FUSED_ARCHITECTURES = {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "Phi3ForCausalLM"}
-SCORER_SPEC = "replyrank_scorer.json"  # written by `train upvotes`: output_scale and output_offset
 PART_FILES = ("tokenizer.json", "config.json", "generation_config.json")
 
-DEFAULT_SCORES = {
-    "discriminator": {"name": "realism", "meaning": "probability that a human wrote the reply to the comment", "scale": "0-1"},
-    "upvotes": {"name": "upvotes", "meaning": "predicted Reddit score of the reply", "scale": "log1p(max(score, 0))"},
-}
+# The deployment's sampling options: recorded in the bundle (GeneratorSpec.sampling), used by the
+# runtime as `Bot.reply`'s defaults, by calibration here and for the discriminator's fakes in training.
+DEPLOYMENT = GenerationOptions()
 
 
 @dataclass
@@ -50,8 +50,9 @@ class ExportOptions:
     fused: bool = True  # use onnxruntime-genai's fused graph where the architecture allows it
     quality_gate: bool = True
     realism_threshold: float | None = None  # None: calibrate on the bundle's own candidates
-    scores: dict[str, dict[str, str]] = field(default_factory=lambda: {k: dict(v) for k, v in DEFAULT_SCORES.items()})
-    metadata: dict[str, Any] = field(default_factory=dict)
+    scores: dict[str, Score] = field(default_factory=lambda: dict(DEFAULT_SCORES))
+    sampling: GenerationOptions = DEPLOYMENT
+    training: dict[str, Any] | None = None  # metrics of the models, where replyrank trained them
 
 
 def _progress(steps: int) -> Callable[[str], None]:
@@ -105,23 +106,39 @@ def _finish_part(fp32_dir: Path, part_dir: Path, scheme: str, scorer: bool = Fal
 
 
 def export_generator(
-    source: str, part_dir: Path, work: Path, quantize: str = "int8", prompt_template: str | None = None, fused: bool = True
-) -> tuple[dict[str, Any], Checkpoint]:
-    """One generator part folder (graph, tokenizer, config) and its manifest entry; fp32 graph left in `work`."""
+    source: str, part_dir: Path, work: Path, quantize: str = "int8", prompt_template: str | None = None, fused: bool = True,
+    sampling: GenerationOptions = DEPLOYMENT,
+) -> tuple[GeneratorSpec, Checkpoint]:
+    """One generator part folder (graph, tokenizer, config) and its spec; fp32 graph left in `work`."""
     checkpoint = materialize_causal_lm(source, work)
-    spec = generator_spec(checkpoint, prompt_template)
+    spec = generator_spec(checkpoint, prompt_template, sampling)
     fused = fused and _fused_export(checkpoint, work / "generator-fp32", work)
     if not fused:
         export_onnx(checkpoint, work / "generator-fp32", "text-generation-with-past")
     _finish_part(work / "generator-fp32", part_dir, quantize)
-    spec["graph"] = "fused (onnxruntime-genai builder)" if fused else "optimum text-generation-with-past"
     # GroupQueryAttention appends to a past buffer that has room; optimum's attention concatenates
-    spec["kv_cache"] = "in-place" if fused else "concat"
-    return spec, checkpoint
+    graph, kv_cache = ("fused (onnxruntime-genai builder)", "in-place") if fused else ("optimum text-generation-with-past", "concat")
+    return replace(spec, graph=graph, kv_cache=kv_cache), checkpoint
 
 
-def calibrate_threshold(bundle_dir: Path, comments: list[str], quantile: float = 0.5, candidates: int = 8) -> float:
-    """The realism that `quantile` of the bundle's own candidates reach: by default the more human half passes.
+def scorer_spec(name: str, source: Checkpoint, score: Score) -> ScorerSpec:
+    """A trained scorer's spec: its kind by role, its tokenizer facts from its config, a regressor's target scaling."""
+    config = json.loads((source.folder / "config.json").read_text())
+    scaling = source.folder / SCORER_SPEC
+    extra = json.loads(scaling.read_text()) if scaling.is_file() else {}  # a regressor trained on standardized targets
+    return ScorerSpec(
+        path=name,
+        kind="probability" if name == DISCRIMINATOR else "regression",
+        score=score,
+        vocab_size=config["vocab_size"],
+        pad_token_id=config.get("pad_token_id") or 0,
+        output_scale=float(extra.get("output_scale", 1.0)),
+        output_offset=float(extra.get("output_offset", 0.0)),
+    )
+
+
+def calibrate_threshold(bundle_dir: Path, comments: list[str], quantile: float = 0.5) -> float:
+    """The realism that `quantile` of the bundle's own candidates (deployment sampling) reach: by default the more human half passes.
 
     A threshold set on real-vs-generated accuracy alone would pass no candidate from a generator the
     discriminator separates well; ranking needs realistic candidates kept, not none.
@@ -129,7 +146,7 @@ def calibrate_threshold(bundle_dir: Path, comments: list[str], quantile: float =
     bot = replyrank.Bot(bundle_dir, realism_threshold=0.0)
     realism = []
     for i, comment in enumerate(comments):
-        result = bot.reply(comment, candidates=candidates, max_new_tokens=32, seed=i)
+        result = bot.reply(comment, seed=i)
         realism += [c.realism for c in result.candidates if c.realism is not None]
     if not realism:
         raise ExportError("calibration produced no scorable candidate; check the generator's prompt template")
@@ -147,30 +164,6 @@ def _target(out: Path) -> None:
         raise ExportError(f"cannot write to {out.parent} ({error.strerror}); choose a writable --out folder") from None
 
 
-def _exchange(a: Path, b: Path) -> bool:
-    """Swap two paths in one atomic step (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        at_fdcwd, rename_exchange = -100, 2
-        return libc.renameat2(at_fdcwd, bytes(a), at_fdcwd, bytes(b), rename_exchange) == 0
-    except (AttributeError, OSError):
-        return False
-
-
-def move_into_place(staging: Path, out: Path) -> None:
-    """Swap a finished folder into `out`; at no moment is there no whole bundle at `out`."""
-    if not out.exists():
-        staging.rename(out)
-        return
-    if _exchange(staging, out):
-        shutil.rmtree(staging, ignore_errors=True)  # staging now holds the previous bundle
-        return
-    old = out.with_name(f".{out.name}.old-{os.getpid()}")  # elsewhere: two renames, a brief gap
-    out.rename(old)
-    staging.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def export_bundle(
     generator: str,
     discriminator: str,
@@ -178,8 +171,8 @@ def export_bundle(
     out: str | Path,
     validation_pairs: list[tuple[str, str]],
     options: ExportOptions | None = None,
-) -> dict[str, Any]:
-    """Export, quantize, validate and calibrate three models into the bundle folder `out`; returns the manifest."""
+) -> Bundle:
+    """Export, quantize, validate and calibrate three models into the bundle folder `out`; returns the bundle written."""
     options = options or ExportOptions()
     if options.quantize not in (*BITS, "none"):
         raise ExportError(f"unknown quantization {options.quantize!r}; use int8, int4 or none")
@@ -187,72 +180,63 @@ def export_bundle(
         raise ExportError("give at least 4 real (comment, reply) pairs for validation")
     out = Path(out).expanduser().resolve()
     _target(out)
-    disc = check_scorer(discriminator, 2, "discriminator")
-    upv = check_scorer(upvotes, 1, "upvote model")
+    checkpoints = {DISCRIMINATOR: check_scorer(discriminator, 2, "discriminator"), UPVOTES: check_scorer(upvotes, 1, "upvote model")}
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     advance = _progress(7)
     try:
         with tempfile.TemporaryDirectory(prefix="replyrank-export-") as tmp:
             work = Path(tmp)
-            spec, gen = export_generator(generator, staging / "generator", work, options.quantize, options.prompt_template, options.fused)
+            spec, gen = export_generator(
+                generator, staging / GENERATOR, work, options.quantize, options.prompt_template, options.fused, options.sampling
+            )
             advance("generator exported")
-            export_onnx(disc, work / "discriminator-fp32", "text-classification")
-            export_onnx(upv, work / "upvotes-fp32", "text-classification")
+            for name in SCORERS:
+                export_onnx(checkpoints[name], work / f"{name}-fp32", "text-classification")
             advance("scorers exported")
-            for part in ("discriminator", "upvotes"):
-                _finish_part(work / f"{part}-fp32", staging / part, options.quantize, scorer=True)
+            for name in SCORERS:
+                _finish_part(work / f"{name}-fp32", staging / name, options.quantize, scorer=True)
             advance(f"quantized ({options.quantize})")
 
-            specs = {
-                "generator": spec,
-                "discriminator": {"kind": "probability", "label": 1, "max_length": 256, "score": options.scores["discriminator"]},
-                "upvotes": {"kind": "regression", "max_length": 256, "score": options.scores["upvotes"]},
-            }
-            for part, source in (("discriminator", disc), ("upvotes", upv)):
-                config = json.loads((source.folder / "config.json").read_text())
-                specs[part].update(vocab_size=config["vocab_size"], pad_token_id=config.get("pad_token_id") or 0)
-                scaling = source.folder / SCORER_SPEC
-                if scaling.is_file():  # a regressor trained on standardized targets
-                    specs[part].update(json.loads(scaling.read_text()))
+            scorers = {name: scorer_spec(name, checkpoints[name], options.scores[name]) for name in SCORERS}
             validation: dict[str, Any] = {"pairs": len(validation_pairs), "gates": GATES}
             validation["generator_fp32_vs_torch"] = generator_vs_torch(work / "generator-fp32", spec, gen.folder, validation_pairs)
             advance("generator parity")
             if options.quantize != "none":
                 validation["generator_quantized_vs_fp32"] = generator_quantized_vs_fp32(
-                    work / "generator-fp32", staging / "generator", spec, validation_pairs
+                    work / "generator-fp32", staging / GENERATOR, spec, validation_pairs
                 )
             advance("generator quality")
-            validation["discriminator_vs_torch"] = scorer_vs_torch(staging / "discriminator", specs["discriminator"], disc.folder, validation_pairs)
-            validation["upvotes_vs_torch"] = scorer_vs_torch(staging / "upvotes", specs["upvotes"], upv.folder, validation_pairs)
+            for name in SCORERS:
+                validation[f"{name}_vs_torch"] = scorer_vs_torch(staging / name, scorers[name], checkpoints[name].folder, validation_pairs)
             advance("scorer quality")
         failures = _gate_failures(validation)
         validation["passed"] = not failures
         if failures and options.quality_gate:
             raise ExportError("quantized bundle below the quality gate: " + "; ".join(failures) + " (use --quantize none, or --no-quality-gate)")
-        manifest: dict[str, Any] = {
-            "format_version": FORMAT_VERSION,
-            "replyrank_version": replyrank.__version__,
-            "quantization": options.quantize,
-            "sources": {"generator": generator, "discriminator": discriminator, "upvotes": upvotes},
-            "realism_threshold": 0.5,
-            "validation": validation,
-            **options.metadata,
-        }
-        for part in ("generator", "discriminator", "upvotes"):
-            manifest[part] = {"path": part, **specs[part]}
-        write_manifest(staging, manifest)
+        bundle = Bundle(
+            generator=spec,
+            discriminator=scorers[DISCRIMINATOR],
+            upvotes=scorers[UPVOTES],
+            realism_threshold=REALISM_THRESHOLD,
+            quantization=options.quantize,
+            sources={GENERATOR: generator, DISCRIMINATOR: discriminator, UPVOTES: upvotes},
+            validation=validation,
+            training=options.training,
+            replyrank_version=replyrank.__version__,
+        ).write(staging)
         if options.realism_threshold is None:
-            manifest["realism_threshold"] = calibrate_threshold(staging, [c for c, _ in validation_pairs[:12]])
-            manifest["threshold_calibration"] = "median realism of the bundle's own candidates on validation comments"
+            threshold = calibrate_threshold(staging, [c for c, _ in validation_pairs[:12]])
+            how = "median realism of the bundle's own candidates (deployment sampling) on validation comments"
+            bundle = replace(bundle, realism_threshold=threshold, threshold_calibration=how)
         else:
-            manifest["realism_threshold"] = options.realism_threshold
-        write_manifest(staging, manifest)
+            bundle = replace(bundle, realism_threshold=options.realism_threshold)
+        bundle = bundle.write(staging)
         advance("calibrated")
         move_into_place(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return manifest
+    return replace(bundle, root=out)
 
 
 def validation_pairs(dumps: list[str], count: int = 32) -> list[tuple[str, str]]:
@@ -280,7 +264,7 @@ def _gate_failures(validation: dict[str, Any]) -> list[str]:
         failures.append(f"generator top-1 agreement {quantized['top1_agreement']:.3f} < {GATES['generator_top1_agreement']}")
     if quantized and quantized["mean_kl"] > GATES["generator_mean_kl"]:
         failures.append(f"generator mean KL {quantized['mean_kl']:.4f} > {GATES['generator_mean_kl']}")
-    for part in ("discriminator_vs_torch", "upvotes_vs_torch"):
+    for part in (f"{name}_vs_torch" for name in SCORERS):
         check = validation[part]
         # scores that barely vary cannot show a correlation; then the absolute error is what counts
         if check["correlation"] < GATES["scorer_correlation"] and check["max_abs_diff"] > check["tolerance"]:

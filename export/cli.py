@@ -49,8 +49,8 @@ def export_command(
 
     pairs = validation_pairs(list(validation_data))
     options = ExportOptions(quantize=quantize, prompt_template=prompt_template, quality_gate=not no_quality_gate, realism_threshold=threshold)
-    manifest = export_bundle(generator, discriminator, upvotes, out, pairs, options)
-    emit_json({"path": str(Path(out).resolve()), "validation": manifest["validation"], "realism_threshold": manifest["realism_threshold"]})
+    bundle = export_bundle(generator, discriminator, upvotes, out, pairs, options)
+    emit_json({"path": str(bundle.root), "validation": dict(bundle.validation), "realism_threshold": bundle.realism_threshold})
 
 
 def build_default(out: Path, force: bool = False) -> Path:
@@ -115,7 +115,8 @@ def train_generator_command(
     """Fine-tune a causal LM on comment → reply (loss on the reply tokens only)."""
     from . import recipes
 
-    emit_json(recipes.generator(_files(data), base, out, _train_options(**kw), max_pairs, prompt_template))
+    options = _train_options(**kw)
+    emit_json(recipes.generator(recipes.load_split(_files(data), seed=options.seed), base, out, options, max_pairs, prompt_template))
 
 
 @train_group.command(name="merge-adapter")
@@ -138,7 +139,8 @@ def train_discriminator_command(data: tuple[str, ...], out: str, generator_sourc
     """Train a real-vs-generated pair classifier on fakes sampled by replyrank's own runtime."""
     from . import recipes
 
-    emit_json(recipes.discriminator(_files(data), generator_source, base, out, _train_options(**kw), fakes))
+    options = _train_options(**kw)
+    emit_json(recipes.discriminator(recipes.load_split(_files(data), seed=options.seed), generator_source, base, out, options, fakes))
 
 
 @train_group.command(name="upvotes")
@@ -150,7 +152,8 @@ def train_upvotes_command(data: tuple[str, ...], out: str, base: str, pairwise: 
     """Train a pair regressor on sign(s)·log1p(|s|) of reply scores (or pairwise on siblings)."""
     from . import recipes
 
-    emit_json(recipes.upvotes(_files(data), base, out, _train_options(**kw), pairwise, max_pairs))
+    options = _train_options(**kw)
+    emit_json(recipes.upvotes(recipes.load_split(_files(data), seed=options.seed), base, out, options, pairwise, max_pairs))
 
 
 @train_group.command(name="all")

@@ -14,11 +14,18 @@ import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from replyrank.bundle import GENERATOR, GeneratorSpec
 from replyrank.errors import ReplyrankError
+from replyrank.generate import GenerationOptions
 
 # The file a trained generator keeps its prompt template in (written by `replyrank train generator`).
 GENERATOR_SPEC = "replyrank_generator.json"
+# The file a trained regressor keeps its target scaling in (written by `replyrank train upvotes`).
+SCORER_SPEC = "replyrank_scorer.json"
+# The prompt of a model with neither a stored template nor a chat template (training and export alike).
+FALLBACK_TEMPLATE = "Comment: {comment}\nReply:"
 
 
 class ExportError(ReplyrankError):
@@ -33,8 +40,8 @@ class Checkpoint:
     source: str
 
 
-def _local_or_hub(source: str) -> tuple[str, dict]:
-    """Split `path/to/model.gguf` into (folder, {'gguf_file': name}); other sources pass through."""
+def split_gguf(source: str) -> tuple[str, dict[str, str]]:
+    """Split `path/to/model.gguf` into (folder, {'gguf_file': name}) for transformers; other sources pass through."""
     path = Path(source).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
@@ -45,18 +52,24 @@ def _local_or_hub(source: str) -> tuple[str, dict]:
     return (str(path) if path.is_dir() else source), {}
 
 
-def _fix_gguf_eos(tokenizer) -> None:
-    """transformers reads SmolLM2's GGUF with eos `<|im_start|>`; a chat model's turn ends at `<|im_end|>`."""
-    vocab = tokenizer.get_vocab()
-    if "<|im_end|>" in vocab and tokenizer.eos_token != "<|im_end|>":
-        tokenizer.eos_token = "<|im_end|>"
+def default_template(tokenizer: Any) -> str:
+    """The prompt of a model that stores none: its chat template around the comment, else FALLBACK_TEMPLATE."""
+    if tokenizer.chat_template:
+        messages = [{"role": "user", "content": "{comment}"}]
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return FALLBACK_TEMPLATE
 
 
-def materialize_causal_lm(source: str, work_dir: Path) -> Checkpoint:
-    """Load a causal LM from a hub id, folder or GGUF and save it as a plain safetensors folder."""
+def load_causal_lm(source: str) -> tuple[Any, Any]:
+    """(model in fp32, tokenizer) from a hub id, folder or GGUF file: the one loader of export and training.
+
+    A GGUF is dequantized to fp32 at load, with two fixes: transformers reads SmolLM2's GGUF with
+    eos `<|im_start|>`, while a chat model's turn ends at `<|im_end|>`; and newer transformers still
+    mark the dequantized model as GGUF-quantized and refuse to save it.
+    """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    location, extra = _local_or_hub(source)
+    location, extra = split_gguf(source)
     try:
         config = AutoConfig.from_pretrained(location, **extra)
     except (OSError, ValueError) as error:
@@ -73,13 +86,22 @@ def materialize_causal_lm(source: str, work_dir: Path) -> Checkpoint:
         ) from None
     tokenizer = AutoTokenizer.from_pretrained(location, **extra)
     if extra:
-        _fix_gguf_eos(tokenizer)
-        model.generation_config.eos_token_id = tokenizer.eos_token_id
-        model.config.eos_token_id = tokenizer.eos_token_id
+        if "<|im_end|>" in tokenizer.get_vocab() and tokenizer.eos_token != "<|im_end|>":
+            tokenizer.eos_token = "<|im_end|>"
+        model.config.eos_token_id = model.generation_config.eos_token_id = tokenizer.eos_token_id
+        model.hf_quantizer = None
+        model.is_quantized = False
+        model.config.__dict__.pop("quantization_config", None)
+    return model, tokenizer
+
+
+def materialize_causal_lm(source: str, work_dir: Path) -> Checkpoint:
+    """Load a causal LM from a hub id, folder or GGUF and save it as a plain safetensors folder."""
+    model, tokenizer = load_causal_lm(source)
     folder = work_dir / "generator-hf"
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    spec = Path(location) / GENERATOR_SPEC
+    spec = Path(split_gguf(source)[0]) / GENERATOR_SPEC
     if spec.is_file():
         shutil.copy(spec, folder / GENERATOR_SPEC)
     return Checkpoint(folder, source)
@@ -89,7 +111,7 @@ def check_scorer(source: str, labels: int, role: str) -> Checkpoint:
     """A sequence classifier with `labels` outputs, as a local folder."""
     from transformers import AutoConfig
 
-    location, extra = _local_or_hub(source)
+    location, extra = split_gguf(source)
     if extra:
         raise ExportError(f"{role} {source!r}: GGUF holds causal LMs; give a BERT-family classifier folder or hub id")
     try:
@@ -118,22 +140,18 @@ def export_onnx(checkpoint: Checkpoint, out_dir: Path, task: str) -> Path:
     return out_dir
 
 
-def generator_spec(checkpoint: Checkpoint, prompt_template: str | None) -> dict:
-    """The manifest entry of the generator: prompt template, EOS ids, context length, BOS."""
+def generator_spec(checkpoint: Checkpoint, prompt_template: str | None, sampling: GenerationOptions) -> GeneratorSpec:
+    """The generator's spec: prompt template, EOS ids, context length, BOS, and the deployment's sampling."""
     from transformers import AutoConfig, AutoTokenizer
 
     config = AutoConfig.from_pretrained(checkpoint.folder)
     tokenizer = AutoTokenizer.from_pretrained(checkpoint.folder)
     stored = checkpoint.folder / GENERATOR_SPEC
-    spec = json.loads(stored.read_text()) if stored.is_file() else {}
-    template = prompt_template or spec.get("prompt_template")
-    if template is None and tokenizer.chat_template:
-        messages = [{"role": "user", "content": "{comment}"}]
-        template = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    template = template or "{comment}\n"
+    trained = json.loads(stored.read_text()) if stored.is_file() else {}
+    template = prompt_template or trained.get("prompt_template") or default_template(tokenizer)
     if template.count("{comment}") != 1:
         raise ExportError("the prompt template must contain {comment} exactly once")
-    eos = spec.get("eos_token_ids") or config.eos_token_id
+    eos = trained.get("eos_token_ids") or config.eos_token_id
     eos_ids = sorted({int(i) for i in (eos if isinstance(eos, list) else [eos]) if i is not None})
     if not eos_ids:
         raise ExportError(f"generator {checkpoint.source!r} has no eos_token_id; set one in its config")
@@ -141,12 +159,13 @@ def generator_spec(checkpoint: Checkpoint, prompt_template: str | None) -> dict:
     # a chat template already opens with its own markup; add BOS only where the tokenizer would
     adds_bos = bos is not None and tokenizer("a").input_ids[:1] == [bos] and not template.startswith(tokenizer.bos_token)
     context = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", 1024)
-    return {
-        "kind": "causal-lm",
-        "architecture": config.model_type,
-        "prompt_template": template,
-        "eos_token_ids": eos_ids,
-        "bos_token_id": bos if adds_bos else None,
-        "context_length": int(context),
-        "vocab_size": int(config.vocab_size),
-    }
+    return GeneratorSpec(
+        path=GENERATOR,
+        prompt_template=template,
+        eos_token_ids=tuple(eos_ids),
+        context_length=int(context),
+        bos_token_id=bos if adds_bos else None,
+        vocab_size=int(config.vocab_size),
+        architecture=config.model_type,
+        sampling=sampling,
+    )

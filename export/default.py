@@ -22,20 +22,18 @@ import tempfile
 import time
 from pathlib import Path
 
-from replyrank.bundle import MANIFEST
+from replyrank.bundle import DISCRIMINATOR, MANIFEST, UPVOTES, Score
 from replyrank.errors import ReplyrankError
-from replyrank.generate import GenerationOptions
 
-from .assemble import ExportOptions, export_bundle
+from .assemble import DEPLOYMENT, ExportOptions, export_bundle
 from .chitchat import ChatTurn, load_turns
-from .train import TrainOptions, sample_replies, train_discriminator, train_upvotes
+from .recipes import real_and_fake
+from .train import TrainOptions, train_discriminator, train_upvotes
 
 PROMPT = (
     "<|im_start|>system\nYou are chatting with a stranger online. Reply casually, in one short sentence.<|im_end|>\n"
     "<|im_start|>user\n{comment}<|im_end|>\n<|im_start|>assistant\n"
 )
-# The deployment's sampling settings: the discriminator learns to judge exactly these fakes.
-FAKE_OPTIONS = GenerationOptions(candidates=2, max_new_tokens=32, temperature=0.7, top_k=40)
 
 
 def package_file(package: str, pattern: str) -> str:
@@ -70,18 +68,12 @@ def build_default_bundle(out: Path, force: bool = False, fake_comments: int = 36
     rng.shuffle(test_turns)
     with tempfile.TemporaryDirectory(prefix="replyrank-default-") as tmp:
         work = Path(tmp)
-        # 1. the generator writes fakes to real messages, through the runtime, with deployment settings
-        fake_train = train_turns[:fake_comments]
-        fake_test = test_turns[: fake_comments // 4]
-        fakes = sample_replies(gguf, [t.message for t in fake_train + fake_test], FAKE_OPTIONS, work, seed=0)
-        test_messages = {t.message for t in fake_test}
-        fake_pairs_train = [p for p in fakes if p[0] not in test_messages]
-        fake_pairs_test = [p for p in fakes if p[0] in test_messages]
+        # 1. the generator writes fakes to real messages, through the runtime, with the deployment's sampling;
         # 2. discriminator: real replies to other messages vs the generator's replies, balanced
-        real_train = [(t.message, t.reply) for t in train_turns[fake_comments : fake_comments + len(fake_pairs_train)]]
-        real_test = [(t.message, t.reply) for t in test_turns[fake_comments // 4 :][: len(fake_pairs_test)]]
+        train_pairs, test_pairs = [(t.message, t.reply) for t in train_turns], [(t.message, t.reply) for t in test_turns]
+        sets = real_and_fake(gguf, train_pairs, test_pairs, fake_comments, fake_comments // 4, work, DEPLOYMENT, seed=0)
         options = TrainOptions(epochs=2, batch_size=16, learning_rate=5e-5, max_length=96, device="cpu")
-        disc_metrics = train_discriminator(real_train, fake_pairs_train, real_test, fake_pairs_test, minilm, work / "discriminator", options)
+        disc_metrics = train_discriminator(*sets, minilm, work / "discriminator", options)
         # 3. engagement model: the chat's human rating for each (message, reply)
         engagement_train = [(t.message, t.reply, t.engagement) for t in train_turns[-upvote_examples:]]
         engagement_test = [(t.message, t.reply, t.engagement) for t in test_turns[-500:]]
@@ -90,22 +82,18 @@ def build_default_bundle(out: Path, force: bool = False, fake_comments: int = 36
         # 4. export, validate and calibrate on held-out real chat turns
         validation = [(t.message, t.reply) for t in test_turns[:32]]
         scores = {
-            "discriminator": {"name": "realism", "meaning": "probability that a human wrote the reply to the message", "scale": "0-1"},
-            "upvotes": {
-                "name": "engagement",
-                "meaning": "predicted human engagement rating of the chat the reply is in (mean of witty, upbeat, interesting)",
-                "scale": "1-10",
-            },
+            DISCRIMINATOR: Score("realism", "probability that a human wrote the reply to the message", "0-1"),
+            UPVOTES: Score(
+                "engagement", "predicted human engagement rating of the chat the reply is in (mean of witty, upbeat, interesting)", "1-10"
+            ),
         }
-        metadata = {
-            "training": {
-                "data": "chitchat-dataset 0.9.0 (real two-person chats, split by chat id)",
-                "discriminator": disc_metrics,
-                "upvotes": upv_metrics,
-                "build_seconds_before_export": round(time.perf_counter() - started, 1),
-            }
+        training = {
+            "data": "chitchat-dataset 0.9.0 (real two-person chats, split by chat id)",
+            "discriminator": disc_metrics,
+            "upvotes": upv_metrics,
+            "build_seconds_before_export": round(time.perf_counter() - started, 1),
         }
-        export_options = ExportOptions(quantize="int8", prompt_template=PROMPT, scores=scores, metadata=metadata)
+        export_options = ExportOptions(quantize="int8", prompt_template=PROMPT, scores=scores, training=training)
         export_bundle(gguf, str(work / "discriminator"), str(work / "upvotes"), out, validation, export_options)
     print(f"default bundle built in {time.perf_counter() - started:.0f} s: {out}", file=sys.stderr)
     return out

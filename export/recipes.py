@@ -1,22 +1,31 @@
 """From Pushshift dumps to trained models and a bundle: what `replyrank train ...` runs.
 
-Pairs come from `dumps.load_pairs`, split by thread (`dumps.split_by_thread`): train for fitting,
-valid for the generator's held-out perplexity and export validation, test for the metrics.
+Pairs come from `dumps.load_pairs`, split by thread (`dumps.split_by_thread`), read and split once
+per command: train for fitting, valid for the generator's held-out perplexity and export
+validation, test for the metrics. The discriminator's fakes are sampled here, by replyrank's own
+runtime with the deployment's sampling options (`assemble.DEPLOYMENT`, recorded in the bundle), so
+it learns to judge exactly the candidates the bundle will write.
 """
 
 from __future__ import annotations
 
 import random
+import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
-from replyrank.generate import GenerationOptions
+from replyrank.bundle import MANIFEST, REALISM_THRESHOLD, Bundle
+from replyrank.generate import GenerationOptions, Generator
 
 from replyrank.dumps import Filters, Pair, load_pairs, sibling_pairs, split_by_thread
-from .train import TrainOptions, sample_replies, train_discriminator, train_generator, train_upvotes, upvote_target
+from .assemble import DEPLOYMENT, ExportOptions, export_bundle, export_generator
+from .train import TrainOptions, train_discriminator, train_generator, train_upvotes, upvote_target
 
-DEPLOYMENT = GenerationOptions(candidates=2, max_new_tokens=40, temperature=0.7, top_k=40)
+FAKES_PER_COMMENT = 2  # generated replies per real comment in the discriminator's training data
+
+Split = dict[str, list[Pair]]
 
 
 def load_split(files: Sequence[str], filters: Filters | None = None, seed: int = 0) -> dict[str, list[Pair]]:
@@ -29,40 +38,76 @@ def _sample(pairs: list[Pair], count: int | None, seed: int) -> list[Pair]:
     return random.Random(seed).sample(pairs, count)
 
 
+def sample_replies(
+    generator: str, comments: Sequence[str], options: GenerationOptions, work: Path, threads: int | None = None, seed: int = 0
+) -> list[tuple[str, str]]:
+    """(comment, generated reply) pairs written by replyrank's own ONNX runtime with `options`.
+
+    `generator` is a bundle folder (its generator is used as is) or a causal LM (hub id, folder,
+    GGUF), which is first exported the way a bundle exports it, so the fakes are the deployment's own.
+    Comment i of a run with `seed` is sampled with its own seed, so a run is reproducible.
+    """
+    from tqdm.auto import tqdm
+
+    if (Path(generator) / MANIFEST).is_file():
+        bundle = Bundle.read(generator)
+        model = Generator(bundle.folder(bundle.generator), bundle.generator, threads)
+    else:
+        spec, _ = export_generator(generator, work / "fake-generator", work, sampling=options)
+        model = Generator(work / "fake-generator", spec, threads)
+    fakes = []
+    for i, comment in enumerate(tqdm(comments, desc="sample fakes", file=sys.stderr)):
+        sample = model.sample(comment, replace(options, seed=(seed << 32) + i))
+        fakes += [(comment, g.text) for g in sample.generations if g.text.strip()]
+    return fakes
+
+
+def real_and_fake(
+    generator: str, train: Sequence[tuple[str, str]], test: Sequence[tuple[str, str]], train_comments: int, test_comments: int,
+    work: Path, sampling: GenerationOptions = DEPLOYMENT, threads: int | None = None, seed: int = 0,
+) -> tuple[list[tuple[str, str]], list[tuple[str, str]], list[tuple[str, str]], list[tuple[str, str]]]:
+    """The discriminator's (real train, fake train, real test, fake test), balanced.
+
+    The generator writes FAKES_PER_COMMENT replies (with `sampling`) to the first `train_comments`
+    comments of `train` and the first `test_comments` of `test`; the real replies are those of the
+    next comments, as many as there are fakes, so no comment has both a real and a fake reply.
+    """
+    fake_train_comments = [comment for comment, _ in train[:train_comments]]
+    fake_test_comments = [comment for comment, _ in test[:test_comments]]
+    options = replace(sampling, candidates=FAKES_PER_COMMENT)
+    fakes = sample_replies(generator, fake_train_comments + fake_test_comments, options, work, threads, seed)
+    held_out = set(fake_test_comments)
+    fake_train = [pair for pair in fakes if pair[0] not in held_out]
+    fake_test = [pair for pair in fakes if pair[0] in held_out]
+    real_train = list(train[train_comments:][: len(fake_train)])
+    real_test = list(test[test_comments:][: len(fake_test)])
+    return real_train, fake_train, real_test, fake_test
+
+
 def generator(
-    files: Sequence[str], base: str, out: str, options: TrainOptions, max_pairs: int | None = None, template: str | None = None
+    split: Split, base: str, out: str, options: TrainOptions, max_pairs: int | None = None, template: str | None = None
 ) -> dict[str, Any]:
-    split = load_split(files, seed=options.seed)
     train = [(p.parent, p.reply) for p in _sample(split["train"], max_pairs, options.seed)]
     valid = [(p.parent, p.reply) for p in _sample(split["valid"], 512, options.seed)]
     return train_generator(train, valid, base, out, options, template)
 
 
 def discriminator(
-    files: Sequence[str], generator_source: str, base: str, out: str, options: TrainOptions, fakes: int = 1000, threads: int | None = None
+    split: Split, generator_source: str, base: str, out: str, options: TrainOptions, fakes: int = 1000, threads: int | None = None
 ) -> dict[str, Any]:
     """Real replies vs replies the generator writes (through the ONNX runtime) to other parents of the same split."""
-    split = load_split(files, seed=options.seed)
     rng = random.Random(options.seed)
-    train, test = split["train"][:], split["test"][:]
+    train, test = [(p.parent, p.reply) for p in split["train"]], [(p.parent, p.reply) for p in split["test"]]
     rng.shuffle(train)
     rng.shuffle(test)
-    per_comment = DEPLOYMENT.candidates
-    fake_train_parents = [p.parent for p in train[: fakes // per_comment]]
-    fake_test_parents = [p.parent for p in test[: max(8, fakes // (4 * per_comment))]]
+    train_comments, test_comments = fakes // FAKES_PER_COMMENT, max(8, fakes // (4 * FAKES_PER_COMMENT))
     with tempfile.TemporaryDirectory(prefix="replyrank-fakes-") as tmp:
-        generated = sample_replies(generator_source, fake_train_parents + fake_test_parents, DEPLOYMENT, Path(tmp), threads, options.seed)
-    test_parents = set(fake_test_parents)
-    fake_train = [g for g in generated if g[0] not in test_parents]
-    fake_test = [g for g in generated if g[0] in test_parents]
-    real_train = [(p.parent, p.reply) for p in train[fakes // per_comment :][: len(fake_train)]]
-    real_test = [(p.parent, p.reply) for p in test[len(fake_test_parents) :][: len(fake_test)]]
-    return train_discriminator(real_train, fake_train, real_test, fake_test, base, out, options)
+        sets = real_and_fake(generator_source, train, test, train_comments, test_comments, Path(tmp), DEPLOYMENT, threads, options.seed)
+    return train_discriminator(*sets, base, out, options)
 
 
-def upvotes(files: Sequence[str], base: str, out: str, options: TrainOptions, pairwise: bool = False, max_pairs: int | None = None) -> dict[str, Any]:
+def upvotes(split: Split, base: str, out: str, options: TrainOptions, pairwise: bool = False, max_pairs: int | None = None) -> dict[str, Any]:
     """Regression on sign(s)·log1p(|s|), or DialogRPT's pairwise loss on sibling pairs; DialogRPT's protocol for testing."""
-    split = load_split(files, seed=options.seed)
     train = _sample(split["train"], max_pairs, options.seed)
     test = _sample(split["test"], 2000, options.seed)
     rows = [(p.parent, p.reply, upvote_target(p.score)) for p in train]
@@ -84,23 +129,21 @@ def everything(
     generator_options: TrainOptions, max_pairs: int | None = None, fakes: int = 1000,
 ) -> dict[str, Any]:
     """The three models, then the bundle; the metrics of each are written into the manifest."""
-    from .assemble import ExportOptions, export_bundle
-
     folder = Path(work)
-    metrics = {"generator": generator(files, generator_base, str(folder / "generator"), generator_options, max_pairs)}
-    metrics["discriminator"] = discriminator(files, str(folder / "generator"), scorer_base, str(folder / "discriminator"), options, fakes)
-    metrics["upvotes"] = upvotes(files, scorer_base, str(folder / "upvotes"), options, pairwise=False, max_pairs=max_pairs)
-    valid = load_split(files, seed=options.seed)["valid"]
-    pairs = [(p.parent, p.reply) for p in _sample(valid, 32, options.seed)]
-    manifest = export_bundle(
+    split = load_split(files, seed=options.seed)
+    metrics = {"generator": generator(split, generator_base, str(folder / "generator"), generator_options, max_pairs)}
+    metrics["discriminator"] = discriminator(split, str(folder / "generator"), scorer_base, str(folder / "discriminator"), options, fakes)
+    metrics["upvotes"] = upvotes(split, scorer_base, str(folder / "upvotes"), options, pairwise=False, max_pairs=max_pairs)
+    pairs = [(p.parent, p.reply) for p in _sample(split["valid"], 32, options.seed)]
+    bundle = export_bundle(
         str(folder / "generator"), str(folder / "discriminator"), str(folder / "upvotes"), out, pairs,
-        ExportOptions(metadata={"training": {"data": [str(f) for f in files], **metrics}}),
+        ExportOptions(training={"data": [str(f) for f in files], **metrics}),
     )
-    metrics["generator"]["discriminator_pass_share_at_0.5"] = pass_share(out, [c for c, _ in pairs[:16]])
-    return {"metrics": metrics, "realism_threshold": manifest["realism_threshold"], "validation": manifest["validation"]}
+    metrics["generator"][f"discriminator_pass_share_at_{REALISM_THRESHOLD}"] = pass_share(out, [c for c, _ in pairs[:16]])
+    return {"metrics": metrics, "realism_threshold": bundle.realism_threshold, "validation": dict(bundle.validation)}
 
 
-def pass_share(bundle: str, comments: Sequence[str], threshold: float = 0.5) -> float:
+def pass_share(bundle: str, comments: Sequence[str], threshold: float = REALISM_THRESHOLD) -> float:
     """Share of the bundle's candidates (deployment settings) that its discriminator calls human (p >= threshold)."""
     import replyrank
 

@@ -23,8 +23,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .assemble import move_into_place
-from .convert import GENERATOR_SPEC, ExportError, _fix_gguf_eos, _local_or_hub
+from replyrank.bundle import SCORER_MAX_LENGTH
+
+from .convert import GENERATOR_SPEC, SCORER_SPEC, ExportError, default_template, load_causal_lm
+from .folders import move_into_place
 
 CHECKPOINT = "checkpoint"
 
@@ -71,7 +73,7 @@ def _staging(out: Path) -> Path:
     return staging
 
 
-def _loop(model, batches: list[Any], loss_fn, options: TrainOptions, staging: Path, desc: str) -> list[float]:
+def train_loop(model, batches: list[Any], loss_fn, options: TrainOptions, staging: Path, desc: str) -> list[float]:
     """The training loop shared by all three models: AdamW, linear warm-up/decay, checkpoint and resume."""
     import torch
     from tqdm.auto import tqdm
@@ -124,31 +126,6 @@ def _finish(model, tokenizer, staging: Path, out: Path, extra: dict[str, Any]) -
 
 
 # --- generator -----------------------------------------------------------------------------
-
-
-def default_template(tokenizer) -> str:
-    """A chat model's own template around the comment, else a plain `Comment/Reply` frame."""
-    if tokenizer.chat_template:
-        messages = [{"role": "user", "content": "{comment}"}]
-        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    return "Comment: {comment}\nReply:"
-
-
-def load_causal_lm(base: str):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    location, extra = _local_or_hub(base)
-    model = AutoModelForCausalLM.from_pretrained(location, dtype="float32", **extra)
-    tokenizer = AutoTokenizer.from_pretrained(location, **extra)
-    if extra:
-        _fix_gguf_eos(tokenizer)
-        model.config.eos_token_id = model.generation_config.eos_token_id = tokenizer.eos_token_id
-        # the weights are dequantized to fp32 on load; newer transformers still mark the model as
-        # GGUF-quantized and refuse to save it
-        model.hf_quantizer = None
-        model.is_quantized = False
-        model.config.__dict__.pop("quantization_config", None)
-    return model, tokenizer
 
 
 def generator_examples(tokenizer, template: str, pairs: Sequence[tuple[str, str]], max_length: int) -> list[tuple[list[int], int]]:
@@ -231,7 +208,7 @@ def train_generator(
     def loss_fn(model, batch):
         return model(**{k: v.to(device) for k, v in batch.items()}).loss
 
-    losses = _loop(model, batches, loss_fn, options, staging, "train generator")
+    losses = train_loop(model, batches, loss_fn, options, staging, "train generator")
     after = reply_perplexity(model, held_out, device) if held_out else None
     if options.lora_rank:
         model.save_pretrained(staging / "adapter")  # the adapter alone: small enough to move between machines
@@ -274,7 +251,9 @@ def _pair_batches(tokenizer, rows: Sequence[tuple[str, str, float]], batch_size:
     return batches
 
 
-def predict(model, tokenizer, pairs: Sequence[tuple[str, str]], device: str, max_length: int = 256, batch_size: int = 64) -> np.ndarray:
+def predict(
+    model, tokenizer, pairs: Sequence[tuple[str, str]], device: str, max_length: int = SCORER_MAX_LENGTH, batch_size: int = 64
+) -> np.ndarray:
     """Scores of a trained pair model: P(label 1) for a classifier, the output for a regressor."""
     import torch
 
@@ -321,7 +300,7 @@ def train_discriminator(
     device = _device(options)
     model.to(device)
     batches = _pair_batches(tokenizer, rows, options.batch_size, options.max_length)
-    _loop(model, batches, lambda m, b: m(**{k: v.to(device) for k, v in b.items()}).loss, options, staging, "train discriminator")
+    train_loop(model, batches, lambda m, b: m(**{k: v.to(device) for k, v in b.items()}).loss, options, staging, "train discriminator")
     metrics: dict[str, Any] = {"train_examples": len(rows)}
     if test_real and test_fake:
         labels = [1] * len(test_real) + [0] * len(test_fake)
@@ -372,9 +351,9 @@ def train_upvotes(
         def loss_fn(m, b):
             return m(**{k: v.to(device) for k, v in b.items()}).loss
 
-    _loop(model, batches, loss_fn, options, staging, "train upvote model")
+    train_loop(model, batches, loss_fn, options, staging, "train upvote model")
     if not sibling_train:
-        (staging / "replyrank_scorer.json").write_text(json.dumps({"output_scale": scale, "output_offset": offset}))
+        (staging / SCORER_SPEC).write_text(json.dumps({"output_scale": scale, "output_offset": offset}))
     metrics: dict[str, Any] = {"train_examples": len(rows), "objective": "pairwise" if sibling_train else "regression"}
     if len(test) > 2:
         predicted = predict(model, tokenizer, [(c, r) for c, r, _ in test], device, options.max_length)
@@ -388,36 +367,3 @@ def train_upvotes(
     model.to("cpu")
     _finish(model, tokenizer, staging, Path(out), {"model": "upvotes", "base": base, "metrics": metrics})
     return metrics
-
-
-# --- fakes for the discriminator -----------------------------------------------------------
-
-
-def sample_replies(
-    generator: str, comments: Sequence[str], options, work: Path, threads: int | None = None, seed: int = 0
-) -> list[tuple[str, str]]:
-    """(comment, generated reply) pairs written by replyrank's own ONNX runtime with `options`.
-
-    `generator` is a bundle folder (its generator is used as is) or a causal LM (hub id, folder,
-    GGUF), which is first exported the way a bundle exports it, so the fakes are the deployment's own.
-    """
-    from tqdm.auto import tqdm
-
-    from replyrank.bundle import MANIFEST, load_manifest
-    from replyrank.generate import Generator
-
-    from .assemble import export_generator
-
-    if (Path(generator) / MANIFEST).is_file():
-        manifest = load_manifest(generator)
-        model = Generator(manifest["generator"]["dir"], manifest["generator"], threads)
-    else:
-        spec, _ = export_generator(generator, work / "fake-generator", work)
-        model = Generator(work / "fake-generator", spec, threads)
-    fakes = []
-    for i, comment in enumerate(tqdm(comments, desc="sample fakes", file=sys.stderr)):
-        prompt = model.encode_prompt(comment, options)
-        rngs = [np.random.default_rng(s) for s in np.random.SeedSequence([seed, i]).spawn(options.candidates)]
-        generations, _ = model.generate(prompt.ids, options, rngs)
-        fakes += [(comment, g.text) for g in generations if g.text.strip()]
-    return fakes

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
+from replyrank.bundle import GeneratorSpec, ScorerSpec
 from replyrank.generate import GenerationOptions, Generator
-from replyrank.score import PairScorer
+from replyrank.score import PairGraph, score_pairs
 
 # Quality gates: a quantized part below these fails the export unless the user overrides it.
 # Measured on SmolLM2-135M over 624 teacher-forced positions of real chat text: 8-bit MatMulNBits
@@ -35,7 +36,7 @@ def _texts(generator: Generator, pairs: list[tuple[str, str]], limit: int = 16) 
     return sequences
 
 
-def generator_vs_torch(model_dir: Path, spec: dict, torch_folder: Path, pairs: list[tuple[str, str]]) -> dict:
+def generator_vs_torch(model_dir: Path, spec: GeneratorSpec, torch_folder: Path, pairs: list[tuple[str, str]]) -> dict:
     """Max abs logit difference, fp32 ONNX vs PyTorch, for the prefill and a cached decode step."""
     import torch
     from transformers import AutoModelForCausalLM
@@ -53,7 +54,7 @@ def generator_vs_torch(model_dir: Path, spec: dict, torch_folder: Path, pairs: l
     return {"prefill_max_abs_logit_diff": prefill, "decode_max_abs_logit_diff": decode}
 
 
-def generator_quantized_vs_fp32(fp32_dir: Path, quantized_dir: Path, spec: dict, pairs: list[tuple[str, str]]) -> dict:
+def generator_quantized_vs_fp32(fp32_dir: Path, quantized_dir: Path, spec: GeneratorSpec, pairs: list[tuple[str, str]]) -> dict:
     """Next-token top-1 agreement and mean KL of the quantized generator against fp32, teacher-forced."""
     reference, quantized = Generator(fp32_dir, spec), Generator(quantized_dir, spec)
     agree, kl, positions = 0, 0.0, 0
@@ -69,7 +70,7 @@ def generator_quantized_vs_fp32(fp32_dir: Path, quantized_dir: Path, spec: dict,
     return {"top1_agreement": agree / positions, "mean_kl": kl / positions, "positions": positions}
 
 
-def scorer_vs_torch(model_dir: Path, spec: dict, torch_folder: Path, pairs: list[tuple[str, str]]) -> dict:
+def scorer_vs_torch(model_dir: Path, spec: ScorerSpec, torch_folder: Path, pairs: list[tuple[str, str]]) -> dict:
     """Correlation and max abs difference of the exported scorer's scores against PyTorch's."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -78,17 +79,17 @@ def scorer_vs_torch(model_dir: Path, spec: dict, torch_folder: Path, pairs: list
     tokenizer = AutoTokenizer.from_pretrained(torch_folder)
     comments, replies = [c for c, _ in pairs], [r for _, r in pairs]
     with torch.no_grad():
-        batch = tokenizer(comments, replies, padding=True, truncation=True, max_length=spec.get("max_length", 256), return_tensors="pt")
+        batch = tokenizer(comments, replies, padding=True, truncation=True, max_length=spec.max_length, return_tensors="pt")
         logits = model(**batch).logits.double()
-    if spec["kind"] == "regression":
-        reference = logits[:, 0] * spec.get("output_scale", 1.0) + spec.get("output_offset", 0.0)
+    if spec.kind == "regression":
+        reference = logits[:, 0] * spec.output_scale + spec.output_offset
     else:
-        reference = logits.softmax(-1)[:, spec.get("label", 1)]
-    scorer = PairScorer(model_dir, spec)
-    scores = np.concatenate([scorer(c, [r]) for c, r in pairs])
+        reference = logits.softmax(-1)[:, spec.label]
+    graph = PairGraph(model_dir, spec)
+    scores = np.concatenate([score_pairs(graph, [spec], [pair])[0] for pair in pairs])
     reference = reference.numpy()
     spread = reference.std() > 1e-9 and scores.std() > 1e-9
     correlation = float(np.corrcoef(scores, reference)[0, 1]) if spread else 1.0 if np.allclose(scores, reference, atol=1e-3) else 0.0
     # the error allowed when scores barely vary: 0.02 of a probability, 5% of a regressor's target spread
-    tolerance = 0.02 if spec["kind"] == "probability" else 0.05 * spec.get("output_scale", 1.0)
+    tolerance = 0.02 if spec.kind == "probability" else 0.05 * spec.output_scale
     return {"correlation": correlation, "max_abs_diff": float(np.abs(scores - reference).max()), "tolerance": tolerance, "pairs": len(pairs)}

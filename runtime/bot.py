@@ -19,10 +19,13 @@ from typing import Any
 
 import numpy as np
 
-from .bundle import load_manifest, verify_files
+from .bundle import DISCRIMINATOR, UPVOTES, Bundle
 from .errors import InputError
 from .generate import GenerationOptions, Generator
-from .score import PairScorer
+from .score import Scorers
+
+# The JSON Schema of `Result.to_dict()`: what `replyrank reply --json` and `rank --json` print.
+RESULT_SCHEMA = Path(__file__).with_name("result.schema.json")
 
 
 @dataclass(frozen=True)
@@ -31,8 +34,8 @@ class Candidate:
 
     realism: probability in [0, 1] that the discriminator takes the reply for human-written
              (None when the candidate was dropped before scoring: empty, duplicate, echo).
-    upvotes: the upvote model's prediction, on the scale the bundle's manifest names
-             (`manifest["upvotes"]["score"]`); higher is better, compare within one bundle.
+    upvotes: the upvote model's prediction, on the scale the bundle names
+             (`bot.bundle.upvotes.score`); higher is better, compare within one bundle.
     kept:    whether it passed selection; `reason` says why not when it did not.
     """
 
@@ -46,9 +49,11 @@ class Candidate:
 
 @dataclass(frozen=True)
 class Result:
-    """What `Bot.reply` returns: the chosen candidate (or None and why), and every candidate, best first.
+    """What `Bot.reply` and `Bot.score` return: the chosen candidate (or None and why), and every candidate, best first.
 
     note: set when no candidate reached the realism threshold and the most realistic one was kept.
+    truncated, prompt_tokens: about the generator's prompt (False and 0 for `Bot.score`, which has none).
+    timings_ms: score and total always; prefill and decode for `Bot.reply`.
     """
 
     comment: str
@@ -61,7 +66,7 @@ class Result:
     timings_ms: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON object the CLI prints."""
+        """The JSON object the CLI prints (its schema: `RESULT_SCHEMA`)."""
         return {
             "comment": self.comment,
             "best": asdict(self.best) if self.best else None,
@@ -98,26 +103,36 @@ class Bot:
     def __init__(
         self, bundle_dir: str | Path, threads: int | None = None, realism_threshold: float | None = None, strict: bool = False
     ):
-        self.manifest = load_manifest(bundle_dir, verify_hashes=False)
-        self.path: Path = self.manifest["root"]
-        parts = self.manifest["generator"], self.manifest["discriminator"], self.manifest["upvotes"]
-        # Hashing and building the three sessions are independent and mostly outside the GIL:
+        self.bundle = Bundle.read(bundle_dir, verify_hashes=False)
+        self.path = Path(bundle_dir).expanduser().resolve()
+        # Hashing and building the sessions are independent and mostly outside the GIL:
         # doing them side by side roughly halves the load time on two cores.
         with ThreadPoolExecutor(4) as pool:
-            verified = pool.submit(verify_files, self.manifest)
-            generator = pool.submit(Generator, parts[0]["dir"], parts[0], threads)
-            discriminator = pool.submit(PairScorer, parts[1]["dir"], parts[1], threads)
-            upvotes = pool.submit(PairScorer, parts[2]["dir"], parts[2], threads)
-            verified.result()  # a changed file is the error to report, before any broken graph it explains
-            self.generator, self.discriminator, self.upvotes = generator.result(), discriminator.result(), upvotes.result()
-        threshold = self.manifest.get("realism_threshold", 0.5) if realism_threshold is None else realism_threshold
+            verified = pool.submit(self.bundle.verify)
+            generator = pool.submit(Generator, self.bundle.folder(self.bundle.generator), self.bundle.generator, threads)
+            try:
+                scorers = Scorers(self.bundle, threads, pool)
+            finally:
+                verified.result()  # a changed file is the error to report, before any broken graph it explains
+            self.generator, self.scorers = generator.result(), scorers
+        threshold = self.bundle.realism_threshold if realism_threshold is None else realism_threshold
         if not 0 <= threshold <= 1:
             raise InputError(f"realism threshold must be in [0, 1], got {threshold}")
         self.realism_threshold = float(threshold)
         self.strict = strict  # True: no reply rather than one below the threshold
 
-    def score(self, comment: str, replies: list[str]) -> list[Candidate]:
-        """Score replies written elsewhere; returns them best first with selection applied."""
+    @property
+    def manifest(self) -> dict[str, Any]:
+        """The bundle's manifest as JSON (a view of `self.bundle`, for display)."""
+        return self.bundle.to_json()
+
+    @property
+    def sampling(self) -> GenerationOptions:
+        """The bundle's deployment sampling options: `reply`'s defaults."""
+        return self.bundle.generator.sampling
+
+    def score(self, comment: str, replies: list[str]) -> Result:
+        """Score replies written elsewhere; the same Result as `reply`, candidates best first with selection applied."""
         comment = _check_text(comment, "comment")
         if isinstance(replies, str) or not replies:
             raise InputError("give a list of at least one reply to rank")
@@ -125,18 +140,23 @@ class Bot:
             if not isinstance(reply, str):
                 raise InputError(f"each reply must be a string, got {type(reply).__name__}")
         replies = [reply.encode("utf-8", "replace").decode("utf-8") for reply in replies]
-        return self._select(comment, replies, [None] * len(replies))[0]
+        start = time.perf_counter()
+        candidates, reason, note = self._select(comment, replies, [None] * len(replies))
+        elapsed_ms = (time.perf_counter() - start) * 1e3
+        best = candidates[0] if candidates[0].kept else None
+        return Result(comment, best, candidates, reason, note, timings_ms={"score": elapsed_ms, "total": elapsed_ms})
 
     def reply(self, comment: str, options: GenerationOptions | None = None, **overrides: Any) -> Result:
-        """Write `options.candidates` replies to `comment`, score them, and pick the best."""
-        options = replace(options or GenerationOptions(), **overrides)
+        """Write `options.candidates` replies to `comment`, score them, and pick the best.
+
+        `options` default to the bundle's deployment sampling (`self.sampling`); `overrides` replace single fields.
+        """
+        options = replace(options or self.sampling, **overrides)
         options.check()
         comment = _check_text(comment, "comment")
         start = time.perf_counter()
-        prompt = self.generator.encode_prompt(comment, options)
-        seeds = np.random.SeedSequence(options.seed).spawn(options.candidates)
-        rngs = [np.random.default_rng(s) for s in seeds]
-        generations, prefill_s = self.generator.generate(prompt.ids, options, rngs)
+        sample = self.generator.sample(comment, options)
+        prompt, generations, prefill_s = sample.prompt, sample.generations, sample.prefill_s
         generated = time.perf_counter()
         texts = [g.text for g in generations]
         candidates, reason, note = self._select(comment, texts, [g.finish_reason for g in generations])
@@ -177,8 +197,8 @@ class Bot:
         realism = np.full(len(texts), np.nan)
         upvotes = np.full(len(texts), np.nan)
         if scored:
-            realism[scored] = self.discriminator(comment, [texts[i] for i in scored])
-            upvotes[scored] = self.upvotes(comment, [texts[i] for i in scored])
+            scores = self.scorers(comment, [texts[i] for i in scored])
+            realism[scored], upvotes[scored] = scores[DISCRIMINATOR], scores[UPVOTES]
         realistic = [i for i in scored if realism[i] >= self.realism_threshold]
         note = None
         if scored and not realistic and not self.strict:

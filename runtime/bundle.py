@@ -1,4 +1,4 @@
-"""The bundle: one folder with a manifest (`replyrank.json`) and one sub-folder per model.
+"""The bundle: one folder with a manifest (`replyrank.json`) and one sub-folder per model graph.
 
     bundle/
       replyrank.json        format version, hashes, prompt template, score meanings, threshold, validation
@@ -6,30 +6,342 @@
       discriminator/        model.onnx, model.onnx.data, config.json, tokenizer.json
       upvotes/              model.onnx, model.onnx.data, config.json, tokenizer.json
 
-`load_manifest` checks everything that can be checked without running a model: the format
+This module is the contract between the build side and the runtime, as faster-whisper's
+`TranscriptionOptions` is between its writer and reader: frozen dataclasses (`Bundle`,
+`GeneratorSpec`, `ScorerSpec`, `Score`) with their defaults, read and written here and nowhere
+else. The export side builds them and calls `Bundle.write`; the runtime calls `Bundle.read` and
+keeps what it resolves (the folder it read, sessions) outside the specs.
+
+The two scorers may share one graph: when their `path`s are the same, the folder holds one
+sequence-classification graph with one output per scorer (`ScorerSpec.output`), the pairs are
+tokenized and run once, and each scorer reads its own output (see `replyrank.score.Scorers`).
+
+`Bundle.read` checks everything that can be checked without running a model: the format
 version, that every listed path stays inside the folder, that every file exists and has the
 sha256 the manifest recorded. A half-copied or edited bundle fails here, at load time, with a
 message that says what to do, never later at the first call.
+
+Format versions: 2 adds `ScorerSpec.output` and the generator's deployment `sampling`, and lets
+the scorers share a path; 1 (replyrank 0.1's first bundles) lacks them and is read as version 2
+with their defaults (`logits`, `GenerationOptions()`, which is what that runtime used).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from tokenizers import Tokenizer
-
 from .errors import BundleError
+from .generate import GenerationOptions
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 MANIFEST = "replyrank.json"
 STAMP = ".replyrank-verified.json"  # (size, mtime, sha256) of files already verified
-PARTS = ("generator", "discriminator", "upvotes")
-# what the runtime reads from each part's entry: a hand-edited manifest without them fails at load
-REQUIRED_KEYS = {"generator": ("prompt_template", "eos_token_ids", "context_length"), "discriminator": ("kind",), "upvotes": ("kind",)}
+GENERATOR, DISCRIMINATOR, UPVOTES = "generator", "discriminator", "upvotes"
+PARTS = (GENERATOR, DISCRIMINATOR, UPVOTES)
+SCORERS = (DISCRIMINATOR, UPVOTES)
+REALISM_THRESHOLD = 0.5  # a candidate is kept at realism >= this, until export calibrates the bundle's own
+SCORER_MAX_LENGTH = 256  # tokens of a (comment, reply) pair, longest first truncated
+REEXPORT = "re-export it with `replyrank export` (the default bundle: `replyrank build-default --force`)"
+
+
+@dataclass(frozen=True)
+class Score:
+    """What a scorer's number means: its `name` in results, what it estimates, on what scale."""
+
+    name: str
+    meaning: str
+    scale: str
+
+
+DEFAULT_SCORES = {
+    DISCRIMINATOR: Score("realism", "probability that a human wrote the reply to the comment", "0-1"),
+    UPVOTES: Score("upvotes", "predicted Reddit score s of the reply", "sign(s)·log1p(|s|)"),
+}
+
+
+@dataclass(frozen=True)
+class GeneratorSpec:
+    """The generator part: a KV-cache causal LM graph and how to prompt it.
+
+    kv_cache: "in-place" when the graph's attention writes new keys and values into a past buffer
+              that has room (GroupQueryAttention), "concat" when it returns a grown copy.
+    sampling: the deployment's sampling options: `Bot.reply`'s defaults, the ones the discriminator's
+              fakes were sampled with and the realism threshold was calibrated on.
+    """
+
+    path: str
+    prompt_template: str  # contains {comment} once
+    eos_token_ids: tuple[int, ...]
+    context_length: int
+    bos_token_id: int | None = None  # prepended to the prompt where the tokenizer would add it
+    vocab_size: int | None = None
+    architecture: str | None = None
+    graph: str | None = None  # which exporter wrote the graph
+    kv_cache: str = "concat"
+    sampling: GenerationOptions = GenerationOptions()
+    files: Mapping[str, str] = field(default_factory=dict)  # name -> sha256, filled by Bundle.write
+
+
+@dataclass(frozen=True)
+class ScorerSpec:
+    """One scorer: how to read a (comment, reply) sequence-classification graph's `output`.
+
+    kind "probability": the output holds 2 logits per pair; the score is the softmax probability of `label`.
+    kind "regression":  the output holds 1 value per pair; the score is `value * output_scale + output_offset`
+                        (a regressor learns standardized targets; the scale undoes that).
+    Two scorers with the same `path` share that graph: same tokenizer, one run, one output each.
+    """
+
+    path: str
+    kind: str
+    score: Score
+    output: str = "logits"
+    label: int = 1
+    output_scale: float = 1.0
+    output_offset: float = 0.0
+    max_length: int = SCORER_MAX_LENGTH
+    pad_token_id: int = 0
+    vocab_size: int | None = None  # of the graph's embedding table: the tokenizer must not exceed it
+    files: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def width(self) -> int:
+        """Values per pair the output must hold."""
+        return 2 if self.kind == "probability" else 1
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A bundle's manifest, typed. `root` is where it was read from (None for one not yet written)."""
+
+    generator: GeneratorSpec
+    discriminator: ScorerSpec
+    upvotes: ScorerSpec
+    realism_threshold: float = REALISM_THRESHOLD
+    threshold_calibration: str | None = None  # how the threshold was set
+    quantization: str | None = None
+    sources: Mapping[str, str] = field(default_factory=dict)  # part -> what it was exported from
+    validation: Mapping[str, Any] = field(default_factory=dict)  # the export's parity and quality report
+    training: Mapping[str, Any] | None = None  # metrics, where replyrank trained the models
+    replyrank_version: str | None = None
+    format_version: int = FORMAT_VERSION  # the version read; `write` always writes FORMAT_VERSION
+    root: Path | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.generator.path in (self.discriminator.path, self.upvotes.path):
+            raise BundleError(f"the generator and a scorer share the folder {self.generator.path!r}; {REEXPORT}")
+        if self.shared_scorer:
+            first, second = self.discriminator, self.upvotes
+            if first.output == second.output:
+                raise BundleError(f"both scorers read output {first.output!r} of {first.path!r}; a shared graph needs one output each")
+            for key in ("max_length", "pad_token_id", "vocab_size"):
+                if getattr(first, key) != getattr(second, key):
+                    raise BundleError(f"the scorers share {first.path!r} but not its {key}; {REEXPORT}")
+
+    @property
+    def shared_scorer(self) -> bool:
+        """True when both scorers read one graph (one session, one run per batch of pairs)."""
+        return self.discriminator.path == self.upvotes.path
+
+    @property
+    def scorers(self) -> dict[str, ScorerSpec]:
+        return {DISCRIMINATOR: self.discriminator, UPVOTES: self.upvotes}
+
+    @property
+    def parts(self) -> dict[str, GeneratorSpec | ScorerSpec]:
+        return {GENERATOR: self.generator, **self.scorers}
+
+    def folder(self, spec: GeneratorSpec | ScorerSpec) -> Path:
+        """The resolved folder of a part of this bundle as read."""
+        if self.root is None:
+            raise BundleError("this bundle has not been read from or written to a folder")
+        return inside(self.root, spec.path)
+
+    # ---------------------------------------------------------------- (de)serializing
+
+    def to_json(self) -> dict[str, Any]:
+        """The manifest as written (version FORMAT_VERSION)."""
+        data: dict[str, Any] = {"format_version": FORMAT_VERSION, "replyrank_version": self.replyrank_version}
+        for name in ("quantization", "sources", "realism_threshold", "threshold_calibration", "validation", "training"):
+            data[name] = getattr(self, name)
+        for name, spec in self.parts.items():
+            entry = dataclasses.asdict(spec)
+            if isinstance(spec, GeneratorSpec):
+                entry["eos_token_ids"] = list(spec.eos_token_ids)
+                entry["sampling"]["stop"] = list(spec.sampling.stop)
+            data[name] = entry
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], where: str = MANIFEST) -> Bundle:
+        """A manifest's dict (any readable version) as a Bundle; a BundleError that says the fix otherwise."""
+        version = data.get("format_version")
+        if version not in READABLE_VERSIONS or isinstance(version, bool):
+            raise BundleError(
+                f"{where} has format version {version!r}; this replyrank reads versions "
+                f"{', '.join(map(str, READABLE_VERSIONS))}: upgrade replyrank, or {REEXPORT}"
+            )
+        entries = {}
+        for name in PARTS:
+            entry = data.get(name)
+            if not isinstance(entry, dict) or not isinstance(entry.get("path"), str) or not isinstance(entry.get("files"), dict):
+                raise BundleError(f"{where} has no valid {name!r} entry; re-export the bundle")
+            required = ("prompt_template", "eos_token_ids", "context_length") if name == GENERATOR else ("kind",)
+            missing = [key for key in required if key not in entry]
+            if missing:
+                raise BundleError(f"{where}'s {name!r} entry lacks {', '.join(missing)}; re-export the bundle")
+            entries[name] = entry
+        threshold = data.get("realism_threshold", REALISM_THRESHOLD)
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
+            raise BundleError(f"{where} has realism_threshold {threshold!r}, not a number in [0, 1]; re-export the bundle")
+        try:
+            return cls(
+                generator=_generator_spec(entries[GENERATOR]),
+                discriminator=_scorer_spec(entries[DISCRIMINATOR], DISCRIMINATOR),
+                upvotes=_scorer_spec(entries[UPVOTES], UPVOTES),
+                realism_threshold=float(threshold),
+                threshold_calibration=data.get("threshold_calibration"),
+                quantization=data.get("quantization"),
+                sources=dict(data.get("sources") or {}),
+                validation=dict(data.get("validation") or {}),
+                training=data.get("training"),
+                replyrank_version=data.get("replyrank_version"),
+                format_version=version,
+            )
+        except (TypeError, ValueError) as error:  # a value of the wrong type in a hand-edited manifest
+            raise BundleError(f"{where} has an invalid entry ({error}); re-export the bundle") from None
+
+    # ---------------------------------------------------------------- reading and writing
+
+    @classmethod
+    def read(cls, bundle_dir: str | Path, verify_hashes: bool = True) -> Bundle:
+        """Read and check `bundle_dir/replyrank.json`: format, paths, files present, and (by default) their sha256."""
+        root = Path(bundle_dir).expanduser()
+        if not root.is_dir():
+            raise BundleError(
+                f"no bundle at {root}: build the default one with `replyrank build-default`, "
+                "or pass --bundle / set REPLYRANK_BUNDLE to a bundle folder"
+            )
+        manifest_path = root / MANIFEST
+        if not manifest_path.is_file():
+            raise BundleError(f"{root} has no {MANIFEST}; it is not a replyrank bundle (or its export did not finish)")
+        try:
+            data = json.loads(manifest_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise BundleError(f"{manifest_path} is not valid JSON ({error}); re-export the bundle") from None
+        if not isinstance(data, dict):
+            raise BundleError(f"{manifest_path} is not a JSON object; re-export the bundle")
+        bundle = replace(cls.from_json(data, str(manifest_path)), root=root.resolve())
+        for name, spec in bundle.parts.items():
+            bundle.folder(spec)
+            for file in spec.files:
+                if not inside(root, f"{spec.path}/{file}").is_file():
+                    raise BundleError(f"bundle file {spec.path}/{file} is missing from {root}; re-export or re-copy the bundle")
+        if verify_hashes:
+            bundle.verify()
+        return bundle
+
+    def write(self, bundle_dir: str | Path) -> Bundle:
+        """Hash every file of every part folder, write the manifest; returns the bundle with its hashes and root."""
+        root = Path(bundle_dir)
+        hashes: dict[str, dict[str, str]] = {}
+        for spec in self.parts.values():
+            if spec.path not in hashes:  # a shared scorer folder is hashed once
+                folder = root / spec.path
+                hashes[spec.path] = {p.relative_to(folder).as_posix(): sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+        written = replace(
+            self,
+            generator=replace(self.generator, files=hashes[self.generator.path]),
+            discriminator=replace(self.discriminator, files=hashes[self.discriminator.path]),
+            upvotes=replace(self.upvotes, files=hashes[self.upvotes.path]),
+            format_version=FORMAT_VERSION,
+            root=root.resolve(),
+        )
+        (root / MANIFEST).write_text(json.dumps(written.to_json(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        return written
+
+    def verify(self, use_stamp: bool = True) -> None:
+        """Check every listed file's sha256 against the manifest.
+
+        A file verified before, whose size and modification time are unchanged since, is not hashed
+        again: the stamp file beside the manifest records them (written when the folder is writable).
+        `use_stamp=False` hashes everything (`replyrank info` does).
+        """
+        if self.root is None:
+            raise BundleError("this bundle has not been read from a folder")
+        stamp_path = self.root / STAMP
+        try:
+            stamp = json.loads(stamp_path.read_text()) if use_stamp and stamp_path.is_file() else {}
+        except (OSError, ValueError):
+            stamp = {}
+        verified = {}
+        for spec in self.parts.values():
+            for name, digest in spec.files.items():
+                key = f"{spec.path}/{name}"
+                if key in verified:
+                    continue  # a shared scorer folder
+                path = inside(self.root, key)
+                status = path.stat()
+                seen = [status.st_size, status.st_mtime_ns, digest]
+                if stamp.get(key) != seen and sha256(path) != digest:
+                    raise BundleError(
+                        f"bundle file {key} does not match the sha256 in {MANIFEST} (changed or corrupted); "
+                        "re-export or re-copy the bundle"
+                    )
+                verified[key] = seen
+        if verified != stamp:
+            try:
+                partial = stamp_path.with_name(f"{STAMP}.{os.getpid()}")
+                partial.write_text(json.dumps(verified))
+                partial.replace(stamp_path)
+            except OSError:
+                pass  # a read-only bundle is simply hashed at every load
+
+
+def _generator_spec(entry: Mapping[str, Any]) -> GeneratorSpec:
+    sampling = entry.get("sampling") or {}
+    known = {f.name for f in dataclasses.fields(GenerationOptions)}
+    options = GenerationOptions(**{k: tuple(v) if k == "stop" else v for k, v in sampling.items() if k in known})
+    return GeneratorSpec(
+        path=entry["path"],
+        prompt_template=str(entry["prompt_template"]),
+        eos_token_ids=tuple(int(i) for i in entry["eos_token_ids"]),
+        context_length=int(entry["context_length"]),
+        bos_token_id=None if entry.get("bos_token_id") is None else int(entry["bos_token_id"]),
+        vocab_size=None if entry.get("vocab_size") is None else int(entry["vocab_size"]),
+        architecture=entry.get("architecture"),
+        graph=entry.get("graph"),
+        kv_cache=entry.get("kv_cache", "concat"),
+        sampling=options,
+        files=dict(entry["files"]),
+    )
+
+
+def _scorer_spec(entry: Mapping[str, Any], name: str) -> ScorerSpec:
+    if entry["kind"] not in ("probability", "regression"):
+        raise ValueError(f"{name} kind {entry['kind']!r} is neither probability nor regression")
+    score = entry.get("score")
+    return ScorerSpec(
+        path=entry["path"],
+        kind=entry["kind"],
+        score=Score(**score) if score else DEFAULT_SCORES[name],
+        output=entry.get("output", "logits"),  # version 1: every scorer graph's output is `logits`
+        label=int(entry.get("label", 1)),
+        output_scale=float(entry.get("output_scale", 1.0)),
+        output_offset=float(entry.get("output_offset", 0.0)),
+        max_length=int(entry.get("max_length", SCORER_MAX_LENGTH)),
+        pad_token_id=int(entry.get("pad_token_id") or 0),
+        vocab_size=None if entry.get("vocab_size") is None else int(entry["vocab_size"]),
+        files=dict(entry["files"]),
+    )
 
 
 def default_bundle_dir() -> Path:
@@ -56,100 +368,3 @@ def inside(root: Path, relative: str) -> Path:
     if not resolved.is_relative_to(root.resolve()):
         raise BundleError(f"manifest path {relative!r} points outside the bundle folder {root}; rebuild the bundle")
     return resolved
-
-
-def load_tokenizer(path: Path) -> Tokenizer:
-    """A part's `tokenizer.json`; one that `tokenizers` cannot read is a BundleError, like a broken graph."""
-    try:
-        return Tokenizer.from_file(str(path))
-    except Exception as error:  # tokenizers raises a bare Exception for malformed files
-        raise BundleError(f"{path} is not a readable tokenizer ({error}); re-export the bundle") from error
-
-
-def load_manifest(bundle_dir: str | Path, verify_hashes: bool = True) -> dict[str, Any]:
-    """Read and check `bundle_dir/replyrank.json`; return it with each part's `dir` resolved."""
-    root = Path(bundle_dir).expanduser()
-    if not root.is_dir():
-        raise BundleError(
-            f"no bundle at {root}: build the default one with `replyrank build-default`, "
-            "or pass --bundle / set REPLYRANK_BUNDLE to a bundle folder"
-        )
-    manifest_path = root / MANIFEST
-    if not manifest_path.is_file():
-        raise BundleError(f"{root} has no {MANIFEST}; it is not a replyrank bundle (or its export did not finish)")
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise BundleError(f"{manifest_path} is not valid JSON ({error}); re-export the bundle") from None
-    if not isinstance(manifest, dict):
-        raise BundleError(f"{manifest_path} is not a JSON object; re-export the bundle")
-    version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
-        raise BundleError(
-            f"{manifest_path} has format version {version!r}; this replyrank reads version {FORMAT_VERSION}: "
-            "upgrade replyrank or re-export the bundle"
-        )
-    for part in PARTS:
-        entry = manifest.get(part)
-        if not isinstance(entry, dict) or not isinstance(entry.get("path"), str) or not isinstance(entry.get("files"), dict):
-            raise BundleError(f"{manifest_path} has no valid {part!r} entry; re-export the bundle")
-        missing = [key for key in REQUIRED_KEYS[part] if key not in entry]
-        if missing:
-            raise BundleError(f"{manifest_path}'s {part!r} entry lacks {', '.join(missing)}; re-export the bundle")
-        part_dir = inside(root, entry["path"])
-        for name in entry["files"]:
-            if not inside(root, f"{entry['path']}/{name}").is_file():
-                raise BundleError(f"bundle file {part}/{name} is missing from {root}; re-export or re-copy the bundle")
-        entry["dir"] = part_dir
-    threshold = manifest.get("realism_threshold", 0.5)
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
-        raise BundleError(f"{manifest_path} has realism_threshold {threshold!r}, not a number in [0, 1]; re-export the bundle")
-    manifest["root"] = root.resolve()
-    if verify_hashes:
-        verify_files(manifest)
-    return manifest
-
-
-def verify_files(manifest: dict[str, Any], use_stamp: bool = True) -> None:
-    """Check every listed file's sha256 against the manifest.
-
-    A file verified before, whose size and modification time are unchanged since, is not hashed
-    again: the stamp file beside the manifest records them (written when the folder is writable).
-    `use_stamp=False` hashes everything (`replyrank info` does).
-    """
-    root: Path = manifest["root"]
-    stamp_path = root / STAMP
-    try:
-        stamp = json.loads(stamp_path.read_text()) if use_stamp and stamp_path.is_file() else {}
-    except (OSError, ValueError):
-        stamp = {}
-    verified = {}
-    for part in PARTS:
-        for name, digest in manifest[part]["files"].items():
-            key = f"{manifest[part]['path']}/{name}"
-            path = inside(root, key)
-            status = path.stat()
-            seen = [status.st_size, status.st_mtime_ns, digest]
-            if stamp.get(key) != seen and sha256(path) != digest:
-                raise BundleError(
-                    f"bundle file {part}/{name} does not match the sha256 in {MANIFEST} (changed or corrupted); "
-                    "re-export or re-copy the bundle"
-                )
-            verified[key] = seen
-    if verified != stamp:
-        try:
-            partial = stamp_path.with_name(f"{STAMP}.{os.getpid()}")
-            partial.write_text(json.dumps(verified))
-            partial.replace(stamp_path)
-        except OSError:
-            pass  # a read-only bundle is simply hashed at every load
-
-
-def write_manifest(bundle_dir: Path, manifest: dict[str, Any]) -> None:
-    """Hash every file of every part and write the manifest (used by the export side)."""
-    for part in PARTS:
-        part_dir = bundle_dir / manifest[part]["path"]
-        manifest[part]["files"] = {
-            path.relative_to(part_dir).as_posix(): sha256(path) for path in sorted(part_dir.rglob("*")) if path.is_file()
-        }
-    (bundle_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -7,15 +7,15 @@ import importlib.metadata
 import json
 import os
 import sys
-from dataclasses import asdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import click
 
 from . import __version__
-from .bot import Bot, Candidate
-from .bundle import STAMP, default_bundle_dir, load_manifest, verify_files
+from .bot import Bot, Candidate, Result
+from .bundle import PARTS, STAMP, Bundle, default_bundle_dir
 from .errors import ReplyrankError
 from .generate import GenerationOptions
 
@@ -24,6 +24,7 @@ BUNDLE_HELP = "Bundle folder (default: $REPLYRANK_BUNDLE, else the default bundl
 COMMANDS = "replyrank.commands"
 BUILDERS = "replyrank.builders"
 EXPORT_EXTRA = "pip install torch==2.13.0 'replyrank[export]'"
+BUNDLE_SAMPLING = "(default: the bundle's deployment setting)"
 STRICT_HELP = "When no candidate reaches the threshold, reply nothing (default: keep the most realistic one)."
 
 
@@ -72,6 +73,11 @@ def _load(bundle: str | None, threads: int | None, threshold: float | None = Non
         click.echo(f"no default bundle yet: building it in {path} (once, about 10 minutes)", err=True)
         _build_default_bundle(path)
     return Bot(path, threads=threads, realism_threshold=threshold, strict=strict)
+
+
+def _echo_note(result: Result) -> None:
+    if result.note:
+        click.echo(f"note: {result.note} (--strict returns no reply instead)", err=True)
 
 
 def _table(candidates: list[Candidate], upvotes_name: str) -> str:
@@ -126,13 +132,13 @@ def main() -> None:
 @main.command()
 @click.argument("comment")
 @click.option("--bundle", type=click.Path(), default=None, help=BUNDLE_HELP)
-@click.option("-n", "--candidates", type=int, default=8, show_default=True, help="Candidate replies to write.")
-@click.option("--max-new-tokens", type=int, default=40, show_default=True)
-@click.option("--min-new-tokens", type=int, default=1, show_default=True)
-@click.option("--temperature", type=float, default=0.7, show_default=True, help="0 = greedy.")
-@click.option("--top-k", type=int, default=40, show_default=True, help="0 disables.")
-@click.option("--top-p", type=float, default=1.0, show_default=True)
-@click.option("--repetition-penalty", type=float, default=1.0, show_default=True)
+@click.option("-n", "--candidates", type=int, default=None, help=f"Candidate replies to write {BUNDLE_SAMPLING}.")
+@click.option("--max-new-tokens", type=int, default=None, help=BUNDLE_SAMPLING)
+@click.option("--min-new-tokens", type=int, default=None, help=BUNDLE_SAMPLING)
+@click.option("--temperature", type=float, default=None, help=f"0 = greedy {BUNDLE_SAMPLING}.")
+@click.option("--top-k", type=int, default=None, help=f"0 disables {BUNDLE_SAMPLING}.")
+@click.option("--top-p", type=float, default=None, help=f"1 disables {BUNDLE_SAMPLING}.")
+@click.option("--repetition-penalty", type=float, default=None, help=f"1 disables {BUNDLE_SAMPLING}.")
 @click.option("--stop", multiple=True, help="Stop a candidate at this string (repeatable).")
 @click.option("--seed", type=int, default=None, help="Reproduce a run exactly.")
 @click.option("--threshold", type=float, default=None, help="Realism threshold (default: the bundle's calibrated one).")
@@ -143,21 +149,22 @@ def reply(
     comment: str, bundle: str | None, threads: int | None, threshold: float | None, strict: bool, json_: bool, **options: Any
 ) -> None:
     """Write replies to COMMENT (- reads stdin), rank them and print the best first."""
-    generation = GenerationOptions(**{**options, "stop": tuple(options["stop"])})
-    generation.check()
+    given = {key: value for key, value in options.items() if value is not None and value != ()}
+    if "stop" in given:
+        given["stop"] = tuple(given["stop"])
+    replace(GenerationOptions(), **given).check()  # refuse bad options before loading the bundle
     text = _read_comment(comment)
     bot = _load(bundle, threads, threshold, strict)
-    result = bot.reply(text, generation)
+    result = bot.reply(text, **given)
     if json_:
         emit_json(result.to_dict())
         return
     if result.truncated:
         click.echo(f"note: the comment was cut to its first tokens to fit the prompt ({result.prompt_tokens} prompt tokens)", err=True)
-    if result.note:
-        click.echo(f"note: {result.note} (--strict returns no reply instead)", err=True)
+    _echo_note(result)
     click.echo(result.best.text if result.best else f"(no reply: {result.reason})")
     click.echo()
-    click.echo(_table(result.candidates, bot.manifest["upvotes"]["score"]["name"]))
+    click.echo(_table(result.candidates, bot.bundle.upvotes.score.name))
     t = result.timings_ms
     click.echo(f"prefill {t['prefill']:.0f} ms, decode {t['decode']:.0f} ms, score {t['score']:.0f} ms, total {t['total']:.0f} ms", err=True)
 
@@ -176,17 +183,12 @@ def rank(
     """Score REPLIES written elsewhere to --comment and rank them, best first."""
     text = _read_comment(comment)
     bot = _load(bundle, threads, threshold, strict)
-    candidates = bot.score(text, list(replies))
-    best = candidates[0] if candidates[0].kept else None
-    note = None  # kept below the threshold happens only when none reached it (see Bot._select)
-    if best and best.realism is not None and best.realism < bot.realism_threshold:
-        note = f"no reply reached the realism threshold {bot.realism_threshold:.3f}; kept the most realistic one ({best.realism:.3f})"
+    result = bot.score(text, list(replies))
     if json_:
-        emit_json({"comment": text, "best": asdict(best) if best else None, "note": note, "candidates": [asdict(c) for c in candidates]})
+        emit_json(result.to_dict())
         return
-    if note:
-        click.echo(f"note: {note} (--strict keeps none instead)", err=True)
-    click.echo(_table(candidates, bot.manifest["upvotes"]["score"]["name"]))
+    _echo_note(result)
+    click.echo(_table(result.candidates, bot.bundle.upvotes.score.name))
 
 
 @main.command()
@@ -194,21 +196,22 @@ def rank(
 @click.option("--json", "json_", is_flag=True, help="One JSON object on stdout.")
 def info(bundle: str | None, json_: bool) -> None:
     """Show a bundle's manifest, validation report and file sizes (hashes are checked)."""
-    manifest = load_manifest(Path(bundle) if bundle else default_bundle_dir(), verify_hashes=False)
-    verify_files(manifest, use_stamp=False)  # info always hashes every file
-    root = manifest.pop("root")
-    for part in ("generator", "discriminator", "upvotes"):
-        manifest[part].pop("dir")
-    validation = manifest.pop("validation", {})
+    root = (Path(bundle) if bundle else default_bundle_dir()).expanduser().resolve()
+    read = Bundle.read(root, verify_hashes=False)
+    read.verify(use_stamp=False)  # info always hashes every file
+    manifest = read.to_json()
+    validation = manifest.pop("validation")
     sizes = {p.relative_to(root).as_posix(): p.stat().st_size for p in sorted(root.rglob("*")) if p.is_file() and p.name != STAMP}
     if json_:
-        emit_json({"path": str(root), "manifest": manifest, "validation": validation, "sizes": sizes})
+        emit_json({"path": str(root), "format_version_read": read.format_version, "manifest": manifest, "validation": validation, "sizes": sizes})
         return
     click.echo(f"bundle     {root}")
-    click.echo(f"format     {manifest['format_version']} (written by replyrank {manifest.get('replyrank_version')})")
-    click.echo(f"quantized  {manifest.get('quantization')}, realism threshold {manifest['realism_threshold']:.3f}")
-    for part in ("generator", "discriminator", "upvotes"):
-        size = sum(v for k, v in sizes.items() if k.startswith(part + "/"))
-        click.echo(f"{part:13} {size / 2**20:7.1f} MiB  {manifest.get('sources', {}).get(part, '')}")
+    converted = f", read from a version-{read.format_version} manifest" if read.format_version != manifest["format_version"] else ""
+    click.echo(f"format     {manifest['format_version']} (written by replyrank {read.replyrank_version}{converted})")
+    click.echo(f"quantized  {read.quantization}, realism threshold {read.realism_threshold:.3f}")
+    for part, spec in read.parts.items():
+        size = sum(v for k, v in sizes.items() if k.startswith(spec.path + "/"))
+        shared = " (shared scorer graph)" if part != PARTS[0] and read.shared_scorer else ""
+        click.echo(f"{part:13} {size / 2**20:7.1f} MiB  {read.sources.get(part, '')}{shared}")
     click.echo("validation")
     click.echo(json.dumps(validation, indent=2))

@@ -19,14 +19,16 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnxruntime as ort
 
-from .bundle import load_tokenizer
 from .errors import BundleError, InputError
-from .sessions import create_session
+from .sessions import create_session, load_tokenizer
+
+if TYPE_CHECKING:  # bundle.py records GenerationOptions in its specs, so it imports this module
+    from .bundle import GeneratorSpec
 
 _ONNX_FLOAT = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
@@ -83,6 +85,23 @@ class Prompt:
     truncated: bool
 
 
+@dataclass(frozen=True)
+class Sample:
+    """What `Generator.sample` returns: the prompt, one Generation per candidate, and the prefill's seconds."""
+
+    prompt: Prompt
+    generations: list[Generation]
+    prefill_s: float
+
+
+def candidate_rngs(seed: int | None, candidates: int) -> list[np.random.Generator]:
+    """One independent random generator per candidate, spawned from `seed` (None: fresh entropy).
+
+    Candidate i draws only from the i-th, so it is the same whether it is decoded alone or beside others.
+    """
+    return [np.random.default_rng(child) for child in np.random.SeedSequence(seed).spawn(candidates)]
+
+
 def sample_next(
     logits: np.ndarray, history: list[list[int]], options: GenerationOptions, rngs: list[np.random.Generator], ban: np.ndarray | None
 ) -> np.ndarray:
@@ -122,13 +141,13 @@ def sample_next(
 class Generator:
     """An exported causal LM, its tokenizer and its prompt template, ready to sample replies."""
 
-    def __init__(self, model_dir: Path, spec: dict[str, Any], threads: int | None = None):
+    def __init__(self, model_dir: Path, spec: GeneratorSpec, threads: int | None = None):
         self.spec = spec
-        self.template: str = spec["prompt_template"]
+        self.template = spec.prompt_template
         if self.template.count("{comment}") != 1:
             raise BundleError("the generator's prompt_template must contain {comment} exactly once; re-export the bundle")
-        self.eos_ids = np.array(spec["eos_token_ids"], dtype=np.int64)
-        self.context_length: int = int(spec["context_length"])
+        self.eos_ids = np.array(spec.eos_token_ids, dtype=np.int64)
+        self.context_length = spec.context_length
         self.tokenizer = load_tokenizer(model_dir / "tokenizer.json")
         # The template's own markup (e.g. <|im_start|>) is parsed as special tokens, once, here;
         # after that the flag is set for good and a user's typed "<|endoftext|>" stays text.
@@ -136,11 +155,11 @@ class Generator:
         self.prefix_ids = self.tokenizer.encode(prefix, add_special_tokens=False).ids if prefix else []
         self.suffix_ids = self.tokenizer.encode(suffix, add_special_tokens=False).ids if suffix else []
         self.tokenizer.encode_special_tokens = True
-        if spec.get("bos_token_id") is not None:
-            self.prefix_ids = [int(spec["bos_token_id"])] + self.prefix_ids
+        if spec.bos_token_id is not None:
+            self.prefix_ids = [spec.bos_token_id] + self.prefix_ids
 
         self.session = create_session(model_dir / "model.onnx", threads)
-        self.in_place = spec.get("kv_cache") == "in-place"
+        self.in_place = spec.kv_cache == "in-place"
         inputs = {i.name: i for i in self.session.get_inputs()}
         self.input_names = set(inputs)
         self.past_names = [name for name in inputs if name.startswith("past_key_values.")]
@@ -213,6 +232,12 @@ class Generator:
                 buffer = np.repeat(prompt, rows, axis=0)
             grown[name] = ort.OrtValue.ortvalue_from_numpy(buffer)
         return grown
+
+    def sample(self, comment: str, options: GenerationOptions) -> Sample:
+        """`options.candidates` replies to `comment`, seeded from `options.seed`: the one way candidates are sampled."""
+        prompt = self.encode_prompt(comment, options)
+        generations, prefill_s = self.generate(prompt.ids, options, candidate_rngs(options.seed, options.candidates))
+        return Sample(prompt, generations, prefill_s)
 
     def generate(
         self, prompt_ids: list[int], options: GenerationOptions, rngs: list[np.random.Generator]

@@ -1,67 +1,121 @@
-"""Sentence-pair scorers: a BERT-family classifier over (comment, reply), exported to ONNX.
+"""Sentence-pair scorers: BERT-family sequence classifiers over (comment, reply), exported to ONNX.
 
-All pairs go through the model in one batched call, padded to the batch's longest pair. The
-feed holds only the inputs the graph declares (BERT has `token_type_ids`, RoBERTa and
-DistilBERT do not), always as int64, as fastembed builds it.
+A `PairGraph` is one graph and its tokenizer: all pairs go through it in one batched call,
+padded to the batch's longest pair, and it returns the outputs asked for. The feed holds only the
+inputs the graph declares (BERT has `token_type_ids`, RoBERTa and DistilBERT do not), always as
+int64, as fastembed builds it. A `ScorerSpec` says which output a score is read from and how
+(`read_score`).
+
+`Scorers` holds the bundle's two scorers. When their specs name the same part folder (one
+graph with two heads), it opens ONE session and runs each batch of pairs ONCE, reading both
+outputs from that run; otherwise each scorer has its own graph.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from concurrent.futures import Executor
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from .bundle import load_tokenizer
+from .bundle import Bundle, ScorerSpec
 from .errors import BundleError
-from .sessions import create_session
+from .sessions import create_session, load_tokenizer
 
 
-class PairScorer:
-    """Scores (comment, reply) pairs with one exported sequence-classification model.
+class PairGraph:
+    """One exported (comment, reply) sequence-classification graph with its tokenizer.
 
-    `kind="probability"`: a 2-logit classifier; the score is softmax probability of `label`.
-    `kind="regression"`: a 1-output regressor; the score is `output * output_scale + output_offset`
-    (the regressor learns standardized targets; the manifest holds the scale to undo that).
+    `spec` gives the tokenization (max_length, pad_token_id, vocab_size); `readers` are every spec
+    that reads this graph, whose outputs are checked against the graph at load.
     """
 
-    def __init__(self, model_dir: Path, spec: dict[str, Any], threads: int | None = None):
-        self.kind: str = spec["kind"]
-        self.output_scale = float(spec.get("output_scale", 1.0))
-        self.output_offset = float(spec.get("output_offset", 0.0))
-        self.label: int = int(spec.get("label", 1))
-        self.max_length: int = int(spec.get("max_length", 256))
+    def __init__(self, model_dir: Path, spec: ScorerSpec, threads: int | None = None, readers: Sequence[ScorerSpec] = ()):
         self.tokenizer = load_tokenizer(model_dir / "tokenizer.json")
         # A user's "[SEP]" or "[CLS]" is text, not markup: only the post-processor adds specials.
         self.tokenizer.encode_special_tokens = True
-        self.tokenizer.enable_truncation(self.max_length, strategy="longest_first")
-        pad_id = spec.get("pad_token_id", 0)
-        self.tokenizer.enable_padding(pad_id=pad_id, pad_token=self.tokenizer.id_to_token(pad_id) or "[PAD]")
+        self.tokenizer.enable_truncation(spec.max_length, strategy="longest_first")
+        self.tokenizer.enable_padding(pad_id=spec.pad_token_id, pad_token=self.tokenizer.id_to_token(spec.pad_token_id) or "[PAD]")
         self.session = create_session(model_dir / "model.onnx", threads)
         self.input_names = {i.name for i in self.session.get_inputs()}
-        outputs = self.session.get_outputs()[0].shape[-1]
-        expected = 2 if self.kind == "probability" else 1
-        if isinstance(outputs, int) and outputs != expected:
-            raise BundleError(f"scorer {model_dir.name} outputs {outputs} values, its manifest says {self.kind}; re-export the bundle")
+        outputs = {o.name: o.shape[-1] for o in self.session.get_outputs()}
+        for reader in readers or [spec]:
+            if reader.output not in outputs:
+                raise BundleError(f"scorer graph {model_dir.name} has no output {reader.output!r} (it has {sorted(outputs)}); re-export the bundle")
+            width = outputs[reader.output]
+            if isinstance(width, int) and width != reader.width:
+                raise BundleError(
+                    f"scorer {model_dir.name} output {reader.output!r} holds {width} values, its manifest says {reader.kind}; re-export the bundle"
+                )
         vocab = self.tokenizer.get_vocab_size()
-        embeddings = spec.get("vocab_size")
-        if embeddings is not None and vocab > int(embeddings):
-            raise BundleError(f"scorer {model_dir.name}'s tokenizer has {vocab} tokens, its model {embeddings}; re-export the bundle")
+        if spec.vocab_size is not None and vocab > spec.vocab_size:
+            raise BundleError(f"scorer {model_dir.name}'s tokenizer has {vocab} tokens, its model {spec.vocab_size}; re-export the bundle")
 
-    def __call__(self, comment: str, replies: list[str]) -> np.ndarray:
-        """One score per reply, float64."""
-        if not replies:
-            return np.zeros(0)
-        encodings = self.tokenizer.encode_batch([(comment, reply) for reply in replies])
+    def run(self, pairs: Sequence[tuple[str, str]], outputs: Sequence[str]) -> dict[str, np.ndarray]:
+        """The named outputs for every (comment, reply) pair, from one batched run, as float64."""
+        encodings = self.tokenizer.encode_batch(list(pairs))
         feed = {
             "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
             "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
             "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
         }
-        (logits,) = self.session.run(["logits"], {k: v for k, v in feed.items() if k in self.input_names})
-        logits = logits.astype(np.float64)
-        if self.kind == "regression":
-            return logits[:, 0] * self.output_scale + self.output_offset
-        logits -= logits.max(axis=-1, keepdims=True)
-        probs = np.exp(logits)
-        return probs[:, self.label] / probs.sum(axis=-1)
+        names = list(dict.fromkeys(outputs))
+        values = self.session.run(names, {k: v for k, v in feed.items() if k in self.input_names})
+        return {name: value.astype(np.float64) for name, value in zip(names, values)}
+
+
+def read_score(spec: ScorerSpec, output: np.ndarray) -> np.ndarray:
+    """One score per pair from the spec's output (pairs, width): a probability or a rescaled regression."""
+    if spec.kind == "regression":
+        return output[:, 0] * spec.output_scale + spec.output_offset
+    logits = output - output.max(axis=-1, keepdims=True)
+    probs = np.exp(logits)
+    return probs[:, spec.label] / probs.sum(axis=-1)
+
+
+def score_pairs(graph: PairGraph, specs: Sequence[ScorerSpec], pairs: Sequence[tuple[str, str]]) -> list[np.ndarray]:
+    """Each spec's scores of `pairs`, all read from ONE run of `graph`."""
+    if not pairs:
+        return [np.zeros(0) for _ in specs]
+    outputs = graph.run(pairs, [spec.output for spec in specs])
+    return [read_score(spec, outputs[spec.output]) for spec in specs]
+
+
+class Scorers:
+    """A bundle's scorers by part name; specs that share a folder share its session and its run."""
+
+    def __init__(self, bundle: Bundle, threads: int | None = None, pool: Executor | None = None):
+        self.specs = bundle.scorers
+        by_path: dict[str, list[str]] = {}
+        for name, spec in self.specs.items():
+            by_path.setdefault(spec.path, []).append(name)
+        self.names_by_path = by_path
+
+        def open_graph(path: str) -> PairGraph:
+            readers = [self.specs[name] for name in by_path[path]]
+            return PairGraph(bundle.folder(readers[0]), readers[0], threads, readers)
+
+        if pool is None:
+            self.graphs = {path: open_graph(path) for path in by_path}
+        else:  # opened side by side with the generator (Bot's load)
+            futures = {path: pool.submit(open_graph, path) for path in by_path}
+            self.graphs = {path: future.result() for path, future in futures.items()}
+
+    def graph(self, name: str) -> PairGraph:
+        """The graph the scorer `name` ("discriminator" or "upvotes") reads."""
+        return self.graphs[self.specs[name].path]
+
+    def score(self, pairs: Sequence[tuple[str, str]], names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Scores of `pairs` by scorer name (all scorers, or `names`); one run per graph."""
+        wanted = list(names or self.specs)
+        scores: dict[str, np.ndarray] = {}
+        for path, graph in self.graphs.items():
+            readers = [n for n in self.names_by_path[path] if n in wanted]
+            if readers:
+                scores.update(zip(readers, score_pairs(graph, [self.specs[n] for n in readers], pairs)))
+        return scores
+
+    def __call__(self, comment: str, replies: Sequence[str], names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Scores of each reply to `comment` by scorer name."""
+        return self.score([(comment, reply) for reply in replies], names)

@@ -1,4 +1,4 @@
-"""The one place that builds ONNX Runtime sessions.
+"""The one place that opens a part's model files: ONNX Runtime sessions and tokenizers.
 
 Three sessions (generator, discriminator, upvote model) share the machine's cores. Each gets
 the same explicit intra-op thread count and a single inter-op thread, so together they never
@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 import onnxruntime as ort
+from tokenizers import Tokenizer
 
 from .errors import BundleError
 
@@ -39,3 +40,11 @@ def create_session(model_path: str | Path, threads: int | None = None) -> ort.In
     except Exception as error:  # onnxruntime's load errors (InvalidProtobuf, Fail, ...) share no base class but Exception
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise BundleError(f"{model_path} is not a loadable ONNX model ({reason}); re-export the bundle") from error
+
+
+def load_tokenizer(path: Path) -> Tokenizer:
+    """A part's `tokenizer.json`; one that `tokenizers` cannot read is a BundleError, like a broken graph."""
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as error:  # tokenizers raises a bare Exception for malformed files
+        raise BundleError(f"{path} is not a readable tokenizer ({error}); re-export the bundle") from error

@@ -8,8 +8,6 @@ import pytest
 
 from tiny import PAIRS, build_generator, build_scorer
 
-REDDIT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "reddit"
-
 
 @pytest.fixture(scope="session")
 def models(tmp_path_factory) -> dict[str, Path]:

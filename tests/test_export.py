@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tiny import PAIRS
+from tiny import PAIRS, REDDIT
 
 import replyrank
-from replyrank.bundle import load_manifest
+from replyrank.bundle import Bundle
 from replyrank.errors import BundleError
 from replyrank.export import ExportError, ExportOptions, export_bundle
 from replyrank.export.validate import generator_vs_torch
@@ -23,12 +23,12 @@ from replyrank.generate import GenerationOptions
 @pytest.mark.parametrize("bundle", ["gpt2_fp32_bundle", "llama_fp32_bundle"])
 def test_onnx_logits_match_torch_for_prefill_and_cached_decode(bundle, models, request):
     path = request.getfixturevalue(bundle)
-    manifest = load_manifest(path)
+    read = Bundle.read(path)
     name = "gpt2" if "gpt2" in bundle else "llama"
-    diffs = generator_vs_torch(manifest["generator"]["dir"], manifest["generator"], models[name], PAIRS)
+    diffs = generator_vs_torch(read.folder(read.generator), read.generator, models[name], PAIRS)
     assert diffs["prefill_max_abs_logit_diff"] < 1e-4
     assert diffs["decode_max_abs_logit_diff"] < 1e-4
-    assert manifest["validation"]["generator_fp32_vs_torch"]["prefill_max_abs_logit_diff"] < 1e-4
+    assert read.validation["generator_fp32_vs_torch"]["prefill_max_abs_logit_diff"] < 1e-4
 
 
 def test_fused_graph_is_used_for_llama(llama_bundle, gpt2_bundle):
@@ -72,7 +72,7 @@ def test_greedy_generation_equals_transformers_generate(bundle, name, models, re
 
 def test_quantized_generator_tracks_fp32(gpt2_bundle, llama_bundle):
     for bundle in (gpt2_bundle, llama_bundle):
-        validation = load_manifest(bundle)["validation"]
+        validation = Bundle.read(bundle).validation
         quantized = validation["generator_quantized_vs_fp32"]
         # tiny random models have near-ties everywhere; the real bundle is gated at GATES
         assert quantized["top1_agreement"] >= 0.85 and quantized["mean_kl"] < 0.05
@@ -136,7 +136,6 @@ def test_quality_gate_stops_a_bad_quantization(models, tmp_path):
 
 def test_export_cli_writes_a_bundle_and_reports_json(models, tmp_path):
     from click.testing import CliRunner
-    from conftest import REDDIT
 
     from replyrank.cli import main
 

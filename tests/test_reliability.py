@@ -28,7 +28,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import replyrank
-from replyrank.bundle import MANIFEST, write_manifest
+from replyrank.bundle import DISCRIMINATOR, MANIFEST, Bundle
 from replyrank.cli import main
 
 TESTS = Path(__file__).resolve().parent
@@ -93,8 +93,8 @@ def test_hostile_text_is_replied_to_and_ranked(bot, comment):
     result = bot.reply(comment, **QUICK)
     _check_result(result, 2)
     assert result.comment.encode("utf-8")  # lone surrogates were replaced, everything else kept
-    _check_scores(bot.score(comment, [comment, "yes it was fine", COMMENT]))
-    _check_scores(bot.score(COMMENT, [comment, "no idea"]))
+    _check_scores(bot.score(comment, [comment, "yes it was fine", COMMENT]).candidates)
+    _check_scores(bot.score(COMMENT, [comment, "no idea"]).candidates)
 
 
 def test_special_tokens_in_a_comment_are_text(bot):
@@ -104,8 +104,9 @@ def test_special_tokens_in_a_comment_are_text(bot):
     assert prompt.comment_tokens > 4  # spelled out, not four special ids
     assert not set(prompt.ids) & set(bot.generator.eos_ids.tolist())
     assert len(prompt.ids) == template_ids + prompt.comment_tokens
-    pair = bot.discriminator.tokenizer.encode(comment, comment)
-    sep, cls = (bot.discriminator.tokenizer.token_to_id(t) for t in ("[SEP]", "[CLS]"))
+    tokenizer = bot.scorers.graph(DISCRIMINATOR).tokenizer
+    pair = tokenizer.encode(comment, comment)
+    sep, cls = (tokenizer.token_to_id(t) for t in ("[SEP]", "[CLS]"))
     assert pair.ids.count(sep) == 2 and pair.ids.count(cls) == 1  # only the post-processor's
 
 
@@ -114,7 +115,7 @@ def test_100_kb_comment_is_cut_to_fit_and_said(bot):
     result = bot.reply(comment, **QUICK)
     _check_result(result, 2)
     assert result.truncated and result.prompt_tokens <= bot.generator.context_length - QUICK["max_new_tokens"]
-    _check_scores(bot.score(comment, [comment, "yes"]))
+    _check_scores(bot.score(comment, [comment, "yes"]).candidates)
 
 
 def test_invalid_utf8_on_stdin_becomes_replacement_characters(gpt2_bundle):
@@ -158,7 +159,7 @@ def test_reply_to_any_text_is_a_result_or_an_input_error(bot, comment):
 @given(comment=TEXT, replies=st.lists(TEXT, min_size=1, max_size=4))
 def test_score_of_any_text_is_a_ranking_or_an_input_error(bot, comment, replies):
     try:
-        ranked = bot.score(comment, replies)
+        ranked = bot.score(comment, replies).candidates
     except replyrank.InputError:
         assert _blank(comment)
         return
@@ -182,7 +183,7 @@ def _manifest(root: Path) -> dict:
 
 def _rehash(root: Path) -> None:
     """Rewrite the manifest's hashes, so only the checks after the sha256 one can catch the change."""
-    write_manifest(root, _manifest(root))
+    Bundle.read(root, verify_hashes=False).write(root)
 
 
 def _edit_manifest(change: Callable[[dict], None]) -> Callable[[Path], None]:
@@ -247,7 +248,7 @@ BROKEN = {
     "manifest not json": (lambda root: (root / MANIFEST).write_text('{"format_version": 1,'), "not valid JSON"),
     "manifest not utf-8": (lambda root: (root / MANIFEST).write_bytes(b"\xff\xfe{}"), "not valid JSON"),
     "manifest a list": (lambda root: (root / MANIFEST).write_text("[1, 2]"), "not a JSON object"),
-    "newer format": (_edit_manifest(lambda m: m.update(format_version=2)), "format version 2.*upgrade replyrank"),
+    "newer format": (_edit_manifest(lambda m: m.update(format_version=3)), "format version 3.*upgrade replyrank.*replyrank export"),
     "no format": (_edit_manifest(lambda m: m.pop("format_version")), "format version None"),
     "part missing": (_edit_manifest(lambda m: m.pop("upvotes")), "no valid 'upvotes' entry"),
     "missing file": (lambda root: (root / "generator" / "model.onnx").unlink(), "generator/model.onnx is missing"),
@@ -316,7 +317,7 @@ export_bundle({gen!r}, {disc!r}, {upv!r}, {out!r}, PAIRS, ExportOptions(quality_
 def test_killed_export_leaves_the_previous_bundle_intact(gpt2_bundle, models, tmp_path):
     out = _copy(gpt2_bundle, tmp_path)
     manifest = _manifest(out)
-    manifest["marker"] = "the previous bundle"  # tells it apart from a re-export of the same models
+    manifest["threshold_calibration"] = "the previous bundle"  # tells it apart from a re-export of the same models
     (out / MANIFEST).write_text(json.dumps(manifest))
     before = (out / MANIFEST).read_bytes()
     code = EXPORT.format(tests=str(TESTS), gen=str(models["gpt2"]), disc=str(models["disc"]), upv=str(models["upv"]), out=str(out))
@@ -339,7 +340,7 @@ def test_killed_export_leaves_the_previous_bundle_intact(gpt2_bundle, models, tm
             export.wait()
     assert (out / MANIFEST).read_bytes() == before
     bot = replyrank.load(out)
-    assert bot.manifest["marker"] == "the previous bundle"
+    assert bot.bundle.threshold_calibration == "the previous bundle"
     _check_result(bot.reply(COMMENT, **QUICK), 2)
     # what the kill left behind is hidden beside the bundle, not in it, and is not a bundle
     leftovers = [p for p in tmp_path.iterdir() if p.name.startswith(".bundle.")]

@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 import replyrank
+from replyrank.bundle import DISCRIMINATOR
 from replyrank.cli import main
 from replyrank.generate import GenerationOptions
 
@@ -57,7 +58,7 @@ def test_shared_prefill_equals_independent_runs(bot):
 def test_in_place_cache_equals_a_grown_copy(llama_bundle):
     """The fused graph's cache buffer, written in place, gives the logits a copied cache gives."""
     generator = replyrank.load(llama_bundle).generator
-    assert generator.in_place and generator.spec["kv_cache"] == "in-place"
+    assert generator.in_place and generator.spec.kv_cache == "in-place"
     prompt = generator.encode_prompt(COMMENT, GenerationOptions()).ids
     tokens = np.array([[5], [9], [17]], dtype=np.int64)
 
@@ -115,7 +116,7 @@ def test_scores_are_in_range_and_sorted(bot):
 def test_selection_drops_empty_duplicates_echoes_and_unrealistic(gpt2_bundle):
     bot = replyrank.load(gpt2_bundle, realism_threshold=0.0)
     ranked = bot.score(COMMENT, ["yes it was fine", "Yes it  was fine", "", COMMENT.upper(), "no idea"])
-    reasons = {c.text: c.reason for c in ranked}
+    reasons = {c.text: c.reason for c in ranked.candidates}
     assert reasons["Yes it  was fine"] == "duplicate" and reasons[""] == "empty"
     assert reasons[COMMENT.upper()] == "echoes the comment"
     assert reasons["yes it was fine"] is None and reasons["no idea"] is None
@@ -136,14 +137,16 @@ def test_when_none_is_realistic_enough_the_most_realistic_is_kept_and_said(gpt2_
     assert all("< threshold" in c.reason for c in scored if c is not result.best)
     assert result.to_dict()["note"] == result.note
     ranked = bot.score(COMMENT, ["yes it was fine", "no idea"])
-    assert sum(c.kept for c in ranked) == 1
+    assert sum(c.kept for c in ranked.candidates) == 1 and ranked.best is ranked.candidates[0]
+    assert ranked.note == f"no candidate reached the realism threshold 1.000; kept the most realistic one ({ranked.best.realism:.3f})"
 
 
 def test_special_tokens_typed_by_a_user_are_text(bot):
     ids = bot.generator.encode_prompt("<|endoftext|><|im_end|>", GenerationOptions()).ids
     assert not set(ids) & set(bot.generator.eos_ids.tolist())
-    encoding = bot.discriminator.tokenizer.encode("[SEP] [CLS]", "[SEP]")
-    assert encoding.ids.count(bot.discriminator.tokenizer.token_to_id("[SEP]")) == 2  # only the post-processor's
+    tokenizer = bot.scorers.graph(DISCRIMINATOR).tokenizer
+    encoding = tokenizer.encode("[SEP] [CLS]", "[SEP]")
+    assert encoding.ids.count(tokenizer.token_to_id("[SEP]")) == 2  # only the post-processor's
 
 
 def test_long_comment_is_truncated_and_said(bot):
@@ -215,7 +218,7 @@ def test_cli_rank_info_and_stdin(gpt2_bundle):
     assert data["comment"] == COMMENT and len(data["candidates"]) == 2
     info = runner.invoke(main, ["info", "--bundle", str(gpt2_bundle), "--json"])
     data = json.loads(info.stdout)
-    assert data["path"] == str(gpt2_bundle.resolve()) and data["manifest"]["format_version"] == 1
+    assert data["path"] == str(gpt2_bundle.resolve()) and data["manifest"]["format_version"] == 2
     assert "generator_quantized_vs_fp32" in data["validation"] and data["sizes"]["generator/model.onnx"] > 0
 
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 from click.testing import CliRunner
-from conftest import REDDIT
+from tiny import REDDIT
 
 import replyrank
 from replyrank.cli import main
@@ -34,8 +34,8 @@ def test_train_all_from_real_dumps_to_a_working_bundle(models, tmp_path):
     # the prompt template the generator was trained with is the one the bundle uses
     trained = json.loads((tmp_path / "models" / "generator" / "replyrank_generator.json").read_text())
     bot = replyrank.load(out)
-    assert bot.manifest["generator"]["prompt_template"] == trained["prompt_template"]
-    assert bot.manifest["training"]["generator"]["valid_reply_perplexity"] == metrics["generator"]["valid_reply_perplexity"]
+    assert bot.bundle.generator.prompt_template == trained["prompt_template"]
+    assert bot.bundle.training["generator"]["valid_reply_perplexity"] == metrics["generator"]["valid_reply_perplexity"]
     reply = CliRunner().invoke(main, ["reply", "is a gap year a good idea?", "--bundle", str(out), "-n", "2", "--max-new-tokens", "6", "--json"])
     assert reply.exit_code == 0 and len(json.loads(reply.stdout)["candidates"]) == 2
 
@@ -55,7 +55,7 @@ def test_upvote_target_is_symmetric_log():
 def test_interrupted_training_resumes_from_its_checkpoint(models, tmp_path):
     import torch
 
-    from replyrank.export.train import CHECKPOINT, _loop
+    from replyrank.export.train import CHECKPOINT, train_loop
 
     model = torch.nn.Linear(2, 1)
     batches = [torch.ones(1, 2)] * 8
@@ -71,8 +71,8 @@ def test_interrupted_training_resumes_from_its_checkpoint(models, tmp_path):
         return m(batch).pow(2).mean()
 
     with pytest.raises(KeyboardInterrupt):
-        _loop(model, batches, interrupted, options, staging, "test")
+        train_loop(model, batches, interrupted, options, staging, "test")
     assert torch.load(staging / CHECKPOINT / "state.pt", weights_only=False)["step"] == 4
     resumed: list[int] = []
-    _loop(model, batches, lambda m, b: resumed.append(1) or m(b).pow(2).mean(), options, staging, "test")
+    train_loop(model, batches, lambda m, b: resumed.append(1) or m(b).pow(2).mean(), options, staging, "test")
     assert len(resumed) == 4  # steps 5-8 only

@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+# slices of real Pushshift dumps, shared beside the checkout (tests that need them skip without)
+REDDIT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "reddit"
+
 CORPUS = [
     "what do you think about the new library in town",
     "i think it is great and the coffee is good too",
