@@ -73,12 +73,12 @@ def build_default_bundle(out: Path, force: bool = False, fake_comments: int = 36
         train_pairs, test_pairs = [(t.message, t.reply) for t in train_turns], [(t.message, t.reply) for t in test_turns]
         sets = real_and_fake(gguf, train_pairs, test_pairs, fake_comments, fake_comments // 4, work, DEPLOYMENT, seed=0)
         options = TrainOptions(epochs=2, batch_size=16, learning_rate=5e-5, max_length=96, device="cpu")
-        disc_metrics = train_discriminator(*sets, minilm, work / "discriminator", options)
+        disc_metrics = train_discriminator(*sets, minilm, work / DISCRIMINATOR, options)
         # 3. engagement model: the chat's human rating for each (message, reply)
         engagement_train = [(t.message, t.reply, t.engagement) for t in train_turns[-upvote_examples:]]
         engagement_test = [(t.message, t.reply, t.engagement) for t in test_turns[-500:]]
         upv_options = TrainOptions(epochs=1, batch_size=32, learning_rate=5e-5, max_length=96, device="cpu")
-        upv_metrics = train_upvotes(engagement_train, engagement_test, minilm, work / "upvotes", upv_options)
+        upv_metrics = train_upvotes(engagement_train, engagement_test, minilm, work / UPVOTES, upv_options)
         # 4. export, validate and calibrate on held-out real chat turns
         validation = [(t.message, t.reply) for t in test_turns[:32]]
         scores = {
@@ -89,11 +89,11 @@ def build_default_bundle(out: Path, force: bool = False, fake_comments: int = 36
         }
         training = {
             "data": "chitchat-dataset 0.9.0 (real two-person chats, split by chat id)",
-            "discriminator": disc_metrics,
-            "upvotes": upv_metrics,
+            DISCRIMINATOR: disc_metrics,
+            UPVOTES: upv_metrics,
             "build_seconds_before_export": round(time.perf_counter() - started, 1),
         }
         export_options = ExportOptions(quantize="int8", prompt_template=PROMPT, scores=scores, training=training)
-        export_bundle(gguf, str(work / "discriminator"), str(work / "upvotes"), out, validation, export_options)
+        export_bundle(gguf, str(work / DISCRIMINATOR), str(work / UPVOTES), out, validation, export_options)
     print(f"default bundle built in {time.perf_counter() - started:.0f} s: {out}", file=sys.stderr)
     return out

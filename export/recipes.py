@@ -16,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
-from replyrank.bundle import MANIFEST, REALISM_THRESHOLD, Bundle
+from replyrank.bundle import DISCRIMINATOR, GENERATOR, MANIFEST, PARTS, REALISM_THRESHOLD, UPVOTES, Bundle
 from replyrank.generate import GenerationOptions, Generator
 
 from replyrank.dumps import Filters, Pair, load_pairs, sibling_pairs, split_by_thread
@@ -131,15 +131,16 @@ def everything(
     """The three models, then the bundle; the metrics of each are written into the manifest."""
     folder = Path(work)
     split = load_split(files, seed=options.seed)
-    metrics = {"generator": generator(split, generator_base, str(folder / "generator"), generator_options, max_pairs)}
-    metrics["discriminator"] = discriminator(split, str(folder / "generator"), scorer_base, str(folder / "discriminator"), options, fakes)
-    metrics["upvotes"] = upvotes(split, scorer_base, str(folder / "upvotes"), options, pairwise=False, max_pairs=max_pairs)
+    trained = {name: str(folder / name) for name in PARTS}
+    metrics = {GENERATOR: generator(split, generator_base, trained[GENERATOR], generator_options, max_pairs)}
+    metrics[DISCRIMINATOR] = discriminator(split, trained[GENERATOR], scorer_base, trained[DISCRIMINATOR], options, fakes)
+    metrics[UPVOTES] = upvotes(split, scorer_base, trained[UPVOTES], options, pairwise=False, max_pairs=max_pairs)
     pairs = [(p.parent, p.reply) for p in _sample(split["valid"], 32, options.seed)]
     bundle = export_bundle(
-        str(folder / "generator"), str(folder / "discriminator"), str(folder / "upvotes"), out, pairs,
+        trained[GENERATOR], trained[DISCRIMINATOR], trained[UPVOTES], out, pairs,
         ExportOptions(training={"data": [str(f) for f in files], **metrics}),
     )
-    metrics["generator"][f"discriminator_pass_share_at_{REALISM_THRESHOLD}"] = pass_share(out, [c for c, _ in pairs[:16]])
+    metrics[GENERATOR][f"discriminator_pass_share_at_{REALISM_THRESHOLD}"] = pass_share(out, [c for c, _ in pairs[:16]])
     return {"metrics": metrics, "realism_threshold": bundle.realism_threshold, "validation": dict(bundle.validation)}
 
 

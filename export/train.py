@@ -23,7 +23,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from replyrank.bundle import SCORER_MAX_LENGTH
+from replyrank.bundle import DISCRIMINATOR, GENERATOR, SCORER_MAX_LENGTH, UPVOTES
 
 from .convert import GENERATOR_SPEC, SCORER_SPEC, ExportError, default_template, load_causal_lm
 from .folders import move_into_place
@@ -218,7 +218,7 @@ def train_generator(
     (staging / GENERATOR_SPEC).write_text(json.dumps({"prompt_template": template, "eos_token_ids": [tokenizer.eos_token_id]}))
     print(f"generator metrics: {json.dumps(metrics)}", file=sys.stderr)
     model.to("cpu")
-    _finish(model, tokenizer, staging, Path(out), {"model": "generator", "base": base, "metrics": metrics})
+    _finish(model, tokenizer, staging, Path(out), {"model": GENERATOR, "base": base, "metrics": metrics})
     return metrics
 
 
@@ -232,7 +232,7 @@ def merge_adapter(base: str, adapter: str | Path, out: str | Path) -> Path:
     spec = Path(adapter).parent / GENERATOR_SPEC
     if spec.is_file():
         shutil.copy(spec, staging / GENERATOR_SPEC)
-    return _finish(merged, tokenizer, staging, Path(out), {"model": "generator", "base": base, "adapter": str(adapter)})
+    return _finish(merged, tokenizer, staging, Path(out), {"model": GENERATOR, "base": base, "adapter": str(adapter)})
 
 
 # --- scorers -------------------------------------------------------------------------------
@@ -307,7 +307,7 @@ def train_discriminator(
         probs = predict(model, tokenizer, list(test_real) + list(test_fake), device, options.max_length)
         metrics.update(test_examples=len(labels), roc_auc=roc_auc(labels, probs), balanced_accuracy=balanced_accuracy(labels, probs))
     model.to("cpu")
-    _finish(model, tokenizer, staging, Path(out), {"model": "discriminator", "base": base, "metrics": metrics})
+    _finish(model, tokenizer, staging, Path(out), {"model": DISCRIMINATOR, "base": base, "metrics": metrics})
     return metrics
 
 
@@ -365,5 +365,5 @@ def train_upvotes(
             metrics[f"pairwise_accuracy_{name}"] = pairwise_accuracy(hi, lo)
             metrics[f"sibling_pairs_{name}"] = len(pairs)
     model.to("cpu")
-    _finish(model, tokenizer, staging, Path(out), {"model": "upvotes", "base": base, "metrics": metrics})
+    _finish(model, tokenizer, staging, Path(out), {"model": UPVOTES, "base": base, "metrics": metrics})
     return metrics

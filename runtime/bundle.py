@@ -49,6 +49,8 @@ PARTS = (GENERATOR, DISCRIMINATOR, UPVOTES)
 SCORERS = (DISCRIMINATOR, UPVOTES)
 REALISM_THRESHOLD = 0.5  # a candidate is kept at realism >= this, until export calibrates the bundle's own
 SCORER_MAX_LENGTH = 256  # tokens of a (comment, reply) pair, longest first truncated
+# GenerationOptions fields that belong to one call, not to a deployment: never written into a manifest
+PER_CALL_OPTIONS = ("seed", "deadline")
 REEXPORT = "re-export it with `replyrank export` (the default bundle: `replyrank build-default --force`)"
 
 
@@ -176,6 +178,7 @@ class Bundle:
             entry = dataclasses.asdict(spec)
             if isinstance(spec, GeneratorSpec):
                 entry["eos_token_ids"] = list(spec.eos_token_ids)
+                entry["sampling"] = {k: v for k, v in entry["sampling"].items() if k not in PER_CALL_OPTIONS}
                 entry["sampling"]["stop"] = list(spec.sampling.stop)
             data[name] = entry
         return data
@@ -308,7 +311,7 @@ class Bundle:
 
 def _generator_spec(entry: Mapping[str, Any]) -> GeneratorSpec:
     sampling = entry.get("sampling") or {}
-    known = {f.name for f in dataclasses.fields(GenerationOptions)}
+    known = {f.name for f in dataclasses.fields(GenerationOptions)} - set(PER_CALL_OPTIONS)
     options = GenerationOptions(**{k: tuple(v) if k == "stop" else v for k, v in sampling.items() if k in known})
     return GeneratorSpec(
         path=entry["path"],

@@ -215,3 +215,7 @@ def info(bundle: str | None, json_: bool) -> None:
         click.echo(f"{part:13} {size / 2**20:7.1f} MiB  {read.sources.get(part, '')}{shared}")
     click.echo("validation")
     click.echo(json.dumps(validation, indent=2))
+
+
+# `replyrank serve` (FastAPI + uvicorn); without the server extra it names the install command
+main.add_command(importlib.import_module("replyrank.serve").serve)

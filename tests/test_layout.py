@@ -92,3 +92,19 @@ def test_listing_the_commands_never_imports_torch():
     )
     subprocess.run([sys.executable, "-c", code], check=True)
     assert "Usage" in _cli_without_torch(["--help"]).stdout
+
+
+def test_no_test_imports_a_private_name_or_conftest():
+    found = []
+    for path in sorted((ROOT / "tests").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom):
+                modules = [node.module or ""]
+                found += [f"{path.name}: {alias.name}" for alias in node.names if alias.name.startswith("_") and alias.name != "__version__"]
+            elif isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            else:
+                continue
+            private = [m for m in modules if m != "__future__" and any(part.startswith("_") for part in m.split("."))]
+            found += [f"{path.name}: {m}" for m in modules if m.split(".")[0] == "conftest"] + [f"{path.name}: {m}" for m in private]
+    assert not found, found

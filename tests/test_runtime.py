@@ -29,7 +29,7 @@ def test_import_does_not_pull_torch():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_exact_greedy_output_is_stable(bot):
+def test_greedy_ignores_the_random_draws(bot):
     options = GenerationOptions(candidates=3, max_new_tokens=10, min_new_tokens=10, temperature=0)
     prompt = bot.generator.encode_prompt(COMMENT, options)
     rngs = [np.random.default_rng(i) for i in range(3)]
@@ -194,6 +194,32 @@ def test_cli_json_matches_the_api(gpt2_bundle):
     api = replyrank.load(gpt2_bundle).reply(COMMENT, candidates=3, max_new_tokens=8, seed=5).to_dict()
     assert data["candidates"] == api["candidates"] and data["best"] == api["best"]
     assert set(data["timings_ms"]) == {"prefill", "decode", "score", "total"}
+
+
+def test_reply_and_rank_json_share_the_shipped_schema(gpt2_bundle):
+    import importlib.resources
+
+    import jsonschema
+
+    schema = json.loads((importlib.resources.files("replyrank") / "result.schema.json").read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    runs = {
+        "reply": ["reply", COMMENT, "-n", "3", "--max-new-tokens", "6", "--seed", "1"],
+        "reply, none realistic": ["reply", COMMENT, "-n", "2", "--max-new-tokens", "6", "--seed", "1", "--threshold", "1"],
+        "reply, strict": ["reply", COMMENT, "-n", "2", "--max-new-tokens", "6", "--seed", "1", "--threshold", "1", "--strict"],
+        "rank": ["rank", "--comment", COMMENT, "yes it was fine", "", "yes it was fine", "no idea"],
+        "rank, strict": ["rank", "--comment", COMMENT, "yes", "no idea", "--threshold", "1", "--strict"],
+    }
+    shapes = set()
+    for name, args in runs.items():
+        out = CliRunner().invoke(main, [*args, "--bundle", str(gpt2_bundle), "--json"])
+        assert out.exit_code == 0, (name, out.output)
+        data = json.loads(out.stdout)
+        jsonschema.validate(data, schema)
+        shapes.add(tuple(data))
+    assert len(shapes) == 1  # one schema, one set of keys, whichever command wrote it
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({**data, "candidates": [{"text": "x"}]}, schema)
 
 
 def test_cli_says_when_no_candidate_reached_the_threshold(gpt2_bundle):
