@@ -3,7 +3,7 @@ would be, and return the best one, on CPU with ONNX Runtime (never torch)."""
 
 from .bot import Bot, Candidate, Result, load
 from .bundle import default_bundle_dir
-from .errors import BundleError, InputError, ReplyrankError
+from .errors import BundleError, DeadlineExceeded, InputError, ReplyrankError
 from .generate import GenerationOptions
 
 __version__ = "0.1.0"
@@ -11,6 +11,7 @@ __all__ = [
     "Bot",
     "BundleError",
     "Candidate",
+    "DeadlineExceeded",
     "GenerationOptions",
     "InputError",
     "ReplyrankError",

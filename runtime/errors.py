@@ -11,3 +11,7 @@ class BundleError(ReplyrankError):
 
 class InputError(ReplyrankError, ValueError):
     """A comment, reply or option that replyrank cannot work with."""
+
+
+class DeadlineExceeded(ReplyrankError, TimeoutError):
+    """A call ran past the deadline its caller set (`replyrank.generate.deadline`); the decode was stopped."""

@@ -17,6 +17,9 @@ Rows that finish leave the batch, so they stop costing decode work.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,13 +27,43 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnxruntime as ort
 
-from .errors import BundleError, InputError
+from .errors import BundleError, DeadlineExceeded, InputError
 from .sessions import create_session, load_tokenizer
 
 if TYPE_CHECKING:  # bundle.py records GenerationOptions in its specs, so it imports this module
     from .bundle import GeneratorSpec
 
 _ONNX_FLOAT = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+
+# The most one call may ask for, so that no request can exhaust the machine. `Bot`, the CLI and
+# `replyrank serve` all refuse more (the server's flags may only lower them). The sizes come from
+# the KV cache: for the default bundle's SmolLM2-135M (30 layers, 3 KV heads of 64, fp32) a
+# candidate's cache costs 46 KB a token, so 32 candidates x (256 comment + 256 new tokens) hold
+# about 0.8 GB, and decoding them takes tens of seconds on two cores.
+MAX_CANDIDATES = 32  # candidate replies one call writes (they decode as one batch)
+MAX_NEW_TOKENS = 256  # tokens one candidate may add
+MAX_STOP_STRINGS = 8  # each is searched for after every token of every candidate
+MAX_COMMENT_CHARS = 40_000  # Reddit's longest post body; `Bot.reply` cuts a longer comment, the server refuses it
+MAX_REPLIES = 64  # replies one `Bot.score` call ranks (they are scored as one batch)
+MAX_REPLY_CHARS = 10_000  # Reddit's longest comment; a scorer reads at most its max_length tokens of it
+
+# A caller's deadline for the decodes it starts (the server's per-request timeout). It is a
+# context variable rather than an option: it belongs to one call, never to a bundle's sampling.
+_deadline: ContextVar[float | None] = ContextVar("replyrank_deadline", default=None)
+
+
+@contextmanager
+def deadline(at: float | None) -> Iterator[None]:
+    """Inside this block, a decode stops with `DeadlineExceeded` once `time.monotonic()` passes `at`.
+
+    Checked between decode steps, so the thread is free again about one step after the deadline:
+    `with deadline(time.monotonic() + 5): bot.reply(comment)`. None sets no deadline.
+    """
+    token = _deadline.set(at)
+    try:
+        yield
+    finally:
+        _deadline.reset(token)
 
 
 @dataclass(frozen=True)
@@ -46,13 +79,13 @@ class GenerationOptions:
     repetition_penalty: float = 1.0  # 1.0 disables; CTRL's rule, as transformers applies it
     stop: tuple[str, ...] = ()
     max_comment_tokens: int = 256
-    seed: int | None = None
+    seed: int | None = None  # any integer >= 0; None draws fresh entropy
 
     def check(self) -> None:
-        if self.candidates < 1:
-            raise InputError(f"candidates must be at least 1, got {self.candidates}")
-        if self.max_new_tokens < 1:
-            raise InputError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        if not 1 <= self.candidates <= MAX_CANDIDATES:
+            raise InputError(f"candidates must be between 1 and {MAX_CANDIDATES}, got {self.candidates}")
+        if not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS:
+            raise InputError(f"max_new_tokens must be between 1 and {MAX_NEW_TOKENS}, got {self.max_new_tokens}")
         if not 0 <= self.min_new_tokens <= self.max_new_tokens:
             raise InputError(f"min_new_tokens must be between 0 and max_new_tokens, got {self.min_new_tokens}")
         if not self.temperature >= 0:
@@ -65,6 +98,19 @@ class GenerationOptions:
             raise InputError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
         if self.max_comment_tokens < 1:
             raise InputError(f"max_comment_tokens must be at least 1, got {self.max_comment_tokens}")
+        if len(self.stop) > MAX_STOP_STRINGS or not all(isinstance(s, str) and s for s in self.stop):
+            raise InputError(f"stop takes at most {MAX_STOP_STRINGS} non-empty strings, got {self.stop!r}")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0):
+            raise InputError(f"seed must be an integer >= 0, got {self.seed!r}")
+
+
+def check_replies(replies: list[str]) -> None:
+    """Refuse more replies to score than `MAX_REPLIES`, or one longer than `MAX_REPLY_CHARS`."""
+    if len(replies) > MAX_REPLIES:
+        raise InputError(f"at most {MAX_REPLIES} replies can be ranked at once, got {len(replies)}")
+    for reply in replies:
+        if isinstance(reply, str) and len(reply) > MAX_REPLY_CHARS:
+            raise InputError(f"a reply may be at most {MAX_REPLY_CHARS} characters, got one of {len(reply)}")
 
 
 @dataclass(frozen=True)
@@ -179,7 +225,9 @@ class Generator:
 
     def encode_prompt(self, comment: str, options: GenerationOptions) -> Prompt:
         """Prompt token ids. A comment too long for the context keeps its first tokens (the rest is dropped)."""
-        comment_ids = self.tokenizer.encode(comment, add_special_tokens=False).ids
+        # past MAX_COMMENT_CHARS nothing could reach the prompt anyway: cut before paying to tokenize it
+        cut = len(comment) > MAX_COMMENT_CHARS
+        comment_ids = self.tokenizer.encode(comment[:MAX_COMMENT_CHARS], add_special_tokens=False).ids
         room = self.context_length - options.max_new_tokens - len(self.prefix_ids) - len(self.suffix_ids)
         if room < 1:
             raise InputError(
@@ -187,7 +235,7 @@ class Generator:
                 f"{self.context_length}-token context; ask for fewer new tokens"
             )
         limit = min(room, options.max_comment_tokens)
-        return Prompt(self.prefix_ids + comment_ids[:limit] + self.suffix_ids, len(comment_ids), len(comment_ids) > limit)
+        return Prompt(self.prefix_ids + comment_ids[:limit] + self.suffix_ids, len(comment_ids), cut or len(comment_ids) > limit)
 
     def forward(self, input_ids: np.ndarray, past_length: int, cache: dict[str, ort.OrtValue]) -> tuple[np.ndarray, dict[str, ort.OrtValue]]:
         """One forward pass: logits (batch, length, vocab) and the new cache, kept as OrtValues between steps.
@@ -256,7 +304,11 @@ class Generator:
         rows = list(range(n))  # which candidate each batch row is
         tokens: list[list[int]] = [[] for _ in range(n)]
         finish: list[str] = ["length"] * n
+        stop_at = _deadline.get()
         for step in range(options.max_new_tokens):
+            # a caller's deadline (see `deadline`) stops the decode between steps
+            if stop_at is not None and time.monotonic() > stop_at:
+                raise DeadlineExceeded(f"the deadline passed after {step} of up to {options.max_new_tokens} new tokens")
             # sample the next token of every unfinished candidate
             ban = self.eos_ids if step < options.min_new_tokens else None
             history = [prompt_ids + tokens[row] for row in rows] if options.repetition_penalty != 1.0 else []
