@@ -216,3 +216,6 @@ def info(bundle: str | None, json_: bool) -> None:
     click.echo("validation")
     click.echo(json.dumps(validation, indent=2))
 
+
+# `replyrank serve` (FastAPI + uvicorn); without the server extra it names the install command
+main.add_command(importlib.import_module("replyrank.serve").serve)
