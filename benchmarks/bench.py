@@ -5,15 +5,17 @@
                                [--n 8] [--t 32] [--runs 5] [--threads 2] [--out benchmarks/results]
 
 The job: one fixed comment; N candidates of exactly T new tokens each (min = max new tokens, EOS
-never ends a candidate), temperature 0.7, top-k 40; then the discriminator and the upvote model
-on the N (comment, reply) pairs. Every system gets the same prompt token ids, the same settings
-and the same thread count, in a process of its own (`peers.py`), warmed up once, then timed
+never ends a candidate), sampled with the bundle's deployment settings (its manifest's
+`generator.sampling`: temperature 0.7, top-k 40 for bundles of today); then the discriminator and
+the upvote model on the N (comment, reply) pairs. Every system gets the same prompt token ids, the
+same settings and the same thread count, in a process of its own (`harness.py`, one module per
+system in `systems/`), warmed up once, then timed
 `--runs` times with `perf_counter`; medians are what is compared, as onnxruntime-genai's
 `benchmark_e2e.py` does it. Also measured: load time, prefill, decode ms per step at N = 1, 8, 16,
 scoring, peak RSS, job latency vs N and vs T (plots), and the memory-bandwidth floor of a decode
 step. Writes bench.json, bench.md and the plots into `--out`.
 
-`run(argv)` does all of it and returns the results, for `replyrank bench` to call.
+`run(argv)` does all of it and returns the results; `replyrank bench` runs this script.
 """
 
 from __future__ import annotations
@@ -25,15 +27,18 @@ import platform
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from harness import SYSTEMS, system_module
+from replyrank.bundle import PARTS, PER_CALL_OPTIONS, Bundle, GeneratorSpec
+from replyrank.environment import cpu_model, package_versions
+
 HERE = Path(__file__).resolve().parent
-SYSTEMS = ("replyrank", "replyrank-fp32", "transformers", "optimum", "genai", "ctranslate2", "llamacpp", "llamacpp-batched")
 ENVS = {"ctranslate2": "ctranslate2", "llamacpp": "llamacpp", "llamacpp-batched": "llamacpp"}  # systems that run in benchmarks/.envs/<name>
-CONVERTED = ("optimum", "genai", "ctranslate2")  # systems whose model peers.py converts first (cached)
 # A realistic comment: ~64 tokens with SmolLM2's tokenizer (the prompt template adds its own).
 COMMENT = (
     "I moved to a new city for work three months ago and I still barely know anyone here. I tried a climbing "
@@ -110,11 +115,11 @@ def _embedding_bytes(model: Any) -> int:
     return total
 
 
-def decode_floor(bundle: Path, spec: dict[str, Any], prompt_tokens: int, t: int, ns: list[int], bandwidth_gbs: float) -> dict[str, Any]:
+def decode_floor(bundle: Bundle, prompt_tokens: int, t: int, ns: list[int], bandwidth_gbs: float) -> dict[str, Any]:
     """Bytes a decode step must read (weights less the embedding table, plus the KV cache) and the ms that takes at `bandwidth_gbs`."""
     import onnx
 
-    folder = spec["dir"]
+    folder = bundle.folder(bundle.generator)
     model = onnx.load(str(folder / "model.onnx"), load_external_data=False)
     file_bytes = sum(p.stat().st_size for p in folder.glob("model.onnx*"))
     embedding = _embedding_bytes(model)
@@ -128,7 +133,7 @@ def decode_floor(bundle: Path, spec: dict[str, Any], prompt_tokens: int, t: int,
     weights = file_bytes - embedding
     floor = {str(n): (weights + n * per_row) / (bandwidth_gbs * 1e9) * 1e3 for n in ns}
     return {
-        "bundle": str(bundle), "model_file_bytes": file_bytes, "embedding_bytes": embedding, "weights_read_bytes": weights,
+        "bundle": str(bundle.root), "model_file_bytes": file_bytes, "embedding_bytes": embedding, "weights_read_bytes": weights,
         "kv_cache_bytes_per_candidate": per_row, "kv_mean_length": mean_length, "floor_ms_per_step": floor,
     }
 
@@ -136,30 +141,12 @@ def decode_floor(bundle: Path, spec: dict[str, Any], prompt_tokens: int, t: int,
 # ---------------------------------------------------------------------------- the machine
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def environment(threads: int) -> dict[str, Any]:
-    import importlib.metadata
-
-    def version(name: str) -> str | None:
-        try:
-            return importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            return None
-
     names = ["replyrank", "onnxruntime", "onnxruntime-genai", "tokenizers", "numpy", "torch", "transformers", "optimum", "optimum-onnx", "matplotlib"]
     return {
         "cpu": cpu_model(), "logical_cpus": os.cpu_count(), "affinity": len(os.sched_getaffinity(0)), "threads": threads,
         "python": platform.python_version(), "platform": platform.platform(), "load_average": os.getloadavg(),
-        "versions": {name: version(name) for name in names},
+        "versions": package_versions(names),
         "env": {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OMP_NUM_THREADS") if k in os.environ},
     }
 
@@ -179,10 +166,10 @@ def unavailable(system: str) -> str | None:
 
 
 def child(system: str, mode: str, settings: dict[str, Any], timeout: float, log: Path) -> dict[str, Any]:
-    """Run peers.py for one system in its own process; its one JSON line, or the error."""
+    """Run harness.py for one system in its own process; its one JSON line, or the error."""
     env = {**os.environ, "OMP_NUM_THREADS": str(settings["threads"]), "MKL_NUM_THREADS": str(settings["threads"]),
            "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
-    command = [python_for(system), str(HERE / "peers.py"), system, "--mode", mode, "--json-args", json.dumps(settings)]
+    command = [python_for(system), str(HERE / "harness.py"), system, "--mode", mode, "--json-args", json.dumps(settings)]
     with open(log, "a") as stderr:
         stderr.write(f"\n===== {system} {mode}: {command[0]}\n")
         stderr.flush()
@@ -200,51 +187,50 @@ def child(system: str, mode: str, settings: dict[str, Any], timeout: float, log:
     return result
 
 
-def prompt_of(manifest: dict[str, Any], comment: str, t: int) -> tuple[list[int], str, int]:
+def prompt_of(bundle: Bundle, comment: str, t: int) -> tuple[list[int], str, int]:
     """The prompt ids replyrank feeds its generator, which every peer is given too."""
     from replyrank.generate import GenerationOptions, Generator
 
-    generator = Generator(manifest["generator"]["dir"], manifest["generator"], threads=1)
+    generator = Generator(bundle.folder(bundle.generator), bundle.generator, threads=1)
     prompt = generator.encode_prompt(comment, GenerationOptions(max_new_tokens=t))
-    text = manifest["generator"]["prompt_template"].replace("{comment}", comment)
+    text = bundle.generator.prompt_template.replace("{comment}", comment)
     return prompt.ids, text, prompt.comment_tokens
 
 
 def run(argv: list[str] | None = None) -> dict[str, Any]:
     """Benchmark every requested system; write bench.json, bench.md and the plots; return the results."""
-    from replyrank.bundle import default_bundle_dir, load_manifest
+    from replyrank.bundle import default_bundle_dir
 
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse(argv)
-    bundle = Path(args.bundle).expanduser() if args.bundle else default_bundle_dir()
-    manifest = load_manifest(bundle)
+    bundle = Bundle.read(Path(args.bundle).expanduser() if args.bundle else default_bundle_dir())
     out = Path(args.out)
     (out / "logs").mkdir(parents=True, exist_ok=True)
     systems = args.systems or [s for s in SYSTEMS if s != "replyrank-fp32" or args.fp32_bundle]
     if "replyrank-fp32" in systems and not args.fp32_bundle:
         raise SystemExit("replyrank-fp32 needs --fp32-bundle DIR")
-    sources = dict(manifest.get("sources", {}))
-    for part in ("generator", "discriminator", "upvotes"):
+    sources = dict(bundle.sources)
+    for part in PARTS:
         if getattr(args, f"{part}_source"):
             sources[part] = getattr(args, f"{part}_source")
-    prompt_ids, prompt_text, comment_tokens = prompt_of(manifest, args.comment, max([args.t, *args.scaling_ts]))
+    prompt_ids, prompt_text, comment_tokens = prompt_of(bundle, args.comment, max([args.t, *args.scaling_ts]))
+    sampling = job_sampling(bundle.generator)
     settings = {
-        "bundle": str(bundle.resolve()), "comment": args.comment, "prompt_ids": prompt_ids, "prompt_text": prompt_text,
-        "eos_ids": manifest["generator"]["eos_token_ids"], "sources": sources, "cache": str(Path(args.cache).resolve()),
+        "bundle": str(bundle.root), "comment": args.comment, "prompt_ids": prompt_ids, "prompt_text": prompt_text, "sampling": sampling,
+        "eos_ids": list(bundle.generator.eos_token_ids), "sources": sources, "cache": str(Path(args.cache).resolve()),
         "n": args.n, "t": args.t, "runs": args.runs, "threads": args.threads, "decode_ns": args.decode_ns, "decode_t": args.decode_t,
         "scaling_ns": args.scaling_ns, "scaling_ts": args.scaling_ts, "scaling_runs": args.scaling_runs,
     }
     log(f"prompt: {len(prompt_ids)} tokens ({comment_tokens} of them the comment); measuring memory bandwidth")
     bandwidth = copy_bandwidth_gbs()
     floor_ns = sorted({*args.decode_ns, args.n})
-    floors = {"replyrank": decode_floor(bundle, manifest["generator"], len(prompt_ids), args.t, floor_ns, bandwidth)}
+    floors = {"replyrank": decode_floor(bundle, len(prompt_ids), args.t, floor_ns, bandwidth)}
     if args.fp32_bundle:
-        fp32 = load_manifest(args.fp32_bundle, verify_hashes=False)
-        floors["replyrank-fp32"] = decode_floor(Path(args.fp32_bundle), fp32["generator"], len(prompt_ids), args.t, floor_ns, bandwidth)
+        floors["replyrank-fp32"] = decode_floor(Bundle.read(args.fp32_bundle, verify_hashes=False), len(prompt_ids), args.t, floor_ns, bandwidth)
     results: dict[str, Any] = {
         "command": " ".join(["python benchmarks/bench.py", *argv]),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "job": {"n": args.n, "t": args.t, "temperature": 0.7, "top_k": 40, "top_p": 1.0, "repetition_penalty": 1.0,
+        "job": {"n": args.n, "t": args.t, **sampling,
                 "forced_length": "min_new_tokens = max_new_tokens = T, EOS never ends a candidate",
                 "comment": args.comment, "prompt_tokens": len(prompt_ids), "comment_tokens": comment_tokens,
                 "runs": args.runs, "warmup_runs": 1, "threads": args.threads, "decode_ns": args.decode_ns},
@@ -271,6 +257,12 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     return results
 
 
+def job_sampling(generator: GeneratorSpec) -> dict[str, Any]:
+    """The sampling settings every system is given: the bundle's deployment sampling, less what the job sets itself."""
+    fixed = ("candidates", "max_new_tokens", "min_new_tokens", "stop", "max_comment_tokens", *PER_CALL_OPTIONS)
+    return {key: value for key, value in asdict(generator.sampling).items() if key not in fixed}
+
+
 def measure_system(system: str, settings: dict[str, Any], timeout: float, log_path: Path) -> dict[str, Any]:
     """Convert the system's model if it needs it (cached), then measure it; each step its own process."""
     log_path.write_text("")
@@ -278,7 +270,7 @@ def measure_system(system: str, settings: dict[str, Any], timeout: float, log_pa
     if reason:
         return {"system": system, "error": f"not installable: {reason}"}
     found: dict[str, Any] = {"system": system, "python": python_for(system)}
-    if system in CONVERTED:
+    if hasattr(system_module(system), "prepare"):
         prepared = child(system, "prepare", settings, timeout, log_path)
         if "error" in prepared:
             return {**found, **prepared}

