@@ -317,7 +317,7 @@ def create_app(config: ServerConfig, load_bot: Callable[[], "Bot"] | None = None
         try:
             state["bot"] = load_bot() if load_bot else Bot(config.bundle, config.threads, config.threshold, config.strict)
             LOG.info("ready: %s loaded in %.2f s", config.bundle, time.perf_counter() - started)
-        except Exception as error:  # noqa: BLE001 -- any failure to load is reported, and the server stops
+        except Exception as error:  # whatever stops the load is reported, and the server stops
             state["error"] = str(error) if isinstance(error, ReplyrankError) else f"{type(error).__name__}: {error}"
             LOG.error("cannot load the bundle: %s", state["error"])
             if not isinstance(error, ReplyrankError):
@@ -397,22 +397,20 @@ def create_app(config: ServerConfig, load_bot: Callable[[], "Bot"] | None = None
             raise ApiError(503, "not_ready", message, {"Retry-After": "1"})
         return bot
 
-    def deadline_passed(what: str) -> DeadlineExceeded:
-        return DeadlineExceeded(f"the request ran past its {config.timeout_s:g} s deadline {what}; ask for fewer candidates or tokens")
-
     async def run(work: Callable[[float], Any]) -> JSONResponse:
         arrived = time.monotonic()
         deadline = arrived + config.timeout_s
 
         def timed() -> Any:
             if time.monotonic() > deadline:
-                raise deadline_passed("while it waited in the queue")
+                raise ApiError(504, "timeout", f"the request waited in the queue past its {config.timeout_s:g} s deadline; retry later")
             return work(deadline)
 
         try:
             data = await slots.run(timed)
         except DeadlineExceeded as error:
-            raise ApiError(504, "timeout", str(error)) from None
+            message = f"the request ran past its {config.timeout_s:g} s deadline ({error}); ask for fewer candidates or tokens"
+            raise ApiError(504, "timeout", message) from None
         except InputError as error:
             raise ApiError(422, "invalid_request", str(error)) from None
         total_ms = (time.monotonic() - arrived) * 1e3
@@ -547,6 +545,18 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Log lines to whatever `sys.stderr` is when they are written (click's test runner swaps it)."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
 def _serve_command() -> click.Command:
     missing = server_missing()
     if missing:
@@ -609,9 +619,10 @@ def _serve_command() -> click.Command:
         if not _is_loopback(host) and api_key is None:
             click.echo(f"warning: serving on {host} without --api-key-file: anyone who can reach it can use this server", err=True)
 
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
-        LOG.addHandler(handler)
+        if not any(isinstance(h, _StderrHandler) for h in LOG.handlers):
+            handler = _StderrHandler()
+            handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+            LOG.addHandler(handler)
         LOG.setLevel(logging.INFO)
         LOG.propagate = False
 
