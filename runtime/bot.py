@@ -122,11 +122,6 @@ class Bot:
         self.strict = strict  # True: no reply rather than one below the threshold
 
     @property
-    def manifest(self) -> dict[str, Any]:
-        """The bundle's manifest as JSON (a view of `self.bundle`, for display)."""
-        return self.bundle.to_json()
-
-    @property
     def sampling(self) -> GenerationOptions:
         """The bundle's deployment sampling options: `reply`'s defaults."""
         return self.bundle.generator.sampling

@@ -15,7 +15,7 @@ import click
 
 from . import __version__
 from .bot import Bot, Candidate, Result
-from .bundle import PARTS, STAMP, Bundle, default_bundle_dir
+from .bundle import GENERATOR, STAMP, Bundle, default_bundle_dir
 from .errors import ReplyrankError
 from .generate import GenerationOptions
 
@@ -211,7 +211,7 @@ def info(bundle: str | None, json_: bool) -> None:
     click.echo(f"quantized  {read.quantization}, realism threshold {read.realism_threshold:.3f}")
     for part, spec in read.parts.items():
         size = sum(v for k, v in sizes.items() if k.startswith(spec.path + "/"))
-        shared = " (shared scorer graph)" if part != PARTS[0] and read.shared_scorer else ""
+        shared = " (shared scorer graph)" if part != GENERATOR and read.shared_scorer else ""
         click.echo(f"{part:13} {size / 2**20:7.1f} MiB  {read.sources.get(part, '')}{shared}")
     click.echo("validation")
     click.echo(json.dumps(validation, indent=2))
