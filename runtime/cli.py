@@ -217,5 +217,9 @@ def info(bundle: str | None, json_: bool) -> None:
     click.echo(json.dumps(validation, indent=2))
 
 
+# `replyrank batch` (Ray Data); the module imports without the batch extra, and its help then names the install command
+main.add_command(importlib.import_module("replyrank.batch").batch)
+
+
 # `replyrank serve` (FastAPI + uvicorn); without the server extra it names the install command
 main.add_command(importlib.import_module("replyrank.serve").serve)
