@@ -19,7 +19,7 @@ from typing import Any, Sequence
 from replyrank.bundle import DISCRIMINATOR, GENERATOR, MANIFEST, PARTS, REALISM_THRESHOLD, UPVOTES, Bundle
 from replyrank.generate import GenerationOptions, Generator
 
-from replyrank.dumps import Filters, Pair, load_pairs, sibling_pairs, split_by_thread
+from replyrank.dumps import Filters, Pair, SiblingPair, load_pairs, sibling_pairs, split_by_thread
 from .assemble import DEPLOYMENT, ExportOptions, export_bundle, export_generator
 from .train import TrainOptions, train_discriminator, train_generator, train_upvotes, upvote_target
 
@@ -113,8 +113,8 @@ def upvotes(split: Split, base: str, out: str, options: TrainOptions, pairwise: 
     rows = [(p.parent, p.reply, upvote_target(p.score)) for p in train]
     test_rows = [(p.parent, p.reply, float(p.score)) for p in test]
 
-    def as_text(pairs: list[tuple[Pair, Pair]]) -> list[tuple[tuple[str, str], tuple[str, str]]]:
-        return [((hi.parent, hi.reply), (lo.parent, lo.reply)) for hi, lo in pairs]
+    def as_text(pairs: list[SiblingPair]) -> list[tuple[tuple[str, str], tuple[str, str]]]:
+        return [((p.better.parent, p.better.reply), (p.worse.parent, p.worse.reply)) for p in pairs]
 
     siblings_train = as_text(_sample(sibling_pairs(split["train"]), max_pairs, options.seed)) if pairwise else []
     sibling_tests = {

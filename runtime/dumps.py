@@ -9,7 +9,8 @@ pairs by thread, because siblings share a parent and a split by row leaks.
 
 `sibling_pairs` builds the comparison set of DialogRPT (Gao et al., 2020,
 "Dialogue Response Ranking Training with Large-Scale Human Feedback Data"):
-replies to one parent, posted close in time, whose scores differ.
+replies to one parent, adjacent and close in time, whose scores differ;
+`normalize_text` is its text normalisation (links, quoted lines).
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ import hashlib
 import html
 import json
 import logging
+import lzma
+import random
+import re
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -70,7 +74,7 @@ class Filters:
 
 
 def read_dump(path: str | Path, limit: int | None = None) -> Iterator[dict[str, Any]]:
-    """Stream the JSON objects of a `.zst`, `.bz2` or plain `.jsonl`/`.json`/`.ndjson` dump.
+    """Stream the JSON objects of a `.zst`, `.bz2`, `.xz` or plain `.jsonl`/`.json`/`.ndjson` dump.
 
     Reads one line at a time and never holds the whole file. Blank lines are
     skipped; `limit` stops after that many objects. Raises `DataError` naming
@@ -89,8 +93,8 @@ def read_dump(path: str | Path, limit: int | None = None) -> Iterator[dict[str, 
                 line = next(lines, None)
             except zstandard.ZstdError as exc:
                 raise DataError(_stream_error(path, "zstd", line_no, exc)) from None
-            except (OSError, EOFError) as exc:  # bz2: not bz2 data, or cut short
-                raise DataError(_stream_error(path, "bz2", line_no, exc)) from None
+            except (OSError, EOFError, lzma.LZMAError) as exc:  # bz2/xz: not such data, or cut short
+                raise DataError(_stream_error(path, path.suffix.lstrip(".").lower(), line_no, exc)) from None
             if line is None:
                 return
             line_no += 1
@@ -116,9 +120,11 @@ def _binary_lines(raw: BinaryIO, path: Path) -> Iterator[bytes]:
         return _split_lines(_zstd_chunks(raw))
     if suffix == ".bz2":
         return iter(bz2.BZ2File(raw))
+    if suffix == ".xz":  # older Pushshift months were published as .xz
+        return iter(lzma.LZMAFile(raw))
     if suffix in _PLAIN_SUFFIXES:
         return iter(raw)
-    raise DataError(f"{path}: unknown dump format; expected .zst, .bz2, .jsonl, .json or .ndjson")
+    raise DataError(f"{path}: unknown dump format; expected .zst, .bz2, .xz, .jsonl, .json or .ndjson")
 
 
 def _zstd_chunks(raw: BinaryIO) -> Iterator[bytes]:
@@ -141,6 +147,7 @@ def _zstd_chunks(raw: BinaryIO) -> Iterator[bytes]:
                 frame_fed = False
     if frame_fed and not frame.eof:
         raise zstandard.ZstdError("stream ends inside a frame")
+
 
 
 def _split_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
@@ -363,26 +370,79 @@ def split_by_thread(
     return splits
 
 
-def sibling_pairs(
-    pairs: Iterable[Pair], within_seconds: int | None = 3600, min_gap: int = 0
-) -> list[tuple[Pair, Pair]]:
-    """(higher-scored, lower-scored) replies to one parent, DialogRPT style.
+@dataclass(frozen=True)
+class SiblingPair:
+    """Two replies to one parent, the better-scored first: one comparison of DialogRPT's updown task.
 
-    Siblings must be posted within `within_seconds` of each other (None: any
-    time), because an early reply collects votes a later one never sees, and
-    their scores must differ by at least max(1, min_gap).
+    gap: score difference (> 0); hours: time between the two posts; rank_gap: difference of the
+    two replies' normalised ranks among all their siblings' distinct scores (0 worst, 1 best).
+    """
+
+    better: Pair
+    worse: Pair
+    gap: int
+    hours: float
+    rank_gap: float
+
+
+def sibling_pairs(
+    pairs: Iterable[Pair],
+    within_seconds: int | None = 3600,
+    min_gap: int = 1,
+    min_rank_gap: float = 0.0,
+    adjacent: bool = True,
+    max_per_parent: int | None = None,
+    seed: int = 0,
+) -> list[SiblingPair]:
+    """Comparable replies to one parent, as DialogRPT builds them (Gao et al., 2020, `src/data.py`).
+
+    Siblings are sorted by posting time; with `adjacent` only neighbours in that order are
+    compared (DialogRPT's rule: each reply meets the one posted just before it), else every two.
+    A pair counts when the two were posted within `within_seconds` (None: any time), because an
+    early reply collects votes a later one never sees; when their scores differ by at least
+    max(1, min_gap); and when their normalised ranks differ by at least `min_rank_gap`.
+    `max_per_parent` keeps that many pairs of a parent, drawn with `seed`, so a huge thread
+    cannot outweigh the rest. Deterministic for a given input.
     """
     gap = max(1, min_gap)
     by_parent: dict[str, list[Pair]] = {}
     for pair in pairs:
         by_parent.setdefault(pair.parent_id, []).append(pair)
-    result: list[tuple[Pair, Pair]] = []
-    for siblings in by_parent.values():
+    result: list[SiblingPair] = []
+    for parent_id, siblings in by_parent.items():
         siblings.sort(key=lambda p: (p.created_utc, p.reply_id))
+        scores = sorted({p.score for p in siblings})
+        if len(scores) < 2:
+            continue
+        rank = {score: i / (len(scores) - 1) for i, score in enumerate(scores)}
+        found: list[SiblingPair] = []
         for i, first in enumerate(siblings):
-            for second in siblings[i + 1 :]:
-                if within_seconds is not None and second.created_utc - first.created_utc > within_seconds:
+            for second in siblings[i + 1 : i + 2] if adjacent else siblings[i + 1 :]:
+                seconds = second.created_utc - first.created_utc
+                if within_seconds is not None and seconds > within_seconds:
                     break  # sorted by time: every later sibling is further away
-                if abs(first.score - second.score) >= gap:
-                    result.append((first, second) if first.score > second.score else (second, first))
+                better, worse = (first, second) if first.score > second.score else (second, first)
+                rank_gap = rank[better.score] - rank[worse.score]
+                if better.score - worse.score >= gap and rank_gap >= min_rank_gap:
+                    found.append(SiblingPair(better, worse, better.score - worse.score, seconds / 3600, rank_gap))
+        if max_per_parent is not None and len(found) > max_per_parent:
+            digest = hashlib.sha256(f"{seed}:{parent_id}".encode()).digest()
+            found = random.Random(digest).sample(found, max_per_parent)
+        result += found
     return result
+
+
+_MARKDOWN_LINK = re.compile(r"\[([^\]]*)\]\((?:https?://|www\.)[^)\s]*\)", re.IGNORECASE)
+_URL = re.compile(r"\S*(?:https?://|www\.)\S*", re.IGNORECASE)
+
+
+def normalize_text(text: str) -> str:
+    """DialogRPT's text normalisation: links become "(URL)", quoted lines ("> ...") go, whitespace is one space.
+
+    DialogRPT drops any text that quotes another (`>`); we drop the quoted lines and keep what the
+    author wrote. Applied alike to training pairs and to the texts a bundle scores.
+    """
+    text = _MARKDOWN_LINK.sub(lambda m: f"{m.group(1)} (URL)".strip(), text)
+    text = _URL.sub("(URL)", text)
+    lines = [line for line in text.splitlines() if not line.lstrip().startswith((">", "&gt;"))]
+    return " ".join(" ".join(lines).split())

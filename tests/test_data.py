@@ -15,7 +15,6 @@ from replyrank.dumps import (
     load_pairs,
     load_pairs_with_stats,
     read_dump,
-    sibling_pairs,
     split_by_thread,
 )
 
@@ -103,28 +102,6 @@ def test_split_is_by_thread_and_deterministic(college: tuple[list[Pair], dict[st
     assert split_by_thread(pairs, valid=0.2, test=0.2, seed=4) != splits
     with pytest.raises(ValueError):
         split_by_thread(pairs, valid=0.6, test=0.6)
-
-
-def test_sibling_pairs_are_ordered_and_close_in_time(college: tuple[list[Pair], dict[str, int]]) -> None:
-    siblings = sibling_pairs(college[0], within_seconds=None)
-    assert siblings
-    for hi, lo in siblings:
-        assert hi.parent_id == lo.parent_id and hi.reply_id != lo.reply_id
-        assert hi.score >= lo.score + 1
-    close = sibling_pairs(college[0], within_seconds=3600, min_gap=2)
-    assert len(close) <= len(siblings)
-    assert all(abs(hi.created_utc - lo.created_utc) <= 3600 and hi.score - lo.score >= 2 for hi, lo in close)
-
-
-def test_sibling_pairs_by_hand() -> None:
-    def reply(reply_id: str, score: int, created: int, parent: str = "t1_p") -> Pair:
-        return Pair("parent", reply_id, score, "t", "s", created, reply_id, parent)
-
-    replies = [reply("a", 5, 0), reply("b", 1, 10), reply("c", 5, 20), reply("d", 9, 10_000), reply("e", 0, 5, "t1_q")]
-    got = {(hi.reply_id, lo.reply_id) for hi, lo in sibling_pairs(replies, within_seconds=3600)}
-    assert got == {("a", "b"), ("c", "b")}  # a/c tie; d is too late; e has another parent
-    got = {(hi.reply_id, lo.reply_id) for hi, lo in sibling_pairs(replies, within_seconds=None, min_gap=5)}
-    assert got == {("d", "b")}
 
 
 def test_pushshift_dump_with_2gib_window() -> None:

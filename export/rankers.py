@@ -1,0 +1,334 @@
+"""One encoder, two heads: realism and upvotes from a single pass over each (comment, reply) pair.
+
+The 2020 reply bot ran two BERTs per candidate; DialogRPT (Gao et al., 2020) ranks with one
+transformer per task and multiplies a human-likeness prior into the feedback ranker. Here both
+scores come out of one MiniLM-class encoder (mean-pooled, as sentence-transformers pools it):
+
+- `upvotes`: one logit on the Bradley-Terry scale: P(reply a outscores sibling b) =
+  sigmoid(u_a - u_b), trained on DialogRPT-style sibling pairs, optionally with a regression
+  on every scored reply's standardised log-score as a second loss on the same head;
+- `realism`: two logits (generated, human), trained on real replies against the deployment
+  generator's own candidates.
+
+Training happens in two places. The upvote head needs Reddit threads with votes and a GPU
+(`train_upvotes`); it can be kept as a LoRA adapter plus the heads, a few MB, so a build on
+another machine can rebuild the encoder from the same base. The realism head is fitted where
+the generator runs (`train_realism`): multi-task fine-tuning of the whole encoder on real vs
+generated replies, while the upvote head is held to the upvote model's own scores on the same
+texts (distillation), so one encoder serves both heads.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from replyrank.dumps import SiblingPair
+from replyrank.evaluate import EvalOptions
+
+from .convert import ExportError
+
+HEADS_FILE = "heads.pt"
+CONFIG_FILE = "replyrank_scorer.json"
+OUTPUTS = ("realism_logits", "upvotes")  # graph output names, in the order forward returns them
+TEXT_NORMALIZATION = "dialogrpt"
+
+
+@dataclass
+class RankerOptions:
+    epochs: float = 1.0
+    batch_size: int = 64  # pairs per step (each pair is two sequences)
+    learning_rate: float = 3e-5
+    max_length: int = 128
+    lora_rank: int | None = None  # train a LoRA adapter (peft) instead of every encoder weight
+    regression_weight: float = 0.0  # > 0: add MSE on standardised log-scores of single replies
+    seed: int = 0
+    device: str | None = None
+    bf16: bool = True  # autocast on CUDA
+
+
+def _torch_device(options: RankerOptions) -> str:
+    import torch
+
+    return options.device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def build_model(base: str, lora_rank: int | None = None):
+    """(model, tokenizer): `base` (hub id or folder, BERT family) with fresh realism and upvote heads."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    class PairModel(torch.nn.Module):
+        """Encoder → mean pooling → (realism logits (generated, human), upvote logit)."""
+
+        def __init__(self, encoder):
+            super().__init__()
+            self.encoder = encoder
+            hidden = encoder.config.hidden_size
+            self.dropout = torch.nn.Dropout(0.1)
+            self.realism = torch.nn.Linear(hidden, 2)
+            self.upvotes = torch.nn.Linear(hidden, 1)
+
+        def forward(self, input_ids, attention_mask, token_type_ids=None):
+            inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+            if token_type_ids is not None:
+                inputs["token_type_ids"] = token_type_ids
+            hidden = self.encoder(**inputs).last_hidden_state
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = self.dropout((hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0))
+            return self.realism(pooled), self.upvotes(pooled).squeeze(-1)
+
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    encoder = AutoModel.from_pretrained(base, dtype=torch.float32)
+    if lora_rank:
+        from peft import LoraConfig, get_peft_model
+
+        names = {name.rsplit(".", 1)[-1] for name, _ in encoder.named_modules()}
+        targets = sorted(names & {"query", "key", "value", "dense", "q_lin", "k_lin", "v_lin", "out_lin", "lin1", "lin2"})
+        encoder = get_peft_model(encoder, LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank, lora_dropout=0.05, target_modules=targets))
+    return PairModel(encoder), tokenizer
+
+
+def _encode(tokenizer, pairs: Sequence[tuple[str, str]], max_length: int, device: str) -> dict[str, Any]:
+    batch = tokenizer([c for c, _ in pairs], [r for _, r in pairs], padding=True, truncation="longest_first",
+                      max_length=max_length, return_tensors="pt")
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def predict(model, tokenizer, pairs: Sequence[tuple[str, str]], max_length: int = 128, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """(P(human), upvote logit) per (comment, reply) pair."""
+    import torch
+
+    device = next(model.parameters()).device.type
+    model.eval()
+    realism, upvotes = [], []
+    with torch.no_grad(), torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
+        for i in range(0, len(pairs), batch_size):
+            logits, ups = model(**_encode(tokenizer, pairs[i : i + batch_size], max_length, device))
+            realism.append(logits.float().softmax(-1)[:, 1].cpu().numpy())
+            upvotes.append(ups.float().cpu().numpy())
+    if not realism:
+        return np.zeros(0), np.zeros(0)
+    return np.concatenate(realism), np.concatenate(upvotes)
+
+
+def log_score(score: float) -> float:
+    """Reddit scores are heavy-tailed and can be negative: sign(s) * log1p(|s|)."""
+    return math.copysign(math.log1p(abs(score)), score)
+
+
+def _schedule(optimizer, total: int):
+    from transformers import get_linear_schedule_with_warmup
+
+    return get_linear_schedule_with_warmup(optimizer, max(1, total // 20), total)
+
+
+def train_upvotes(
+    pairs: Sequence[SiblingPair], base: str, options: RankerOptions, singles: Sequence[tuple[str, str, float]] = (),
+    progress: bool = True,
+):
+    """Fit the upvote head on sibling pairs (Bradley-Terry loss on each pair's score order).
+
+    `singles` (comment, reply, Reddit score) add a regression on the standardised log-score to
+    the same head when `options.regression_weight` > 0, so every scored reply teaches it, not
+    only the ones that have a comparable sibling. Returns (model, tokenizer, target scaling).
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    if len(pairs) < 8:
+        raise ExportError(f"too few sibling pairs to train the upvote head: {len(pairs)} (need 8)")
+    random.seed(options.seed)
+    torch.manual_seed(options.seed)
+    device = _torch_device(options)
+    model, tokenizer = build_model(base, options.lora_rank)
+    model.to(device)
+    rng = np.random.default_rng(options.seed)
+    steps = max(1, int(len(pairs) * options.epochs) // options.batch_size)
+    order = np.concatenate([rng.permutation(len(pairs)) for _ in range(math.ceil(options.epochs) + 1)])
+    targets = np.array([log_score(s) for _, _, s in singles]) if singles else np.zeros(1)
+    offset, scale = float(targets.mean()), float(targets.std() or 1.0)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=options.learning_rate, weight_decay=0.01)
+    schedule = _schedule(optimizer, steps)
+    model.train()
+    losses = []
+    for step in tqdm(range(steps), desc="train upvotes", file=sys.stderr, disable=not progress, mininterval=10):
+        chunk = [pairs[i] for i in order[step * options.batch_size : (step + 1) * options.batch_size]]
+        texts = [(p.better.parent, p.better.reply) for p in chunk] + [(p.worse.parent, p.worse.reply) for p in chunk]
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=options.bf16 and device == "cuda"):
+            _, ups = model(**_encode(tokenizer, texts, options.max_length, device))
+            ups = ups.float()
+            loss = -torch.nn.functional.logsigmoid(ups[: len(chunk)] - ups[len(chunk) :]).mean()
+            if options.regression_weight > 0 and singles:
+                rows = [singles[i] for i in rng.integers(0, len(singles), options.batch_size)]
+                _, predicted = model(**_encode(tokenizer, [(c, r) for c, r, _ in rows], options.max_length, device))
+                target = torch.tensor([(log_score(s) - offset) / scale for _, _, s in rows], device=device)
+                loss = loss + options.regression_weight * torch.nn.functional.mse_loss(predicted.float(), target)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(float(loss))
+    model.eval()
+    return model, tokenizer, {"final_loss": float(np.mean(losses[-50:])), "steps": steps, "log_score_offset": offset, "log_score_scale": scale}
+
+
+def fit_upvote_scale(better: np.ndarray, worse: np.ndarray) -> float:
+    """The k that calibrates sigmoid(k * (u_a - u_b)) as P(a outscores b), fitted on held-out pairs.
+
+    Maximum likelihood by Newton's method, k >= 0: a head that orders held-out pairs no better
+    than chance gets k near 0, so its differences cannot outweigh realism in selection.
+    """
+    d = np.asarray(better, dtype=np.float64) - np.asarray(worse, dtype=np.float64)
+    if d.size == 0 or not np.any(d):
+        return 0.0
+    k = 0.0
+    for _ in range(50):
+        p = 1 / (1 + np.exp(-k * d))
+        gradient = float(np.sum((1 - p) * d))
+        curvature = float(np.sum(p * (1 - p) * d * d))
+        if curvature <= 1e-12:
+            break
+        step = gradient / curvature
+        k = max(0.0, k + step)
+        if abs(step) < 1e-6:
+            break
+    return float(k)
+
+
+def save(model, tokenizer, out: str | Path, info: dict[str, Any], keep_adapter: bool = True) -> Path:
+    """Write `out/`: the encoder (LoRA merged in), its tokenizer, the two heads and `replyrank_scorer.json`.
+
+    With a LoRA encoder, `out/adapter/` and `out/heads.pt` alone rebuild the scorer from its
+    base (`load(base, adapter=...)`): the part small enough to move between machines.
+    """
+    import torch
+
+    out = Path(out)
+    staging = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    encoder = model.encoder
+    if hasattr(encoder, "merge_and_unload"):
+        if keep_adapter:
+            encoder.save_pretrained(staging / "adapter")
+        encoder = encoder.merge_and_unload()
+        model.encoder = encoder
+    heads = {"realism": model.realism.state_dict(), "upvotes": model.upvotes.state_dict()}
+    torch.save({k: {n: t.detach().cpu() for n, t in v.items()} for k, v in heads.items()}, staging / HEADS_FILE)
+    encoder.save_pretrained(staging / "encoder")
+    tokenizer.save_pretrained(staging / "encoder")
+    (staging / CONFIG_FILE).write_text(json.dumps(info, indent=2, default=_jsonable) + "\n")
+    shutil.rmtree(out, ignore_errors=True)
+    staging.rename(out)
+    return out
+
+
+def load(folder: str | Path, base: str | None = None):
+    """(model, tokenizer, info) from a folder `save` wrote; with only `adapter/` there, `base` supplies the encoder."""
+    import torch
+
+    folder = Path(folder)
+    info = json.loads((folder / CONFIG_FILE).read_text())
+    if (folder / "encoder").is_dir():
+        model, tokenizer = build_model(str(folder / "encoder"))
+    else:
+        if base is None:
+            raise ExportError(f"{folder} holds a LoRA adapter only; give the base encoder it was trained on")
+        from peft import PeftModel
+
+        model, tokenizer = build_model(base)
+        model.encoder = PeftModel.from_pretrained(model.encoder, str(folder / "adapter")).merge_and_unload()
+    heads = torch.load(folder / HEADS_FILE, map_location="cpu", weights_only=True)
+    model.realism.load_state_dict(heads["realism"])
+    model.upvotes.load_state_dict(heads["upvotes"])
+    return model.eval(), tokenizer, info
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if hasattr(value, "__dataclass_fields__"):
+        return asdict(value)
+    raise TypeError(f"cannot write {type(value).__name__} as JSON")
+
+
+@dataclass
+class PairSelection:
+    """Which sibling pairs train the upvote head (DialogRPT: neighbours in time, within an hour)."""
+
+    within_seconds: int | None = 3600
+    adjacent: bool = True
+    min_gap: int = 3
+    max_per_parent: int | None = None
+
+
+def load_reddit(files: Sequence[str], seed: int = 0) -> dict[str, list]:
+    """Pairs from Pushshift dumps with DialogRPT's text normalisation, split by thread (train / valid / test)."""
+    from dataclasses import replace
+
+    from replyrank.dumps import Filters, load_pairs, normalize_text, split_by_thread
+
+    pairs = []
+    # long posts are kept (their first tokens are what the encoder sees), not dropped
+    for pair in load_pairs(files, Filters(max_chars=100_000)):
+        parent, reply = normalize_text(pair.parent)[:2000], normalize_text(pair.reply)[:2000]
+        if parent and reply:
+            pairs.append(replace(pair, parent=parent, reply=reply))
+    return split_by_thread(pairs, valid=0.05, test=0.1, seed=seed)
+
+
+def train_upvote_model(
+    files: Sequence[str], base: str, out: str | Path, options: RankerOptions, selection: PairSelection = PairSelection(),
+    heldout_files: Sequence[str] = (), max_pairs: int | None = None, eval_options: EvalOptions | None = None,
+) -> dict[str, Any]:
+    """Train the upvote head on `files`, calibrate it on validation threads, evaluate it; writes `out`.
+
+    Evaluation (replyrank.evaluate's protocol) runs on the test threads of `files` and, when
+    given, on `heldout_files` (dumps of subreddits not trained on): the numbers that count.
+    """
+    from replyrank.dumps import sibling_pairs
+    from replyrank.evaluate import evaluate, test_set
+
+    eval_options = eval_options or EvalOptions(seed=options.seed)
+
+    split = load_reddit(files, options.seed)
+    pairs = sibling_pairs(split["train"], selection.within_seconds, selection.min_gap, adjacent=selection.adjacent,
+                          max_per_parent=selection.max_per_parent, seed=options.seed)
+    if max_pairs is not None and len(pairs) > max_pairs:
+        pairs = random.Random(options.seed).sample(pairs, max_pairs)
+    singles = [(p.parent, p.reply, float(p.score)) for p in split["train"]] if options.regression_weight > 0 else []
+    print(f"upvote head: {len(pairs)} training pairs, {len(singles)} scored replies", file=sys.stderr)
+    model, tokenizer, fit = train_upvotes(pairs, base, options, singles)
+
+    def upvotes(texts: list[tuple[str, str]]) -> np.ndarray:
+        return predict(model, tokenizer, texts, options.max_length)[1]
+
+    valid = sibling_pairs(split["valid"], 3600, 1)
+    scale = fit_upvote_scale(upvotes([(p.better.parent, p.better.reply) for p in valid]),
+                             upvotes([(p.worse.parent, p.worse.reply) for p in valid]))
+    report = {"test_threads": evaluate(test_set(split["test"], eval_options), upvotes)}
+    if heldout_files:
+        heldout = load_reddit(heldout_files, options.seed)
+        everything = heldout["train"] + heldout["valid"] + heldout["test"]
+        report["heldout_subreddits"] = evaluate(test_set(everything, eval_options), upvotes)
+    info = {
+        "heads": {"upvotes": {"trained": True, "objective": "bradley-terry" + ("+regression" if singles else ""),
+                              "bt_scale": scale, "calibrated_on_pairs": len(valid), **fit}},
+        "base": base, "options": asdict(options), "selection": asdict(selection), "training_pairs": len(pairs),
+        "data": [Path(f).name for f in files], "heldout_data": [Path(f).name for f in heldout_files],
+        "text_normalization": TEXT_NORMALIZATION, "evaluation": report,
+    }
+    save(model, tokenizer, out, info)
+    return info
