@@ -4,9 +4,17 @@
 2. the discriminator gives each the probability that a human wrote it (realism);
 3. the upvote model predicts how well each would be received;
 4. candidates that are empty, duplicates, echoes of the comment or below the realism threshold
-   are dropped; the kept one with the highest predicted upvotes is the reply. When no candidate
-   reaches the threshold, the most realistic one is kept and `Result.note` says so (a reply bot
-   that answers nothing to one comment in seven is broken); `strict=True` returns none instead.
+   are dropped. When no candidate reaches the threshold, the most realistic one is kept and
+   `Result.note` says so (a reply bot that answers nothing to one comment in seven is broken);
+   `strict=True` returns none instead;
+5. the kept candidate with the highest `pick_score = realism × upvote_chance` is the reply.
+
+The selection rule is DialogRPT's (Gao et al., 2020): a human-likeness probability multiplied
+into the feedback ranker's probability. `upvote_chance` is the calibrated probability that Reddit
+scores a candidate above the median candidate, sigmoid(k·(u − median u)), with the k the bundle
+measured on held-out sibling pairs (`ScorerSpec.pairwise_scale`). A score whose signal is nil
+gets k ≈ 0, so every chance is about 0.5 and realism alone decides; a bundle that never measured
+k (an engagement regressor, a version-1 bundle) is treated the same way.
 """
 
 from __future__ import annotations
@@ -37,6 +45,9 @@ class Candidate:
     upvotes: the upvote model's prediction, on the scale the bundle names
              (`bot.bundle.upvotes.score`); higher is better, compare within one bundle.
     kept:    whether it passed selection; `reason` says why not when it did not.
+    upvote_chance: calibrated probability that Reddit scores it above the median scored candidate
+             (0.5 when the bundle's upvote score has no measured signal).
+    pick_score: realism × upvote_chance, the number selection ranks kept candidates by.
     """
 
     text: str
@@ -45,6 +56,8 @@ class Candidate:
     kept: bool
     reason: str | None = None
     finish_reason: str | None = None
+    upvote_chance: float | None = None
+    pick_score: float | None = None
 
 
 @dataclass(frozen=True)
@@ -52,6 +65,7 @@ class Result:
     """What `Bot.reply` and `Bot.score` return: the chosen candidate (or None and why), and every candidate, best first.
 
     note: set when no candidate reached the realism threshold and the most realistic one was kept.
+    why:  how the best candidate won (its realism × upvote chance against the runner-up's).
     truncated, prompt_tokens: about the generator's prompt (False and 0 for `Bot.score`, which has none).
     timings_ms: score and total always; prefill and decode for `Bot.reply`.
     """
@@ -64,6 +78,7 @@ class Result:
     truncated: bool = False
     prompt_tokens: int = 0
     timings_ms: dict[str, float] = field(default_factory=dict)
+    why: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object the CLI prints (its schema: `RESULT_SCHEMA`)."""
@@ -72,6 +87,7 @@ class Result:
             "best": asdict(self.best) if self.best else None,
             "reason": self.reason,
             "note": self.note,
+            "why": self.why,
             "truncated": self.truncated,
             "prompt_tokens": self.prompt_tokens,
             "candidates": [asdict(c) for c in self.candidates],
@@ -139,7 +155,8 @@ class Bot:
         candidates, reason, note = self._select(comment, replies, [None] * len(replies))
         elapsed_ms = (time.perf_counter() - start) * 1e3
         best = candidates[0] if candidates[0].kept else None
-        return Result(comment, best, candidates, reason, note, timings_ms={"score": elapsed_ms, "total": elapsed_ms})
+        timings = {"score": elapsed_ms, "total": elapsed_ms}
+        return Result(comment, best, candidates, reason, note, timings_ms=timings, why=self._why(candidates))
 
     def reply(self, comment: str, options: GenerationOptions | None = None, **overrides: Any) -> Result:
         """Write `options.candidates` replies to `comment`, score them, and pick the best.
@@ -165,6 +182,7 @@ class Bot:
             note=note,
             truncated=prompt.truncated,
             prompt_tokens=len(prompt.ids),
+            why=self._why(candidates),
             timings_ms={
                 "prefill": prefill_s * 1e3,
                 "decode": (generated - start - prefill_s) * 1e3,  # tokenizing the prompt counts here too
@@ -206,18 +224,41 @@ class Bot:
         for i in scored:
             if i not in realistic:
                 reasons[i] = f"realism {realism[i]:.3f} < threshold {self.realism_threshold:.3f}"
+        chance = np.full(len(texts), np.nan)
+        if scored:
+            chance[scored] = upvote_chance(upvotes[scored], self.bundle.upvotes.pairwise_scale)
         candidates = [
-            Candidate(text, _or_none(realism[i]), _or_none(upvotes[i]), reasons[i] is None, reasons[i], finish[i])
+            Candidate(text, _or_none(realism[i]), _or_none(upvotes[i]), reasons[i] is None, reasons[i], finish[i],
+                      _or_none(chance[i]), _or_none(realism[i] * chance[i]))
             for i, text in enumerate(texts)
         ]
-        # best first: kept ones by upvotes, then scored ones by upvotes, then the unscored
-        candidates.sort(key=lambda c: (not c.kept, c.upvotes is None, -(c.upvotes or 0.0)))
+        # best first: kept ones by pick score, then scored ones by pick score, then the unscored
+        candidates.sort(key=lambda c: (not c.kept, c.pick_score is None, -(c.pick_score or 0.0)))
         reason = None
         if not candidates[0].kept:
             reason = "no candidate passed selection" + (
                 f" (best realism {np.nanmax(realism):.3f} < threshold {self.realism_threshold:.3f})" if scored else " (all empty or duplicates)"
             )
         return candidates, reason, note
+
+
+    def _why(self, candidates: list[Candidate]) -> str | None:
+        best = candidates[0]
+        if not best.kept or best.pick_score is None:
+            return None
+        won = f"realism {best.realism:.3f} × upvote chance {best.upvote_chance:.3f} = {best.pick_score:.3f}"
+        if self.bundle.upvotes.pairwise_scale is None:
+            won += f" (this bundle's {self.bundle.upvotes.score.name} score has no measured signal, so realism decides)"
+        runner_up = next((c for c in candidates[1:] if c.kept), None)
+        if runner_up is not None and runner_up.pick_score is not None:
+            won += f"; next best {runner_up.realism:.3f} × {runner_up.upvote_chance:.3f} = {runner_up.pick_score:.3f}"
+        return won
+
+
+def upvote_chance(upvotes: np.ndarray, pairwise_scale: float | None) -> np.ndarray:
+    """sigmoid(k·(u − median u)): the calibrated chance that each candidate outscores the median one; 0.5 without a measured k."""
+    k = pairwise_scale or 0.0
+    return 1 / (1 + np.exp(-k * (upvotes - np.median(upvotes))))
 
 
 def load(

@@ -51,6 +51,7 @@ REALISM_THRESHOLD = 0.5  # a candidate is kept at realism >= this, until export 
 SCORER_MAX_LENGTH = 256  # tokens of a (comment, reply) pair, longest first truncated
 # GenerationOptions fields that belong to one call, not to a deployment: never written into a manifest
 PER_CALL_OPTIONS = ("seed", "deadline")
+TEXT_NORMALIZATIONS = ("dialogrpt",)  # see replyrank.dumps.normalize_text
 REEXPORT = "re-export it with `replyrank export` (the default bundle: `replyrank build-default --force`)"
 
 
@@ -100,6 +101,9 @@ class ScorerSpec:
     kind "regression":  the output holds 1 value per pair; the score is `value * output_scale + output_offset`
                         (a regressor learns standardized targets; the scale undoes that).
     Two scorers with the same `path` share that graph: same tokenizer, one run, one output each.
+    pairwise_scale: how much a difference of this score says about which of two replies Reddit
+                    scores higher; selection weighs the upvote score by it (None: never measured,
+                    so the score cannot override realism; see `replyrank.bot`).
     """
 
     path: str
@@ -112,6 +116,9 @@ class ScorerSpec:
     max_length: int = SCORER_MAX_LENGTH
     pad_token_id: int = 0
     vocab_size: int | None = None  # of the graph's embedding table: the tokenizer must not exceed it
+    text_normalization: str | None = None  # "dialogrpt": links → "(URL)", quoted lines dropped, before tokenizing
+    pairwise_scale: float | None = None  # k in P(a outscores b) = sigmoid(k·(a − b)), fitted on held-out pairs
+    metrics: Mapping[str, Any] = field(default_factory=dict)  # held-out figures of this score (replyrank eval's)
     files: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -144,7 +151,7 @@ class Bundle:
             first, second = self.discriminator, self.upvotes
             if first.output == second.output:
                 raise BundleError(f"both scorers read output {first.output!r} of {first.path!r}; a shared graph needs one output each")
-            for key in ("max_length", "pad_token_id", "vocab_size"):
+            for key in ("max_length", "pad_token_id", "vocab_size", "text_normalization"):
                 if getattr(first, key) != getattr(second, key):
                     raise BundleError(f"the scorers share {first.path!r} but not its {key}; {REEXPORT}")
 
@@ -329,6 +336,8 @@ def _generator_spec(entry: Mapping[str, Any]) -> GeneratorSpec:
 
 
 def _scorer_spec(entry: Mapping[str, Any], name: str) -> ScorerSpec:
+    if entry.get("text_normalization") not in (None, *TEXT_NORMALIZATIONS):
+        raise ValueError(f"{name} text_normalization {entry['text_normalization']!r} is not one of {TEXT_NORMALIZATIONS}")
     if entry["kind"] not in ("probability", "regression"):
         raise ValueError(f"{name} kind {entry['kind']!r} is neither probability nor regression")
     score = entry.get("score")
@@ -343,6 +352,9 @@ def _scorer_spec(entry: Mapping[str, Any], name: str) -> ScorerSpec:
         max_length=int(entry.get("max_length", SCORER_MAX_LENGTH)),
         pad_token_id=int(entry.get("pad_token_id") or 0),
         vocab_size=None if entry.get("vocab_size") is None else int(entry["vocab_size"]),
+        text_normalization=entry.get("text_normalization"),
+        pairwise_scale=None if entry.get("pairwise_scale") is None else float(entry["pairwise_scale"]),
+        metrics=dict(entry.get("metrics") or {}),
         files=dict(entry["files"]),
     )
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .bundle import Bundle, ScorerSpec
+from .dumps import normalize_text
 from .errors import BundleError
 from .sessions import create_session, load_tokenizer
 
@@ -37,6 +38,7 @@ class PairGraph:
         self.tokenizer.encode_special_tokens = True
         self.tokenizer.enable_truncation(spec.max_length, strategy="longest_first")
         self.tokenizer.enable_padding(pad_id=spec.pad_token_id, pad_token=self.tokenizer.id_to_token(spec.pad_token_id) or "[PAD]")
+        self.normalize = spec.text_normalization == "dialogrpt"  # the text the scorer was trained on
         self.session = create_session(model_dir / "model.onnx", threads)
         self.input_names = {i.name for i in self.session.get_inputs()}
         outputs = {o.name: o.shape[-1] for o in self.session.get_outputs()}
@@ -54,6 +56,8 @@ class PairGraph:
 
     def run(self, pairs: Sequence[tuple[str, str]], outputs: Sequence[str]) -> dict[str, np.ndarray]:
         """The named outputs for every (comment, reply) pair, from one batched run, as float64."""
+        if self.normalize:
+            pairs = [(normalize_text(comment), normalize_text(reply)) for comment, reply in pairs]
         encodings = self.tokenizer.encode_batch(list(pairs))
         feed = {
             "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),

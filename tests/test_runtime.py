@@ -107,9 +107,12 @@ def test_scores_are_in_range_and_sorted(bot):
     assert len(result.candidates) == 6
     scored = [c for c in result.candidates if c.realism is not None]
     assert scored and all(0 <= c.realism <= 1 and np.isfinite(c.upvotes) for c in scored)
-    kept = [c.upvotes for c in result.candidates if c.kept]
+    kept = [c.pick_score for c in result.candidates if c.kept]
     assert kept == sorted(kept, reverse=True)
+    for c in scored:  # a tiny bundle measured no upvote signal: every chance is 0.5, realism decides
+        assert c.upvote_chance == 0.5 and c.pick_score == pytest.approx(c.realism * 0.5)
     assert result.best == result.candidates[0]
+    assert result.why and result.why.startswith(f"realism {result.best.realism:.3f}")
     assert set(result.timings_ms) == {"prefill", "decode", "score", "total"}
 
 
