@@ -72,7 +72,8 @@ SUMMARY = "summary.json"
 STAGED, WORK, RESULTS = "staged", "work", "results"
 DONE = "_done.json"
 MAX_GROUP = 64  # replies Bot.score ranks in one call (one batch through the scorers)
-_FLUSH_ROWS = 20_000  # staged rows buffered before a row group is written to every bucket
+_FLUSH_ROWS = 20_000  # staged rows buffered before a row group is written to every bucket (at least 256 a bucket)
+BUCKET_BYTES = 16 * 2**20  # of dump file per bucket: ~50k-100k rows of a zstd dump, what one select task holds
 _DELETED = frozenset({"[deleted]", "[removed]", "[deleted by user]"})  # as dumps.py, for a submission's selftext
 
 
@@ -123,7 +124,7 @@ class BatchOptions:
     threshold: float | None = None
     strict: bool = False
     limit: int | None = None  # rows read from each dump (None: all)
-    buckets: int = 64
+    buckets: int | None = None  # None: one per 16 MiB of dump (`auto_buckets`), 8 to 4096
     shard_rows: int | None = None  # outputs per committed shard (None: 256 for reply, 4096 for score)
     group_size: int = MAX_GROUP
     output_format: str = "parquet"
@@ -140,10 +141,9 @@ class BatchOptions:
             raise InputError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if self.output_format not in FORMATS:
             raise InputError(f"format must be one of {', '.join(FORMATS)}, got {self.output_format!r}")
-        for name in ("buckets", "threads"):
-            if getattr(self, name) < 1:
-                raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("shard_rows", "batch_size", "workers", "cpus", "limit"):
+        if self.threads < 1:
+            raise InputError(f"threads must be at least 1, got {self.threads}")
+        for name in ("buckets", "shard_rows", "batch_size", "workers", "cpus", "limit"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise InputError(f"{name.replace('_', '-')} must be at least 1, got {value}")
@@ -257,6 +257,12 @@ def _staged_row(row: dict[str, Any], file_kind: str) -> tuple[Any, ...] | None:
         return None
 
 
+def auto_buckets(paths: list[Path], limit: int | None) -> int:
+    """Buckets for these dumps: one per `BUCKET_BYTES` of file (a row of a dump takes ~200-500 bytes), 8 to 4096."""
+    size = sum(min(p.stat().st_size, limit * 500) if limit else p.stat().st_size for p in paths)
+    return max(8, min(4096, -(-size // BUCKET_BYTES)))
+
+
 def bucket_of(thread_id: str, buckets: int) -> int:
     """The bucket of a thread: the same on every machine and run (Python's hash() is salted)."""
     return zlib.crc32(thread_id.encode()) % buckets
@@ -282,7 +288,7 @@ def stage_dump(path: str, dest: str, buckets: int, limit: int | None) -> dict[st
     problems: list[str] = []
     columns: list[list[list[Any]]] = [[[] for _ in STAGED_COLUMNS] for _ in range(buckets)]
     writers: dict[int, pq.ParquetWriter] = {}
-    buffered = 0
+    buffered, flush_rows = 0, max(_FLUSH_ROWS, 256 * buckets)  # row groups of ~256 rows or more
 
     def flush() -> None:
         for k, bucket in enumerate(columns):
@@ -302,7 +308,7 @@ def stage_dump(path: str, dest: str, buckets: int, limit: int | None) -> dict[st
         for column, value in zip(columns[bucket_of(staged[2], buckets)], staged):
             column.append(value)
         buffered += 1
-        if buffered >= _FLUSH_ROWS:
+        if buffered >= flush_rows:
             flush()
             buffered = 0
     flush()
@@ -643,6 +649,8 @@ def run_batch(paths: list[str | Path], out: str | Path, bundle: str | Path, opti
         check_dump(dump)
     bundle = Path(bundle).resolve()
     _check_bundle(bundle)
+    if options.buckets is None:
+        options = replace(options, buckets=auto_buckets(dumps, options.limit))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     settings = {"replyrank_batch": 1, "data": [str(d) for d in dumps], "bundle": str(bundle), **options.settings()}
@@ -687,6 +695,8 @@ def _cores(ray: Any) -> int:
 
 
 def _run(ray: Any, dumps: list[Path], out: Path, bundle: Path, options: BatchOptions, timer: _Timer) -> dict[str, Any]:
+    buckets = options.buckets
+    assert buckets is not None, "run_batch resolves the bucket count"
     cores = _cores(ray)
     workers = options.workers or max(1, cores // options.threads)
     if workers * options.threads > cores:
@@ -704,7 +714,7 @@ def _run(ray: Any, dumps: list[Path], out: Path, bundle: Path, options: BatchOpt
 
     def stage_all() -> None:
         nonlocal staged_now
-        pending = [stage.remote(str(d), str(staged_dirs[d]), options.buckets, options.limit) for d in todo]
+        pending = [stage.remote(str(d), str(staged_dirs[d]), buckets, options.limit) for d in todo]
         while pending:
             ready, pending = ray.wait(pending, num_returns=1)
             report = ray.get(ready[0])
@@ -721,7 +731,7 @@ def _run(ray: Any, dumps: list[Path], out: Path, bundle: Path, options: BatchOpt
 
     # 2. select the rows to rank, one task per bucket
     work_dir = out / WORK
-    markers = {k: work_dir / f"b{k:04d}.json" for k in range(options.buckets)}
+    markers = {k: work_dir / f"b{k:04d}.json" for k in range(buckets)}
     todo_buckets = [k for k, marker in markers.items() if not marker.is_file()]
     select = ray.remote(num_cpus=1)(select_bucket)
     selected_now = 0
@@ -899,7 +909,7 @@ JSON, progress to stderr.
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder (resumed when it holds this run).")
 @click.option("--mode", type=click.Choice(MODES), default="reply", show_default=True)
 @click.option("--bundle", type=click.Path(), default=None, help="Bundle folder (default: $REPLYRANK_BUNDLE, else the default bundle).")
-@click.option("--address", default=None, help="Join the Ray cluster at this address (e.g. ray://head:10001 or auto) instead of starting one.")
+@click.option("--address", default=None, help="Join the Ray cluster at this address (auto: the one this node belongs to) instead of starting one.")
 @click.option("--cpus", type=int, default=None, help="Local mode: cores Ray may use (default: all).")
 @click.option("--workers", type=int, default=None, help="Actors, each with one loaded bot (default: cores // threads).")
 @click.option("--threads", type=int, default=1, show_default=True, help="ONNX Runtime threads per actor (= CPUs reserved per actor).")
@@ -919,7 +929,7 @@ JSON, progress to stderr.
 @click.option("--seed", type=int, default=0, show_default=True, help="Each row's candidates come from a seed drawn from this and its id.")
 @click.option("--threshold", type=float, default=None, help="Realism threshold (default: the bundle's).")
 @click.option("--strict", is_flag=True, help="When no candidate reaches the threshold, keep none.")
-@click.option("--buckets", type=int, default=64, show_default=True, help="Parquet files each dump is staged into (by thread).")
+@click.option("--buckets", type=int, default=None, help="Parquet files each dump is staged into, by thread (default: one per 16 MiB of dump).")
 @click.option("--shard-rows", type=int, default=None, help="Output rows per committed shard (default: 256 reply, 4096 score).")
 @click.option("--group-size", type=int, default=MAX_GROUP, show_default=True, help="Score mode: siblings ranked together, at most.")
 @click.option("--batch-size", type=int, default=None, help="Rows per map_batches call (default: 8 reply, 16 groups score).")

@@ -1,0 +1,127 @@
+"""How fast `replyrank batch` ranks, against a plain single-process loop over the same shards.
+
+    python benchmarks/batch_bench.py --bundle BUNDLE --data RC_x.zst --data RS_x.zst --mode score \
+        --limit 5000 --work /tmp/batch-bench [--json results.json]
+
+1. stages and selects the dumps once (`replyrank.batch.run_batch`), so every system below ranks
+   the same work shards;
+2. `plain`: one process, one `Ranker` (the same class the actors run, 1 ONNX Runtime thread),
+   looping over the shards' rows in the same batch size; one warm-up batch first, not timed;
+3. `ray-K` for each K in --workers: the rank step alone of `run_batch` with K actors of 1
+   thread each, in a local Ray started for that run (`ray.init(num_cpus=K)`); its output is
+   deleted before each run so all shards are ranked again. Ray's start-up is timed apart.
+
+Prints one JSON object: rows, seconds and rows/s per system, and Ray's overhead against the plain
+loop (the extra wall time of `ray-1`'s rank step, and Ray's start-up), with the CPU model, the
+load average before each run and package versions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from dataclasses import asdict, replace
+from importlib.metadata import version
+from pathlib import Path
+
+from replyrank.batch import RESULTS, WORK, BatchOptions, Ranker, run_batch
+from replyrank.generate import GenerationOptions
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def plain_loop(work: Path, bundle: str, options: BatchOptions) -> dict[str, float]:
+    """The baseline: the actors' own Ranker, in this process, over every work shard."""
+    import pyarrow.parquet as pq
+
+    ranker = Ranker(bundle, options.mode, 1, asdict(options.generation), options.threshold, options.strict, options.seed)
+    tables = [pq.read_table(path) for path in sorted(work.glob("*.parquet"))]
+    size = options.rows_per_batch
+    ranker(tables[0].slice(0, size))  # warm-up, not timed
+    start = time.perf_counter()
+    rows = sum(ranker(table.slice(i, size)).num_rows for table in tables for i in range(0, table.num_rows, size))
+    seconds = time.perf_counter() - start
+    return {"rows": rows, "seconds": round(seconds, 2), "rows_per_s": round(rows / seconds, 1)}
+
+
+def ray_run(paths: list[str], out: Path, bundle: str, options: BatchOptions, workers: int) -> dict[str, float]:
+    shutil.rmtree(out / RESULTS, ignore_errors=True)
+    for done in (out / WORK).glob("*.done.json"):
+        done.unlink()
+    start = time.perf_counter()
+    summary = run_batch(paths, out, bundle, replace(options, workers=workers, cpus=workers, threads=1))
+    wall = time.perf_counter() - start
+    rank = summary["seconds"]["rank"]
+    rows = summary["this_run"]["rows_ranked"]
+    return {"rows": rows, "rank_seconds": rank, "rows_per_s": round(rows / rank, 1), "ray_start_seconds": summary["seconds"]["ray_start"],
+            "wall_seconds": round(wall, 2)}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bundle", required=True)
+    parser.add_argument("--data", action="append", required=True)
+    parser.add_argument("--mode", choices=("reply", "score"), default="score")
+    parser.add_argument("--limit", type=int, default=None, help="Rows read from each dump.")
+    parser.add_argument("--work", default="/tmp/replyrank-batch-bench", help="Folder for the staged data and outputs.")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--candidates", type=int, default=8)
+    parser.add_argument("--max-new-tokens", type=int, default=40)
+    parser.add_argument("--json", default=None, help="Also write the results here.")
+    args = parser.parse_args(argv)
+
+    generation = GenerationOptions(candidates=args.candidates, max_new_tokens=args.max_new_tokens)
+    options = BatchOptions(mode=args.mode, generation=generation, limit=args.limit, buckets=8)
+    out = Path(args.work)
+    shutil.rmtree(out, ignore_errors=True)
+    print("staging and selecting once (and a first ranking with 2 workers, discarded)", file=sys.stderr)
+    first = run_batch(args.data, out, args.bundle, replace(options, workers=2, cpus=2))
+
+    results: dict = {
+        "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
+        "mode": args.mode,
+        "bundle": str(Path(args.bundle).resolve()),
+        "generation": asdict(generation) if args.mode == "reply" else None,
+        "rows_staged": first["rows_staged"],
+        "rows_to_rank": first["output_rows"],
+        "stage_rows_per_s": first["rates"]["stage_rows_per_s"],
+        "select_rows_per_s": first["rates"]["select_rows_per_s"],
+        "cpu": _cpu_model(),
+        "cores": len(os.sched_getaffinity(0)),
+        "versions": {name: version(name) for name in ("replyrank", "ray", "pyarrow", "onnxruntime", "numpy")},
+        "systems": {},
+    }
+    print(f"plain loop over {first['output_rows']} rows", file=sys.stderr)
+    results["systems"]["plain"] = {"load_before": os.getloadavg()[0], **plain_loop(out / WORK, args.bundle, options)}
+    for workers in args.workers:
+        print(f"ray, {workers} worker(s)", file=sys.stderr)
+        results["systems"][f"ray-{workers}"] = {"load_before": os.getloadavg()[0],
+                                                **ray_run(args.data, out, args.bundle, options, workers)}
+    plain, one = results["systems"]["plain"], results["systems"].get("ray-1")
+    if one:
+        results["ray_overhead"] = {
+            "rank_step_extra_seconds_1_worker": round(one["rank_seconds"] - plain["seconds"], 2),
+            "rank_step_slowdown_1_worker": round(plain["rows_per_s"] / one["rows_per_s"], 2),
+            "ray_start_seconds": one["ray_start_seconds"],
+        }
+    print(json.dumps(results, indent=1))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
+    return results
+
+
+if __name__ == "__main__":
+    main()
