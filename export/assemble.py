@@ -3,7 +3,8 @@
 Steps: (1) the generator becomes a fused KV-cache graph (onnxruntime-genai's model builder:
 GroupQueryAttention with rotary embedding, for the Llama family) or optimum's
 `text-generation-with-past` graph (GPT-2 and every other causal LM); (2) both scorers go
-through optimum's `text-classification` export; (3) MatMuls are quantized to block-wise int8
+through optimum's `text-classification` export, or one two-head scorer (export.rankers: realism and
+upvotes over one encoder) goes through torch.onnx as one graph with two outputs; (3) MatMuls are quantized to block-wise int8
 (or int4); (4) parity and quality are measured and gated; (5) the realism threshold is
 calibrated on the bundle's own candidates; (6) the manifest is written and the finished folder
 is moved into place, so an interrupted export never leaves a half-written bundle behind.
@@ -32,11 +33,13 @@ from replyrank.generate import GenerationOptions
 from .convert import SCORER_SPEC, Checkpoint, ExportError, check_scorer, export_onnx, generator_spec, materialize_causal_lm
 from .folders import move_into_place
 from .quantize import BITS, optimize_offline, quantize_model, quantize_scorer
-from .validate import GATES, generator_quantized_vs_fp32, generator_vs_torch, scorer_vs_torch
+from . import rankers
+from .validate import GATES, generator_quantized_vs_fp32, generator_vs_torch, pair_model_vs_torch, scorer_vs_torch
 
 # Causal LMs that onnxruntime-genai's builder turns into a fused graph; others go through optimum.
 FUSED_ARCHITECTURES = {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "Phi3ForCausalLM"}
 PART_FILES = ("tokenizer.json", "config.json", "generation_config.json")
+SCORER = "scorer"  # the part folder of a two-head scorer graph (both scorer specs point at it)
 
 # The deployment's sampling options: recorded in the bundle (GeneratorSpec.sampling), used by the
 # runtime as `Bot.reply`'s defaults, by calibration here and for the discriminator's fakes in training.
@@ -137,6 +140,23 @@ def scorer_spec(name: str, source: Checkpoint, score: Score) -> ScorerSpec:
     )
 
 
+def pair_model_specs(info: dict[str, Any], model, scores: dict[str, Score]) -> dict[str, ScorerSpec]:
+    """The two scorer specs of one two-head graph: realism from `realism_logits`, upvotes from `upvotes`,
+    with the upvote head's calibration scale and each head's held-out figures from training."""
+    config = model.encoder.config
+    shared = {"path": SCORER, "max_length": info.get("options", {}).get("max_length", 128), "pad_token_id": config.pad_token_id or 0,
+              "vocab_size": config.vocab_size, "text_normalization": info.get("text_normalization")}
+    heads = info.get("heads", {})
+    upvotes = heads.get("upvotes", {})
+    return {
+        DISCRIMINATOR: ScorerSpec(kind="probability", score=scores[DISCRIMINATOR], output=rankers.OUTPUTS[0], label=1,
+                                  metrics=heads.get("realism", {}), **shared),
+        UPVOTES: ScorerSpec(kind="regression", score=rankers.UPVOTE_SCORE, output=rankers.OUTPUTS[1],
+                            pairwise_scale=upvotes.get("bt_scale") if upvotes.get("trained") else None,
+                            metrics={"training": upvotes, "evaluation": info.get("evaluation", {})}, **shared),
+    }
+
+
 def calibrate_threshold(bundle_dir: Path, comments: list[str], quantile: float = 0.5) -> float:
     """The realism that `quantile` of the bundle's own candidates (deployment sampling) reach: by default the more human half passes.
 
@@ -180,7 +200,12 @@ def export_bundle(
         raise ExportError("give at least 4 real (comment, reply) pairs for validation")
     out = Path(out).expanduser().resolve()
     _target(out)
-    checkpoints = {DISCRIMINATOR: check_scorer(discriminator, 2, "discriminator"), UPVOTES: check_scorer(upvotes, 1, "upvote model")}
+    # one folder with both heads (export.rankers): one graph, one encoder pass for both scores
+    pair_model = discriminator == upvotes and rankers.is_pair_model(discriminator)
+    if pair_model:
+        model, tokenizer, info = rankers.load(discriminator)
+    else:
+        checkpoints = {DISCRIMINATOR: check_scorer(discriminator, 2, "discriminator"), UPVOTES: check_scorer(upvotes, 1, "upvote model")}
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     advance = _progress(7)
     try:
@@ -190,14 +215,20 @@ def export_bundle(
                 generator, staging / GENERATOR, work, options.quantize, options.prompt_template, options.fused, options.sampling
             )
             advance("generator exported")
-            for name in SCORERS:
-                export_onnx(checkpoints[name], work / f"{name}-fp32", "text-classification")
-            advance("scorers exported")
-            for name in SCORERS:
-                _finish_part(work / f"{name}-fp32", staging / name, options.quantize, scorer=True)
-            advance(f"quantized ({options.quantize})")
-
-            scorers = {name: scorer_spec(name, checkpoints[name], options.scores[name]) for name in SCORERS}
+            if pair_model:
+                rankers.export_onnx(model, tokenizer, work / "scorer-fp32")
+                advance("scorer exported (two heads)")
+                _finish_part(work / "scorer-fp32", staging / SCORER, options.quantize, scorer=True)
+                advance(f"quantized ({options.quantize})")
+                scorers = pair_model_specs(info, model, options.scores)
+            else:
+                for name in SCORERS:
+                    export_onnx(checkpoints[name], work / f"{name}-fp32", "text-classification")
+                advance("scorers exported")
+                for name in SCORERS:
+                    _finish_part(work / f"{name}-fp32", staging / name, options.quantize, scorer=True)
+                advance(f"quantized ({options.quantize})")
+                scorers = {name: scorer_spec(name, checkpoints[name], options.scores[name]) for name in SCORERS}
             validation: dict[str, Any] = {"pairs": len(validation_pairs), "gates": GATES}
             validation["generator_fp32_vs_torch"] = generator_vs_torch(work / "generator-fp32", spec, gen.folder, validation_pairs)
             advance("generator parity")
@@ -206,8 +237,12 @@ def export_bundle(
                     work / "generator-fp32", staging / GENERATOR, spec, validation_pairs
                 )
             advance("generator quality")
-            for name in SCORERS:
-                validation[f"{name}_vs_torch"] = scorer_vs_torch(staging / name, scorers[name], checkpoints[name].folder, validation_pairs)
+            if pair_model:
+                checks = pair_model_vs_torch(staging / SCORER, scorers, model, tokenizer, validation_pairs)
+                validation.update({f"{name}_vs_torch": checks[name] for name in SCORERS})
+            else:
+                for name in SCORERS:
+                    validation[f"{name}_vs_torch"] = scorer_vs_torch(staging / name, scorers[name], checkpoints[name].folder, validation_pairs)
             advance("scorer quality")
         failures = _gate_failures(validation)
         validation["passed"] = not failures

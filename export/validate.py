@@ -85,9 +85,25 @@ def scorer_vs_torch(model_dir: Path, spec: ScorerSpec, torch_folder: Path, pairs
         reference = logits[:, 0] * spec.output_scale + spec.output_offset
     else:
         reference = logits.softmax(-1)[:, spec.label]
+    return compare_scores(model_dir, spec, reference.numpy(), pairs)
+
+
+def pair_model_vs_torch(model_dir: Path, specs: dict[str, ScorerSpec], model, tokenizer, pairs: list[tuple[str, str]]) -> dict[str, dict]:
+    """Each head of a two-head scorer graph (export.rankers) against the PyTorch model it came from."""
+    from replyrank.dumps import normalize_text
+
+    from .rankers import predict
+
+    normalized = [(normalize_text(c), normalize_text(r)) for c, r in pairs]
+    realism, upvotes = predict(model, tokenizer, normalized, max_length=next(iter(specs.values())).max_length)
+    reference = {"probability": realism, "regression": upvotes}
+    return {name: compare_scores(model_dir, spec, reference[spec.kind].astype(np.float64), pairs) for name, spec in specs.items()}
+
+
+def compare_scores(model_dir: Path, spec: ScorerSpec, reference: np.ndarray, pairs: list[tuple[str, str]]) -> dict:
+    """Correlation and max abs difference of the exported graph's scores (one pair per run, as a reply sees them) against `reference`."""
     graph = PairGraph(model_dir, spec)
     scores = np.concatenate([score_pairs(graph, [spec], [pair])[0] for pair in pairs])
-    reference = reference.numpy()
     spread = reference.std() > 1e-9 and scores.std() > 1e-9
     correlation = float(np.corrcoef(scores, reference)[0, 1]) if spread else 1.0 if np.allclose(scores, reference, atol=1e-3) else 0.0
     # the error allowed when scores barely vary: 0.02 of a probability, 5% of a regressor's target spread

@@ -1,0 +1,91 @@
+"""One encoder, two heads (export.rankers): training steps, save/load, and the two-output graph against PyTorch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tiny import CORPUS, PAIRS
+
+import replyrank
+from replyrank.bundle import DISCRIMINATOR, UPVOTES
+from replyrank.dumps import Pair, SiblingPair
+from replyrank.export import ExportOptions, export_bundle, rankers
+
+FAST = rankers.RankerOptions(batch_size=4, learning_rate=1e-3, max_length=64, device="cpu", bf16=False)
+
+
+def sibling(i: int) -> SiblingPair:
+    parent = CORPUS[i % 8]
+    better = Pair(parent, CORPUS[(i + 1) % 8] + " and a longer answer", 10, f"t{i}", "s", 0, f"a{i}", f"t1_p{i}")
+    worse = Pair(parent, CORPUS[(i + 3) % 8], 1, f"t{i}", "s", 60, f"b{i}", f"t1_p{i}")
+    return SiblingPair(better, worse, 9, 60 / 3600, 1.0)
+
+
+@pytest.fixture(scope="module")
+def pair_model(models, tmp_path_factory) -> Path:
+    model, tokenizer, fit = rankers.train_upvotes([sibling(i) for i in range(16)], str(models["disc"]), FAST, progress=False)
+    real = [(CORPUS[i], CORPUS[i + 1]) for i in range(16)]
+    fake = [(CORPUS[i], "the the the the") for i in range(16)]
+    realism = rankers.train_realism(model, tokenizer, real, fake, real[:4], fake[:4], FAST, progress=False)
+    info = {
+        "heads": {"upvotes": {"trained": True, "bt_scale": 0.8, **fit}, "realism": {"trained": True, **realism}},
+        "options": {"max_length": 64}, "text_normalization": "dialogrpt", "evaluation": {"test_threads": {"pairwise": {}}},
+    }
+    return rankers.save(model, tokenizer, tmp_path_factory.mktemp("pair") / "scorer", info)
+
+
+def test_training_steps_report_and_save_load(pair_model: Path) -> None:
+    model, tokenizer, info = rankers.load(pair_model)
+    assert info["heads"]["realism"]["train_examples"] == 32 and 0 <= info["heads"]["realism"]["roc_auc"] <= 1
+    assert np.isfinite(info["heads"]["upvotes"]["final_loss"])
+    assert rankers.is_pair_model(pair_model) and not rankers.is_pair_model(pair_model / "encoder")
+    again, _, _ = rankers.load(pair_model)
+    assert np.array_equal(rankers.predict(model, tokenizer, PAIRS)[1], rankers.predict(again, tokenizer, PAIRS)[1])
+
+
+def test_fit_upvote_scale_by_hand() -> None:
+    assert rankers.fit_upvote_scale(np.zeros(3), np.zeros(3)) == 0.0
+    # differences +1 (won) three times, -1 (lost) once: sigmoid(k) = 3/4 -> k = log 3
+    assert rankers.fit_upvote_scale(np.array([1.0, 1, 1, 0]), np.array([0.0, 0, 0, 1])) == pytest.approx(np.log(3), rel=1e-4)
+    # a head that orders pairs no better than chance gets no weight
+    assert rankers.fit_upvote_scale(np.array([1.0, 0]), np.array([0.0, 1])) == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.fixture(scope="module")
+def two_head_bundle(models, pair_model, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("b") / "two-head"
+    export_bundle(str(models["gpt2"]), str(pair_model), str(pair_model), out, PAIRS, ExportOptions(quantize="none"))
+    return out
+
+
+def test_two_head_graph_matches_pytorch_for_both_heads(two_head_bundle: Path, pair_model: Path) -> None:
+    bot = replyrank.load(two_head_bundle)
+    assert bot.bundle.shared_scorer and len(bot.scorers.graphs) == 1
+    assert (bot.bundle.discriminator.output, bot.bundle.upvotes.output) == rankers.OUTPUTS
+    assert bot.bundle.upvotes.pairwise_scale == 0.8 and bot.bundle.upvotes.text_normalization == "dialogrpt"
+    validation = bot.bundle.validation
+    for name in (DISCRIMINATOR, UPVOTES):
+        assert validation[f"{name}_vs_torch"]["correlation"] > 0.999 and validation[f"{name}_vs_torch"]["max_abs_diff"] < 1e-4
+    model, tokenizer, _ = rankers.load(pair_model)
+    comment, replies = PAIRS[0][0], [r for _, r in PAIRS[:5]]
+    realism, upvotes = rankers.predict(model, tokenizer, [(comment, r) for r in replies], max_length=64)
+    graph = bot.scorers.graphs["scorer"]
+    runs = []
+    run = graph.session.run
+    graph.session.run = lambda *a, **k: runs.append(1) or run(*a, **k)
+    scores = bot.scorers(comment, replies)
+    assert len(runs) == 1  # both heads from one encoder pass
+    assert np.allclose(scores[DISCRIMINATOR], realism, atol=1e-5) and np.allclose(scores[UPVOTES], upvotes, atol=1e-4)
+    result = bot.score(comment, replies)
+    assert result.best is not None and result.why
+
+
+def test_two_head_graph_quantized_keeps_both_heads(models, pair_model, tmp_path) -> None:
+    bundle = export_bundle(str(models["gpt2"]), str(pair_model), str(pair_model), tmp_path / "q", PAIRS, ExportOptions(quality_gate=False))
+    for name in (DISCRIMINATOR, UPVOTES):
+        check = bundle.validation[f"{name}_vs_torch"]
+        assert check["pairs"] == len(PAIRS) and np.isfinite(check["max_abs_diff"])
+    assert replyrank.load(tmp_path / "q").bundle.quantization == "int8"
