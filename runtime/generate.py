@@ -12,6 +12,12 @@ buffer with room for the whole reply, bound as both past and present, so a step 
 other graphs return a grown copy of the cache every step. Each candidate draws its random numbers from
 its own generator, so candidate i is the same whether it is decoded alone or beside others.
 Rows that finish leave the batch, so they stop costing decode work.
+
+The prompt template's constant prefix (BOS, system prompt, few-shot examples: everything before
+`{comment}`) is prefilled once, when the `Generator` is built; every prompt that starts with it
+prefills only the comment and the template's suffix on top of that cache (the prefix caching of
+vLLM and llama.cpp's `cache_prompt`, for one fixed prefix). The prefix cache is only ever read:
+its buffer is exactly the prefix long, so no graph writes into it (see `forward`), and threads share it.
 """
 
 from __future__ import annotations
@@ -222,6 +228,18 @@ class Generator:
                 f"the generator's tokenizer has {self.tokenizer.get_vocab_size()} tokens but the model only {vocab}; "
                 "the bundle mixes files of different models: re-export it"
             )
+        # the template's prefix, prefilled once for every call (None when the template has none)
+        self.prefix_cache: dict[str, ort.OrtValue] | None = None
+        self.prefix_prefill_s = 0.0
+        if self.prefix_ids:
+            if len(self.prefix_ids) >= self.context_length:
+                raise BundleError(
+                    f"the prompt template's prefix is {len(self.prefix_ids)} tokens, no room left in the generator's "
+                    f"{self.context_length}-token context; shorten the template and re-export the bundle"
+                )
+            start = time.perf_counter()
+            _, self.prefix_cache = self.forward(np.array([self.prefix_ids], dtype=np.int64), 0, self.empty_cache(1))
+            self.prefix_prefill_s = time.perf_counter() - start
 
     def encode_prompt(self, comment: str, options: GenerationOptions) -> Prompt:
         """Prompt token ids. A comment too long for the context keeps its first tokens (the rest is dropped)."""
@@ -287,14 +305,29 @@ class Generator:
         generations, prefill_s = self.generate(prompt.ids, options, candidate_rngs(options.seed, options.candidates))
         return Sample(prompt, generations, prefill_s)
 
+    def cached_prefix_length(self, prompt_ids: list[int]) -> int:
+        """How many leading tokens of `prompt_ids` the prefix cache holds: the whole prefix, or 0 if they do not start with it."""
+        length = len(self.prefix_ids)
+        # at least one token must remain to prefill: its logits are the first step's
+        if self.prefix_cache is None or len(prompt_ids) <= length or prompt_ids[:length] != self.prefix_ids:
+            return 0
+        return length
+
     def generate(
-        self, prompt_ids: list[int], options: GenerationOptions, rngs: list[np.random.Generator]
+        self, prompt_ids: list[int], options: GenerationOptions, rngs: list[np.random.Generator], reuse_prefix: bool = True
     ) -> tuple[list[Generation], float]:
-        """Sample `len(rngs)` continuations of `prompt_ids` (row i uses only `rngs[i]`); also the prefill seconds."""
+        """Sample `len(rngs)` continuations of `prompt_ids` (row i uses only `rngs[i]`); also the prefill seconds.
+
+        `reuse_prefix=False` prefills the whole prompt even where it starts with the cached template prefix
+        (the tokens are the same either way; the tests compare them).
+        """
         n = len(rngs)
         start = time.perf_counter()
-        # prefill: run the prompt once, batch 1
-        logits, cache = self.forward(np.array([prompt_ids], dtype=np.int64), 0, self.empty_cache(1))
+        # prefill: run the prompt once, batch 1, from the template prefix's cache where the prompt starts with it;
+        # that cache is exactly the prefix long, so the forward pass returns a new one and never writes into it
+        cached = self.cached_prefix_length(prompt_ids) if reuse_prefix else 0
+        past = self.prefix_cache if cached and self.prefix_cache is not None else self.empty_cache(1)
+        logits, cache = self.forward(np.array([prompt_ids[cached:]], dtype=np.int64), cached, past)
         logits = logits[:, -1]
         prefill_s = time.perf_counter() - start
         # share it: every candidate starts from the same prompt cache and next-token logits
