@@ -4,6 +4,7 @@ would be, and return the best one, on CPU with ONNX Runtime (never torch)."""
 from .bot import Bot, Candidate, Result, load
 from .bundle import default_bundle_dir
 from .errors import BundleError, DeadlineExceeded, InputError, ReplyrankError
+from .filters import ReplyFilters, read_blocklist
 from .generate import GenerationOptions
 
 __version__ = "0.1.0"
@@ -14,9 +15,11 @@ __all__ = [
     "DeadlineExceeded",
     "GenerationOptions",
     "InputError",
+    "ReplyFilters",
     "ReplyrankError",
     "Result",
     "__version__",
     "default_bundle_dir",
     "load",
+    "read_blocklist",
 ]

