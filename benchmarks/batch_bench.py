@@ -6,10 +6,14 @@
 1. stages and selects the dumps once (`replyrank.batch.run_batch`), so every system below ranks
    the same work shards;
 2. `plain`: one process, one `Ranker` (the same class the actors run, 1 ONNX Runtime thread),
-   looping over the shards' rows in the same batch size; one warm-up batch first, not timed;
+   looping over the shards' rows in the same batch size; one warm-up batch first, not timed.
+   It runs at nice 15, as Ray starts its workers, so that other jobs on the machine slow both
+   alike (`plain-nice0` is the same loop at normal priority);
 3. `ray-K` for each K in --workers: the rank step alone of `run_batch` with K actors of 1
    thread each, in a local Ray started for that run (`ray.init(num_cpus=K)`); its output is
-   deleted before each run so all shards are ranked again. Ray's start-up is timed apart.
+   deleted before each run so all shards are ranked again. Ray's start-up is timed apart, and
+   the rate is given over the whole rank step and after its first rows came back (actor start-up
+   and bundle loading excluded).
 
 Prints one JSON object: rows, seconds and rows/s per system, and Ray's overhead against the plain
 loop (the extra wall time of `ray-1`'s rank step, and Ray's start-up), with the CPU model, the
@@ -30,7 +34,6 @@ from importlib.metadata import version
 from pathlib import Path
 
 from replyrank.batch import RESULTS, WORK, BatchOptions, Ranker, run_batch
-from replyrank.generate import GenerationOptions
 
 
 def _cpu_model() -> str:
@@ -43,11 +46,18 @@ def _cpu_model() -> str:
     return platform.processor()
 
 
+def _sampling(bundle: str, overrides: dict) -> object:
+    """The sampling options reply mode runs with: the bundle's deployment ones with the overrides."""
+    import replyrank
+
+    return replace(replyrank.load(bundle).sampling, **overrides)
+
+
 def plain_loop(work: Path, bundle: str, options: BatchOptions) -> dict[str, float]:
     """The baseline: the actors' own Ranker, in this process, over every work shard."""
     import pyarrow.parquet as pq
 
-    ranker = Ranker(bundle, options.mode, 1, asdict(options.generation), options.threshold, options.strict, options.seed)
+    ranker = Ranker(bundle, options.mode, 1, options.sampling, options.threshold, options.strict, options.seed)
     tables = [pq.read_table(path) for path in sorted(work.glob("*.parquet"))]
     size = options.rows_per_batch
     ranker(tables[0].slice(0, size))  # warm-up, not timed
@@ -55,6 +65,18 @@ def plain_loop(work: Path, bundle: str, options: BatchOptions) -> dict[str, floa
     rows = sum(ranker(table.slice(i, size)).num_rows for table in tables for i in range(0, table.num_rows, size))
     seconds = time.perf_counter() - start
     return {"rows": rows, "seconds": round(seconds, 2), "rows_per_s": round(rows / seconds, 1)}
+
+
+def _niced(niceness: int) -> None:
+    os.nice(niceness)
+
+
+def plain_in_child(work: Path, bundle: str, options: BatchOptions, niceness: int) -> dict[str, float]:
+    """`plain_loop` in a fresh process at `niceness`."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, initializer=_niced, initargs=(niceness,)) as pool:
+        return {"niceness": niceness, **pool.submit(plain_loop, work, bundle, options).result()}
 
 
 def ray_run(paths: list[str], out: Path, bundle: str, options: BatchOptions, workers: int) -> dict[str, float]:
@@ -66,7 +88,9 @@ def ray_run(paths: list[str], out: Path, bundle: str, options: BatchOptions, wor
     wall = time.perf_counter() - start
     rank = summary["seconds"]["rank"]
     rows = summary["this_run"]["rows_ranked"]
-    return {"rows": rows, "rank_seconds": rank, "rows_per_s": round(rows / rank, 1), "ray_start_seconds": summary["seconds"]["ray_start"],
+    return {"rows": rows, "rank_seconds": rank, "rows_per_s": round(rows / rank, 1),
+            "rows_per_s_after_start": summary["rates"]["rank_rows_per_s_after_start"],
+            "first_rows_seconds": summary["seconds"]["rank_first_rows"], "ray_start_seconds": summary["seconds"]["ray_start"],
             "wall_seconds": round(wall, 2)}
 
 
@@ -78,13 +102,17 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--limit", type=int, default=None, help="Rows read from each dump.")
     parser.add_argument("--work", default="/tmp/replyrank-batch-bench", help="Folder for the staged data and outputs.")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--candidates", type=int, default=8)
-    parser.add_argument("--max-new-tokens", type=int, default=40)
+    parser.add_argument("--candidates", type=int, default=None, help="Reply mode (default: the bundle's).")
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="Reply mode (default: the bundle's).")
+    parser.add_argument("--shard-rows", type=int, default=None, help="Default: 32 reply, 512 score.")
     parser.add_argument("--json", default=None, help="Also write the results here.")
     args = parser.parse_args(argv)
 
-    generation = GenerationOptions(candidates=args.candidates, max_new_tokens=args.max_new_tokens)
-    options = BatchOptions(mode=args.mode, generation=generation, limit=args.limit, buckets=8)
+    given = {"candidates": args.candidates, "max_new_tokens": args.max_new_tokens}
+    sampling = {k: v for k, v in given.items() if v is not None}
+    # small shards, so that the first rows come back soon and the rate after start-up is measured over most of the work
+    options = BatchOptions(mode=args.mode, sampling=sampling, limit=args.limit, buckets=8,
+                           shard_rows=args.shard_rows or (32 if args.mode == "reply" else 512))
     out = Path(args.work)
     shutil.rmtree(out, ignore_errors=True)
     print("staging and selecting once (and a first ranking with 2 workers, discarded)", file=sys.stderr)
@@ -94,7 +122,7 @@ def main(argv: list[str] | None = None) -> dict:
         "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
         "mode": args.mode,
         "bundle": str(Path(args.bundle).resolve()),
-        "generation": asdict(generation) if args.mode == "reply" else None,
+        "sampling": asdict(_sampling(args.bundle, sampling)) if args.mode == "reply" else None,
         "rows_staged": first["rows_staged"],
         "rows_to_rank": first["output_rows"],
         "stage_rows_per_s": first["rates"]["stage_rows_per_s"],
@@ -105,7 +133,8 @@ def main(argv: list[str] | None = None) -> dict:
         "systems": {},
     }
     print(f"plain loop over {first['output_rows']} rows", file=sys.stderr)
-    results["systems"]["plain"] = {"load_before": os.getloadavg()[0], **plain_loop(out / WORK, args.bundle, options)}
+    results["systems"]["plain"] = {"load_before": os.getloadavg()[0], **plain_in_child(out / WORK, args.bundle, options, 15)}
+    results["systems"]["plain-nice0"] = {"load_before": os.getloadavg()[0], **plain_in_child(out / WORK, args.bundle, options, 0)}
     for workers in args.workers:
         print(f"ray, {workers} worker(s)", file=sys.stderr)
         results["systems"][f"ray-{workers}"] = {"load_before": os.getloadavg()[0],
@@ -115,6 +144,7 @@ def main(argv: list[str] | None = None) -> dict:
         results["ray_overhead"] = {
             "rank_step_extra_seconds_1_worker": round(one["rank_seconds"] - plain["seconds"], 2),
             "rank_step_slowdown_1_worker": round(plain["rows_per_s"] / one["rows_per_s"], 2),
+            "slowdown_after_start_1_worker": round(plain["rows_per_s"] / one["rows_per_s_after_start"], 2),
             "ray_start_seconds": one["ray_start_seconds"],
         }
     print(json.dumps(results, indent=1))

@@ -45,7 +45,7 @@ import time
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -120,7 +120,9 @@ class BatchOptions:
 
     mode: str = "reply"
     selection: Selection = Selection()
-    generation: GenerationOptions = GenerationOptions()
+    # reply mode: sampling options that replace the bundle's deployment ones (`Bot.sampling`), e.g.
+    # {"candidates": 4}; the rest stay the bundle's. `seed` is drawn per row from `seed` below.
+    sampling: dict[str, Any] = field(default_factory=dict)
     threshold: float | None = None
     strict: bool = False
     limit: int | None = None  # rows read from each dump (None: all)
@@ -150,12 +152,15 @@ class BatchOptions:
         if not 1 <= self.group_size <= MAX_GROUP:
             raise InputError(f"group-size must be between 1 and {MAX_GROUP}, got {self.group_size}")
         if self.mode == "reply":
-            self.generation.check()
+            unknown = set(self.sampling) - {f.name for f in fields(GenerationOptions)} | ({"seed"} & set(self.sampling))
+            if unknown:
+                raise InputError(f"sampling options {sorted(unknown)} are not GenerationOptions fields (the seed is set per row)")
+            replace(GenerationOptions(), **self.sampling).check()
 
     def settings(self) -> dict[str, Any]:
         """The part of the options that decides the output, as JSON."""
         data = asdict(self)
-        for name in ("address", "cpus", "workers", "threads", "batch_size"):
+        for name in ("address", "cpus", "workers", "threads", "batch_size", *(("sampling",) if self.mode == "score" else ())):
             data.pop(name)
         data["shard_rows"] = self.rows_per_shard
         return json.loads(json.dumps(data, default=list))
@@ -449,6 +454,13 @@ def select_bucket(
 # ---------------------------------------------------------------------------------------------
 
 
+def _candidate_columns() -> dict[str, Any]:
+    import pyarrow as pa
+
+    return {"text": pa.string(), "realism": pa.float64(), "upvotes": pa.float64(), "upvote_chance": pa.float64(),
+            "pick_score": pa.float64(), "kept": pa.bool_(), "reason": pa.string(), "finish_reason": pa.string()}
+
+
 def output_schema(mode: str) -> pa.Schema:
     """The columns of the output files. `id` is the input row's Reddit full name (t1_/t3_)."""
     import pyarrow as pa
@@ -456,13 +468,13 @@ def output_schema(mode: str) -> pa.Schema:
     common = [("id", pa.string()), ("shard", pa.string()), ("subreddit", pa.string()), ("thread_id", pa.string()),
               ("created_utc", pa.int64()), ("score", pa.int64())]
     if mode == "reply":
-        candidate = pa.struct([("text", pa.string()), ("realism", pa.float64()), ("upvotes", pa.float64()), ("kept", pa.bool_()),
-                               ("reason", pa.string()), ("finish_reason", pa.string())])
+        candidate = pa.struct(list(_candidate_columns().items()))  # `Candidate`'s fields
         return pa.schema([
             *common,
             ("reply", pa.string()),  # the pick's text; null when none was kept (strict) or on error
             ("realism", pa.float64()),  # the pick's discriminator probability, 0-1
             ("upvotes", pa.float64()),  # the pick's predicted upvotes, on the bundle's scale
+            ("pick_score", pa.float64()),  # what selection ranked it by (realism x upvote chance)
             ("note", pa.string()),
             ("reason", pa.string()),
             ("truncated", pa.bool_()),
@@ -476,6 +488,8 @@ def output_schema(mode: str) -> pa.Schema:
         ("group", pa.string()),
         ("realism", pa.float64()),
         ("upvotes", pa.float64()),
+        ("upvote_chance", pa.float64()),  # calibrated chance of a score above the group's median reply
+        ("pick_score", pa.float64()),  # realism x upvote chance: what selection ranks kept replies by
         ("kept", pa.bool_()),  # passed replyrank's selection
         ("reason", pa.string()),  # why not
         ("rank", pa.int32()),  # replyrank's order within the group, 1 = the pick
@@ -507,13 +521,13 @@ def _candidates(ranked: Any) -> list[Any]:
 class Ranker:
     """The map_batches callable: one loaded `Bot` per actor, batches of work rows in, output rows out."""
 
-    def __init__(self, bundle: str, mode: str, threads: int, generation: dict[str, Any], threshold: float | None,
+    def __init__(self, bundle: str, mode: str, threads: int, sampling: dict[str, Any], threshold: float | None,
                  strict: bool, seed: int):
         from .bot import Bot
 
         self.bot = Bot(bundle, threads=threads, realism_threshold=threshold, strict=strict)
         self.mode, self.seed = mode, seed
-        self.options = GenerationOptions(**{**generation, "stop": tuple(generation.get("stop", ()))})
+        self.sampling = {**sampling, **({"stop": tuple(sampling["stop"])} if "stop" in sampling else {})}
         self.schema = output_schema(mode)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -527,14 +541,16 @@ class Ranker:
     def _reply(self, row: dict[str, Any]) -> list[dict[str, Any]]:
         base = {key: row[key] for key in ("id", "shard", "subreddit", "thread_id", "created_utc", "score")}
         try:
-            result = self.bot.reply(row["text"], replace(self.options, seed=_row_seed(self.seed, row["id"])))
+            result = self.bot.reply(row["text"], None, **self.sampling, seed=_row_seed(self.seed, row["id"]))
         except Exception as error:  # one bad row is counted in the summary, not the end of the run
             return [{**base, "error": f"{type(error).__name__}: {error}"}]
         best = result.best
+        columns = _candidate_columns()
         return [{
             **base, "reply": best.text if best else None, "realism": best.realism if best else None,
-            "upvotes": best.upvotes if best else None, "note": result.note, "reason": result.reason,
-            "truncated": result.truncated, "candidates": [asdict(c) for c in result.candidates],
+            "upvotes": best.upvotes if best else None, "pick_score": getattr(best, "pick_score", None),
+            "note": result.note, "reason": result.reason, "truncated": result.truncated,
+            "candidates": [{name: getattr(c, name, None) for name in columns} for c in result.candidates],
             "ms": result.timings_ms.get("total"), "error": None,
         }]
 
@@ -556,7 +572,9 @@ class Ranker:
         out = []
         for rank, candidate in enumerate(ranked, 1):
             i = unused[candidate.text].pop(0)
-            out.append({**bases[i], "realism": candidate.realism, "upvotes": candidate.upvotes, "kept": candidate.kept,
+            out.append({**bases[i], "realism": candidate.realism, "upvotes": candidate.upvotes,
+                        "upvote_chance": getattr(candidate, "upvote_chance", None),
+                        "pick_score": getattr(candidate, "pick_score", None), "kept": candidate.kept,
                         "reason": candidate.reason, "rank": rank, "picked": rank == 1 and candidate.kept, "error": None})
         return out
 
@@ -759,8 +777,9 @@ def _run(ray: Any, dumps: list[Path], out: Path, bundle: Path, options: BatchOpt
     suffix = "." + options.output_format
     results = out / RESULTS
     pending_shards = sorted(s for s in expected if not (results / (s + suffix)).is_file())
-    ranked_now = timer.run("rank", lambda: _rank(ray, pending_shards, expected, work_dir, results, bundle, options, workers)) \
-        if pending_shards else 0
+    ranked_now, first_seconds, first_rows = timer.run(
+        "rank", lambda: _rank(ray, pending_shards, expected, work_dir, results, bundle, options, workers)
+    ) if pending_shards else (0, 0.0, 0)
 
     # the summary covers the whole output, across restarts; rates cover what this run did
     read = Counter()
@@ -771,10 +790,14 @@ def _run(ray: Any, dumps: list[Path], out: Path, bundle: Path, options: BatchOpt
         skipped.update(report["skipped"])
     stats = [json.loads((work_dir / f"{s}.done.json").read_text()) for s in sorted(expected)]
     seconds = {k: round(v, 2) for k, v in timer.seconds.items()}
+    if pending_shards:
+        seconds["rank_first_rows"] = round(first_seconds, 2)
     rate = {
         "stage_rows_per_s": _rate(staged_now, timer.seconds.get("stage")),
         "select_rows_per_s": _rate(selected_now, timer.seconds.get("select")),
         "rank_rows_per_s": _rate(ranked_now, timer.seconds.get("rank")),
+        # after the first rows came back: without actor start-up and bundle loading
+        "rank_rows_per_s_after_start": _rate(ranked_now - first_rows, timer.seconds.get("rank", 0.0) - first_seconds),
     }
     return {
         "mode": options.mode,
@@ -801,8 +824,11 @@ def _rate(rows: int, seconds: float | None) -> float | None:
 
 
 def _rank(ray: Any, shards: list[str], expected: dict[str, int], work_dir: Path, results: Path, bundle: Path,
-          options: BatchOptions, workers: int) -> int:
-    """Map the shards through `Ranker` actors; commit each shard's output file once all its rows are in."""
+          options: BatchOptions, workers: int) -> tuple[int, float, int]:
+    """Map the shards through `Ranker` actors; commit each shard's output file once all its rows are in.
+
+    Returns the rows ranked, the seconds until the first rows came back (actor start-up, bundle
+    loading, the first block) and how many those were, so the summary can give the rate after start-up."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import ray.data
@@ -810,7 +836,6 @@ def _rank(ray: Any, shards: list[str], expected: dict[str, int], work_dir: Path,
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # ours below counts committed rows, on stderr
     context.print_on_execution_start = False
-    generation = asdict(options.generation)
     # One item per shard, read by Ray tasks. Not `read_parquet`: Ray 2.60 resolves its paths in
     # threads that race on importing fsspec's HTTP filesystem when aiohttp is absent (torch installs fsspec).
     dataset = ray.data.from_items([{"path": str(work_dir / f"{s}.parquet")} for s in shards], override_num_blocks=len(shards))
@@ -818,7 +843,7 @@ def _rank(ray: Any, shards: list[str], expected: dict[str, int], work_dir: Path,
     dataset = dataset.map_batches(read_shards, batch_size=1, num_cpus=0, compute=ray.data.TaskPoolStrategy(size=2))
     dataset = dataset.map_batches(
         Ranker,
-        fn_constructor_kwargs={"bundle": str(bundle), "mode": options.mode, "threads": options.threads, "generation": generation,
+        fn_constructor_kwargs={"bundle": str(bundle), "mode": options.mode, "threads": options.threads, "sampling": options.sampling,
                                "threshold": options.threshold, "strict": options.strict, "seed": options.seed},
         batch_size=options.rows_per_batch,
         batch_format="pyarrow",
@@ -832,10 +857,12 @@ def _rank(ray: Any, shards: list[str], expected: dict[str, int], work_dir: Path,
     arrived: Counter[str] = Counter()
     total = sum(expected[s] for s in shards)
     progress = Progress("rank   ", total, "rows")
-    ranked = 0
+    ranked, start, first = 0, time.perf_counter(), (0.0, 0)
     for block in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
         if block.num_rows == 0:
             continue
+        if not first[1]:
+            first = (time.perf_counter() - start, block.num_rows)
         for shard in set(block.column("shard").to_pylist()):
             part = block.filter(pc.equal(block.column("shard"), shard))
             waiting.setdefault(shard, []).append(part)
@@ -846,7 +873,7 @@ def _rank(ray: Any, shards: list[str], expected: dict[str, int], work_dir: Path,
     progress.close()
     if waiting:
         raise ReplyrankError(f"shards {sorted(waiting)} came back incomplete; run the same command again to finish them")
-    return ranked
+    return ranked, *first
 
 
 def _commit(shard: str, table: pa.Table, expected: int, results: Path, options: BatchOptions) -> int:
@@ -921,11 +948,11 @@ JSON, progress to stderr.
 @click.option("--min-chars", type=int, default=Filters.min_chars, show_default=True)
 @click.option("--max-chars", type=int, default=Filters.max_chars, show_default=True)
 @click.option("--limit", type=int, default=None, help="Read at most this many rows of each dump.")
-@click.option("-n", "--candidates", type=int, default=GenerationOptions.candidates, show_default=True, help="Reply mode: candidates per comment.")
-@click.option("--max-new-tokens", type=int, default=GenerationOptions.max_new_tokens, show_default=True)
-@click.option("--temperature", type=float, default=GenerationOptions.temperature, show_default=True)
-@click.option("--top-k", type=int, default=GenerationOptions.top_k, show_default=True)
-@click.option("--top-p", type=float, default=GenerationOptions.top_p, show_default=True)
+@click.option("-n", "--candidates", type=int, default=None, help="Reply mode: candidates per comment (default: the bundle's).")
+@click.option("--max-new-tokens", type=int, default=None, help="Reply mode (default: the bundle's).")
+@click.option("--temperature", type=float, default=None, help="Reply mode (default: the bundle's).")
+@click.option("--top-k", type=int, default=None, help="Reply mode (default: the bundle's).")
+@click.option("--top-p", type=float, default=None, help="Reply mode (default: the bundle's).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Each row's candidates come from a seed drawn from this and its id.")
 @click.option("--threshold", type=float, default=None, help="Realism threshold (default: the bundle's).")
 @click.option("--strict", is_flag=True, help="When no candidate reaches the threshold, keep none.")
@@ -934,16 +961,16 @@ JSON, progress to stderr.
 @click.option("--group-size", type=int, default=MAX_GROUP, show_default=True, help="Score mode: siblings ranked together, at most.")
 @click.option("--batch-size", type=int, default=None, help="Rows per map_batches call (default: 8 reply, 16 groups score).")
 def batch(data: tuple[str, ...], out: str, bundle: str | None, mode: str, subreddits: tuple[str, ...], since: datetime | None,
-          until: datetime | None, min_score: int | None, min_chars: int, max_chars: int, candidates: int, max_new_tokens: int,
-          temperature: float, top_k: int, top_p: float, **how: Any) -> None:
+          until: datetime | None, min_score: int | None, min_chars: int, max_chars: int, candidates: int | None,
+          max_new_tokens: int | None, temperature: float | None, top_k: int | None, top_p: float | None, **how: Any) -> None:
     if missing_extra():
         raise click.ClickException(f"`replyrank batch` needs the batch extra ({missing_extra()} is missing): {BATCH_EXTRA}")
     from .bundle import default_bundle_dir
 
     selection = Selection(Filters(min_chars=min_chars, max_chars=max_chars), min_score,
                           tuple(s.lower() for s in subreddits), _epoch(since), _epoch(until))
-    generation = GenerationOptions(candidates=candidates, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p)
-    options = BatchOptions(mode=mode, selection=selection, generation=generation, **how)
+    given = {"candidates": candidates, "max_new_tokens": max_new_tokens, "temperature": temperature, "top_k": top_k, "top_p": top_p}
+    options = BatchOptions(mode=mode, selection=selection, sampling={k: v for k, v in given.items() if v is not None}, **how)
     try:
         with contextlib.redirect_stdout(sys.stderr):  # Ray prints its workers' warnings to stdout: the summary goes there alone
             summary = run_batch(_data_files(data), out, bundle or default_bundle_dir(), options)

@@ -21,14 +21,13 @@ from click.testing import CliRunner
 from replyrank.batch import BatchOptions, Selection, output_schema, run_batch, stage_dump
 from replyrank.dumps import load_pairs_with_stats, read_dump
 from replyrank.errors import InputError
-from replyrank.generate import GenerationOptions
 
 pytest.importorskip("ray")
 pq = pytest.importorskip("pyarrow.parquet")
 
 REDDIT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "reddit"
 ADVICE = [REDDIT / "college" / "RC_CollegeAdvice.zst", REDDIT / "college" / "RS_CollegeAdvice.zst"]
-QUICK = GenerationOptions(candidates=2, max_new_tokens=6)
+QUICK = {"candidates": 2, "max_new_tokens": 6}  # sampling overrides; the rest are the bundle's
 
 
 def _need(*paths: Path) -> None:
@@ -97,7 +96,8 @@ def test_score_mode_ranks_every_real_reply_once_as_training_pairs_them(ray_addre
     for members in groups.values():
         assert sorted(r["rank"] for r in members) == list(range(1, len(members) + 1))
         assert all(r["siblings"] == len(members) for r in members)
-        assert sum(r["picked"] for r in members) == 1  # not strict: one reply is always kept
+        # not strict: one reply is kept whenever one was scored (none when all were dropped before scoring)
+        assert sum(r["picked"] for r in members) == any(r["realism"] is not None for r in members)
         best_score = max(r["score"] for r in members)
         assert all((r["score_rank"] == 1) == (r["score"] == best_score) for r in members)
     assert any(len(m) > 1 for m in groups.values())
@@ -112,7 +112,7 @@ def test_reply_mode_filters_counts_bad_rows_and_writes_jsonl(ray_address, gpt2_b
     broken.write_text("\n".join(lines) + "\n")
     since = 1_500_000_000  # 2017-07-14: about a third of these rows are older
     selection = Selection(min_score=2, subreddits=("collegeadvice",), since=since)
-    options = BatchOptions(mode="reply", selection=selection, generation=QUICK, limit=100, buckets=3, output_format="jsonl")
+    options = BatchOptions(mode="reply", selection=selection, sampling=QUICK, limit=100, buckets=3, output_format="jsonl")
     summary = run_batch([ADVICE[0], broken], tmp_path / "out", gpt2_bundle, options)
 
     rows = _results(tmp_path / "out", "jsonl")
@@ -131,7 +131,7 @@ def test_reply_mode_filters_counts_bad_rows_and_writes_jsonl(ray_address, gpt2_b
 
     row = rows[0]
     comment = next(_text(r) for r in good if _name(r) == row["id"])
-    again = replyrank.load(gpt2_bundle).reply(comment, QUICK, seed=_row_seed(0, row["id"]))
+    again = replyrank.load(gpt2_bundle).reply(comment, None, **QUICK, seed=_row_seed(0, row["id"]))
     assert [c.text for c in again.candidates] == [c["text"] for c in row["candidates"]]
 
 
