@@ -323,7 +323,7 @@ def train_upvote_model(
     given, on `heldout_files` (dumps of subreddits not trained on): the numbers that count.
     """
     from replyrank.dumps import sibling_pairs
-    from replyrank.evaluate import evaluate, test_set
+    from replyrank.evaluate import draw_comparisons, evaluate
 
     eval_options = eval_options or EvalOptions(seed=options.seed)
 
@@ -342,11 +342,11 @@ def train_upvote_model(
     valid = sibling_pairs(split["valid"], 3600, 1)
     scale = fit_upvote_scale(upvotes([(p.better.parent, p.better.reply) for p in valid]),
                              upvotes([(p.worse.parent, p.worse.reply) for p in valid]))
-    report = {"test_threads": evaluate(test_set(split["test"], eval_options), upvotes)}
+    report = {"test_threads": evaluate(draw_comparisons(split["test"], eval_options), upvotes)}
     if heldout_files:
         heldout = load_reddit(heldout_files, options.seed)
         everything = heldout["train"] + heldout["valid"] + heldout["test"]
-        report["heldout_subreddits"] = evaluate(test_set(everything, eval_options), upvotes)
+        report["heldout_subreddits"] = evaluate(draw_comparisons(everything, eval_options), upvotes)
     info = {
         "heads": {"upvotes": {"trained": True, "objective": "bradley-terry" + ("+regression" if singles else ""),
                               "bt_scale": scale, "calibrated_on_pairs": len(valid), **fit}},

@@ -235,8 +235,61 @@ def info(bundle: str | None, json_: bool) -> None:
         size = sum(v for k, v in sizes.items() if k.startswith(spec.path + "/"))
         shared = " (shared scorer graph)" if part != GENERATOR and read.shared_scorer else ""
         click.echo(f"{part:13} {size / 2**20:7.1f} MiB  {read.sources.get(part, '')}{shared}")
+    for name, spec in read.scorers.items():
+        measured = f"pairwise scale {spec.pairwise_scale:.3f}" if spec.pairwise_scale is not None else "no measured pairwise scale"
+        click.echo(f"{name:13} {spec.score.name} from output {spec.output!r}; {measured if name != GENERATOR and spec.kind == 'regression' else spec.kind}")
+        for where, report in (spec.metrics.get("evaluation") or {}).items():  # the sibling protocol (replyrank.evaluate)
+            accuracy = "  ".join(f"{gap} {a['model']:.3f} (time {a['time']:.3f})" for gap, a in report.get("pairwise", {}).items())
+            click.echo(f"{'':13} {where}: {accuracy}")
+        if "roc_auc" in spec.metrics:
+            click.echo(f"{'':13} held-out ROC-AUC {spec.metrics['roc_auc']:.3f}")
     click.echo("validation")
     click.echo(json.dumps(validation, indent=2))
+
+
+@main.command(name="eval")
+@click.option("--bundle", type=click.Path(), default=None, help=BUNDLE_HELP)
+@click.option("--data", multiple=True, required=True, type=click.Path(), help="Pushshift dump (RC_ and its RS_; .zst/.bz2/.xz/.jsonl); repeat.")
+@click.option("--split", type=click.Choice(["all", "test"]), default="all", show_default=True,
+              help="all: every thread (dumps the bundle never saw); test: only the test threads of the training split.")
+@click.option("--pairs", type=int, default=400, show_default=True, help="Sibling pairs per gap (at most).")
+@click.option("--realism-comments", type=int, default=50, show_default=True, help="Comments to write candidates for (0: skip the realism check).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--threads", type=int, default=None)
+@click.option("--json", "json_", is_flag=True, help="One JSON object on stdout.")
+def eval_command(
+    bundle: str | None, data: tuple[str, ...], split: str, pairs: int, realism_comments: int, seed: int, threads: int | None, json_: bool
+) -> None:
+    """How well the bundle's scores predict Reddit: DialogRPT's sibling protocol on DATA, beside time and length baselines."""
+    from .evaluate import EvalOptions, evaluate_bundle
+
+    if pairs < 1 or realism_comments < 0 or seed < 0:
+        raise click.UsageError("--pairs must be at least 1, --realism-comments and --seed at least 0")
+    bot = _load(bundle, threads)
+    options = EvalOptions(pairs_per_gap=pairs, seed=seed)
+    report = evaluate_bundle(bot, list(data), options, realism_comments, split, progress=lambda m: click.echo(m, err=True))
+    if json_:
+        emit_json(report)
+        return
+    upvotes = report["upvotes"]
+    click.echo(f"{upvotes['score']} vs Reddit on {upvotes['replies_scored']} replies ({split} threads of {', '.join(Path(f).name for f in data)})")
+    click.echo(f"{'pairs':12} {'n':>5}  {'model':>6}  {'time':>6}  {'length':>6}")
+    for name, accuracy in upvotes["pairwise"].items():
+        click.echo(f"{name:12} {upvotes['pairs'][name]:5}  {accuracy['model']:6.3f}  {accuracy['time']:6.3f}  {accuracy['length']:6.3f}")
+    if "spearman" in upvotes:
+        s = upvotes["spearman"]
+        click.echo(f"spearman     {upvotes['random_replies']:5}  {_num(s['model'])}  {'':6}  {_num(s['length'])}")
+    if "hits_at_1" in upvotes:
+        h = upvotes["hits_at_1"]
+        click.echo(f"hits@1       {upvotes['groups']:5}  {h['model']:6.3f}  {h['time']:6.3f}  {h['length']:6.3f}  (chance {h['chance']:.3f})")
+    if "realism" in report:
+        r = report["realism"]
+        click.echo(f"realism: ROC-AUC real vs own candidates {r['roc_auc_real_vs_candidates']:.3f} "
+                   f"({r['comments']} comments, {r['candidates']} candidates), share kept {r['share_kept']:.3f} at {r['threshold']:.3f}")
+
+
+def _num(value: float | None) -> str:
+    return f"{value:6.3f}" if value is not None else f"{'-':>6}"
 
 
 # `replyrank batch` (Ray Data); the module imports without the batch extra, and its help then names the install command

@@ -14,7 +14,7 @@ Large-Scale Human Feedback Data"):
 - hits@1: parents with at least 3 replies posted within the hour, whose best reply is unique:
   how often the top-scored real reply is picked, against chance (the mean of 1 / siblings).
 
-`test_set` draws the comparisons from loaded pairs; `evaluate` scores every reply once with
+`draw_comparisons` draws the comparisons from loaded pairs; `evaluate` scores every reply once with
 any `score(pairs) -> array` and reports the model beside the baselines on the same pairs, so
 training (PyTorch) and `replyrank eval` (the bundle) share one protocol.
 """
@@ -47,7 +47,7 @@ class EvalOptions:
 
 
 @dataclass
-class TestSet:
+class Comparisons:
     """The comparisons drawn from one set of pairs; every reply in them is scored once."""
 
     pairs: dict[str, list[SiblingPair]] = field(default_factory=dict)  # "gap>=1", ..., "dialogrpt"
@@ -69,14 +69,14 @@ class TestSet:
         return list(seen.values())
 
 
-def test_set(pairs: Sequence[Pair], options: EvalOptions = EvalOptions()) -> TestSet:
+def draw_comparisons(pairs: Sequence[Pair], options: EvalOptions = EvalOptions()) -> Comparisons:
     """Draw the protocol's comparisons from `pairs` (already filtered, and split by thread if need be)."""
     rng = random.Random(options.seed)
 
     def sample(items: list, count: int) -> list:
         return items if len(items) <= count else rng.sample(items, count)
 
-    test = TestSet()
+    test = Comparisons()
     for gap in GAPS:
         test.pairs[f"gap>={gap}"] = sample(sibling_pairs(pairs, options.within_seconds, min_gap=gap), options.pairs_per_gap)
     test.pairs["dialogrpt"] = sample(sibling_pairs(pairs, options.within_seconds, **DIALOGRPT_TEST), options.pairs_per_gap)
@@ -95,7 +95,7 @@ def test_set(pairs: Sequence[Pair], options: EvalOptions = EvalOptions()) -> Tes
     return test
 
 
-def evaluate(test: TestSet, score: Callable[[list[tuple[str, str]]], np.ndarray]) -> dict:
+def evaluate(test: Comparisons, score: Callable[[list[tuple[str, str]]], np.ndarray]) -> dict:
     """The model's and the baselines' figures on `test`; `score` maps (parent, reply) pairs to scores."""
     replies = test.replies()
     if not replies:
@@ -137,3 +137,73 @@ def _spearman_or_none(predicted: list[float], truth: list[int]) -> float | None:
         return spearman(predicted, truth)
     except ValueError:  # constant scores: no ranking to compare
         return None
+
+
+def evaluate_bundle(
+    bot, files: Sequence[str], options: EvalOptions = EvalOptions(), realism_comments: int = 50, split: str = "all",
+    progress: Callable[[str], None] = lambda message: None,
+) -> dict:
+    """`replyrank eval`: the protocol above on Pushshift dumps, with the bundle's upvote score as the model,
+    plus the realism head's ROC-AUC of real replies against the bundle's own candidates (deployment
+    sampling) for `realism_comments` parents, and the share of those candidates kept.
+
+    split "all" uses every thread of `files` (dumps the bundle never saw); "test" only the test
+    threads of the training split (`split_by_thread`, seed 0), for dumps it was trained on.
+    """
+    from .bundle import DISCRIMINATOR, UPVOTES
+    from .dumps import Filters, load_pairs_with_stats, split_by_thread
+    from .metrics import roc_auc
+
+    progress(f"reading {len(files)} file(s)")
+    pairs, stats = load_pairs_with_stats(files, Filters(max_chars=100_000))
+    if split == "test":
+        pairs = split_by_thread(pairs, valid=0.05, test=0.1)["test"]
+    elif split != "all":
+        raise ValueError(f"split must be 'all' or 'test', got {split!r}")
+    pairs = [_shortened(p) for p in pairs]
+    test = draw_comparisons(pairs, options)
+    progress(f"{len(pairs)} replies; scoring {len(test.replies())} of them")
+
+    def upvotes(texts: list[tuple[str, str]]) -> np.ndarray:
+        return _batched(bot, texts, UPVOTES)
+
+    report = {"data": [str(f) for f in files], "split": split, "rows": stats, "upvotes": evaluate(test, upvotes)}
+    report["upvotes"]["score"] = bot.bundle.upvotes.score.name
+    if realism_comments > 0:
+        rng = random.Random(options.seed)
+        chosen = rng.sample(pairs, min(realism_comments, len(pairs)))
+        progress(f"writing candidates for {len(chosen)} comments (deployment sampling)")
+        real = _batched(bot, [(p.parent, p.reply) for p in chosen], DISCRIMINATOR)
+        candidates, picks = [], []
+        for i, pair in enumerate(chosen):
+            result = bot.reply(pair.parent, seed=options.seed + i)
+            candidates += [c.realism for c in result.candidates if c.realism is not None]
+            picks += [result.best.realism] if result.best and result.best.realism is not None else []
+        generated = np.array(candidates)
+        report["realism"] = {
+            "comments": len(chosen),
+            "candidates": len(generated),
+            "roc_auc_real_vs_candidates": roc_auc([1] * len(real) + [0] * len(generated), np.concatenate([real, generated])),
+            "share_kept": float(np.mean(generated >= bot.realism_threshold)) if len(generated) else None,
+            "threshold": bot.realism_threshold,
+            "picks_with_realism_at_least_0.5": float(np.mean(np.array(picks) >= 0.5)) if picks else None,
+            "median_pick_realism": float(np.median(picks)) if picks else None,
+        }
+    return report
+
+
+def _shortened(pair: Pair, limit: int = 2000) -> Pair:
+    """Texts past `limit` characters cannot reach the scorer (it reads at most a few hundred tokens)."""
+    from dataclasses import replace
+
+    return replace(pair, parent=pair.parent[:limit], reply=pair.reply[:limit])
+
+
+def _batched(bot, texts: list[tuple[str, str]], name: str, size: int = 32) -> np.ndarray:
+    """One scorer's scores of many pairs, in batches of similar length (less padding)."""
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i][0]) + len(texts[i][1]))
+    scores = np.zeros(len(texts))
+    for start in range(0, len(order), size):
+        chunk = order[start : start + size]
+        scores[chunk] = bot.scorers.score([texts[i] for i in chunk], [name])[name]
+    return scores
