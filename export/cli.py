@@ -20,7 +20,7 @@ from typing import Any
 
 import click
 
-from replyrank.bundle import default_bundle_dir
+from replyrank.bundle import REALISM_THRESHOLD, default_bundle_dir
 from replyrank.cli import emit_json
 
 # the extra's packages these commands cannot run without (find_spec looks, it does not import)
@@ -46,9 +46,13 @@ def export_command(
 ) -> None:
     """Export three trained models into one quantized, validated bundle."""
     from .assemble import ExportOptions, export_bundle, validation_pairs
+    from .train import training_record
 
     pairs = validation_pairs(list(validation_data))
-    options = ExportOptions(quantize=quantize, prompt_template=prompt_template, quality_gate=not no_quality_gate, realism_threshold=threshold)
+    # what replyrank's trainers recorded in each part's folder (metrics, a generator's adversarial rounds)
+    records = {name: training_record(source) for name, source in (("generator", generator), ("discriminator", discriminator), ("upvotes", upvotes))}
+    options = ExportOptions(quantize=quantize, prompt_template=prompt_template, quality_gate=not no_quality_gate, realism_threshold=threshold,
+                            training={name: record for name, record in records.items() if record} or None)
     bundle = export_bundle(generator, discriminator, upvotes, out, pairs, options)
     emit_json({"path": str(bundle.root), "validation": dict(bundle.validation), "realism_threshold": bundle.realism_threshold})
 
@@ -172,6 +176,52 @@ def train_all_command(
     options = _train_options(**kw)
     work = work or f"{out.rstrip('/')}.models"
     emit_json(recipes.everything(_files(data), out, generator_base, scorer_base, work, options, options, max_pairs, fakes))
+
+
+@train_group.command(name="adversarial")
+@training_options
+@click.option("--generator", "generator_source", required=True, help="Causal LM to improve (folder, .gguf or hub id): round 0's generator.")
+@click.option("--discriminator-base", required=True, help="BERT-family model every round's fresh discriminator starts from.")
+@click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True, help="Fine-tuning rounds (round 0 measures the generator as given).")
+@click.option("--upvotes", "upvotes_model", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Upvote model (`train upvotes` OUT): ranks candidates with realism, and gives mean predicted upvotes.")
+@click.option("--work", type=click.Path(), default=None, help="Where the rounds go (default: OUT.rounds); a re-run resumes there.")
+@click.option("--candidates", type=click.IntRange(1, 32), default=None, help="N of best-of-N per training comment (default: 8, the deployment's).")
+@click.option("--tune-comments", type=click.IntRange(min=1), default=None, help="Training comments distilled per round (default: 1000).")
+@click.option("--fakes", type=click.IntRange(min=16), default=None, help="Generated replies each discriminator trains on (default: 1000).")
+@click.option("--held-out-comments", type=click.IntRange(min=4), default=None, help="Held-out comments measured per round (default: 100).")
+@click.option("--real-mix", type=click.FloatRange(min=0), default=None, help="Real pairs per distilled candidate, the anchor (default: 1).")
+@click.option("--threshold", type=float, default=REALISM_THRESHOLD, show_default=True, help="Realism at which a candidate counts as kept.")
+@click.option("--lora-rank", type=int, default=None, help="Fine-tune a LoRA adapter of this rank each round (merged after).")
+@click.option("--threads", type=int, default=None, help="ONNX Runtime threads for sampling.")
+def train_adversarial_command(
+    data: tuple[str, ...], out: str, generator_source: str, discriminator_base: str, upvotes_model: str | None, work: str | None,
+    learning_rate: float | None, max_length: int | None, lora_rank: int | None, epochs: float | None, batch_size: int | None,
+    max_steps: int | None, device: str | None, seed: int, **counts: Any,
+) -> None:
+    """Adversarial rounds: fine-tune the generator on its best-of-N candidates as judged by a fresh discriminator each round.
+
+    --learning-rate (default 1e-5), --max-length (256) and --lora-rank are the generator's
+    fine-tune's; the discriminators train at 3e-5 on 128 tokens. --epochs, --batch-size,
+    --max-steps, --device and --seed apply to both. Writes OUT (the last round's generator, with
+    rounds.json and rounds.svg); an interrupted run, restarted with the same command, continues at
+    its first unfinished round.
+    """
+    from dataclasses import replace
+
+    from .adversarial import AdversarialOptions, adversarial_rounds
+
+    def given(**kw: Any) -> dict[str, Any]:
+        return {k: v for k, v in kw.items() if v is not None}
+
+    defaults = AdversarialOptions()
+    shared = given(epochs=epochs, batch_size=batch_size, max_steps=max_steps, device=device, seed=seed)
+    options = AdversarialOptions(
+        **given(**counts), seed=seed,
+        generator=replace(defaults.generator, **shared, **given(learning_rate=learning_rate, max_length=max_length, lora_rank=lora_rank)),
+        discriminator=replace(defaults.discriminator, **shared),
+    )
+    emit_json(adversarial_rounds(_files(data), generator_source, discriminator_base, out, options, upvotes_model, work))
 
 
 @click.command(name="bench", context_settings={"ignore_unknown_options": True, "help_option_names": []})

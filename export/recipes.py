@@ -38,23 +38,30 @@ def _sample(pairs: list[Pair], count: int | None, seed: int) -> list[Pair]:
     return random.Random(seed).sample(pairs, count)
 
 
+def runtime_generator(generator: str, work: Path, options: GenerationOptions = DEPLOYMENT, threads: int | None = None) -> Generator:
+    """replyrank's own ONNX runtime generator for `generator`.
+
+    `generator` is a bundle folder (its generator is used as is) or a causal LM (hub id, folder,
+    GGUF), which is first exported into `work` the way a bundle exports it, so its replies are the deployment's own.
+    """
+    if (Path(generator) / MANIFEST).is_file():
+        bundle = Bundle.read(generator)
+        return Generator(bundle.folder(bundle.generator), bundle.generator, threads)
+    spec, _ = export_generator(generator, work / "fake-generator", work, sampling=options)
+    return Generator(work / "fake-generator", spec, threads)
+
+
 def sample_replies(
-    generator: str, comments: Sequence[str], options: GenerationOptions, work: Path, threads: int | None = None, seed: int = 0
+    generator: str | Generator, comments: Sequence[str], options: GenerationOptions, work: Path, threads: int | None = None, seed: int = 0
 ) -> list[tuple[str, str]]:
     """(comment, generated reply) pairs written by replyrank's own ONNX runtime with `options`.
 
-    `generator` is a bundle folder (its generator is used as is) or a causal LM (hub id, folder,
-    GGUF), which is first exported the way a bundle exports it, so the fakes are the deployment's own.
+    `generator` is a runtime Generator, or what `runtime_generator` takes (exported into `work` first).
     Comment i of a run with `seed` is sampled with its own seed, so a run is reproducible.
     """
     from tqdm.auto import tqdm
 
-    if (Path(generator) / MANIFEST).is_file():
-        bundle = Bundle.read(generator)
-        model = Generator(bundle.folder(bundle.generator), bundle.generator, threads)
-    else:
-        spec, _ = export_generator(generator, work / "fake-generator", work, sampling=options)
-        model = Generator(work / "fake-generator", spec, threads)
+    model = generator if isinstance(generator, Generator) else runtime_generator(generator, work, options, threads)
     fakes = []
     for i, comment in enumerate(tqdm(comments, desc="sample fakes", file=sys.stderr)):
         sample = model.sample(comment, replace(options, seed=(seed << 32) + i))
@@ -63,7 +70,7 @@ def sample_replies(
 
 
 def real_and_fake(
-    generator: str, train: Sequence[tuple[str, str]], test: Sequence[tuple[str, str]], train_comments: int, test_comments: int,
+    generator: str | Generator, train: Sequence[tuple[str, str]], test: Sequence[tuple[str, str]], train_comments: int, test_comments: int,
     work: Path, sampling: GenerationOptions = DEPLOYMENT, threads: int | None = None, seed: int = 0,
 ) -> tuple[list[tuple[str, str]], list[tuple[str, str]], list[tuple[str, str]], list[tuple[str, str]]]:
     """The discriminator's (real train, fake train, real test, fake test), balanced.

@@ -29,6 +29,9 @@ from .convert import GENERATOR_SPEC, SCORER_SPEC, ExportError, default_template,
 from .folders import move_into_place
 
 CHECKPOINT = "checkpoint"
+# What a trained model folder records about its training (metrics, and a generator's adversarial rounds);
+# `replyrank export` copies each part's record into the bundle's `training` entry.
+TRAINING_RECORD = "replyrank_training.json"
 
 
 @dataclass
@@ -49,7 +52,8 @@ def upvote_target(score: float) -> float:
     return math.copysign(math.log1p(abs(score)), score)
 
 
-def _device(options: TrainOptions) -> str:
+def torch_device(options: TrainOptions) -> str:
+    """The options' device, else cuda when there is one, else cpu."""
     import torch
 
     return options.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -119,10 +123,16 @@ def _finish(model, tokenizer, staging: Path, out: Path, extra: dict[str, Any]) -
     shutil.rmtree(staging / CHECKPOINT, ignore_errors=True)
     model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
-    (staging / "replyrank_training.json").write_text(json.dumps(extra, indent=2))
+    (staging / TRAINING_RECORD).write_text(json.dumps(extra, indent=2))
     out = Path(out).expanduser().resolve()
     move_into_place(staging, out)
     return out
+
+
+def training_record(source: str | Path) -> dict[str, Any] | None:
+    """What a model folder trained by replyrank records about its training; None for any other source."""
+    record = Path(source).expanduser() / TRAINING_RECORD  # hub ids and GGUF files have none
+    return json.loads(record.read_text()) if record.is_file() else None
 
 
 # --- generator -----------------------------------------------------------------------------
@@ -179,6 +189,13 @@ def reply_perplexity(model, batches, device: str) -> float:
     return perplexity(nll, count)
 
 
+def pairs_perplexity(model, tokenizer, template: str, pairs: Sequence[tuple[str, str]], options: TrainOptions) -> float | None:
+    """Reply perplexity of `model` (already on its device) on (comment, reply) pairs, counted as training counts it; None without pairs."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    batches = _lm_batches(generator_examples(tokenizer, template, pairs, options.max_length), options.batch_size, pad)
+    return reply_perplexity(model, batches, torch_device(options)) if batches else None
+
+
 def train_generator(
     train: Sequence[tuple[str, str]], valid: Sequence[tuple[str, str]], base: str, out: str | Path,
     options: TrainOptions | None = None, template: str | None = None,
@@ -189,7 +206,7 @@ def train_generator(
     staging = _staging(Path(out))
     model, tokenizer = load_causal_lm(base)
     template = template or default_template(tokenizer)
-    device = _device(options)
+    device = torch_device(options)
     model.to(device)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     batches = _lm_batches(generator_examples(tokenizer, template, train, options.max_length), options.batch_size, pad)
@@ -297,7 +314,7 @@ def train_discriminator(
     random.Random(options.seed).shuffle(rows)
     staging = _staging(Path(out))
     model, tokenizer = _load_scorer(base, 2)
-    device = _device(options)
+    device = torch_device(options)
     model.to(device)
     batches = _pair_batches(tokenizer, rows, options.batch_size, options.max_length)
     train_loop(model, batches, lambda m, b: m(**{k: v.to(device) for k, v in b.items()}).loss, options, staging, "train discriminator")
@@ -327,7 +344,7 @@ def train_upvotes(
     _seed(options.seed)
     staging = _staging(Path(out))
     model, tokenizer = _load_scorer(base, 1)
-    device = _device(options)
+    device = torch_device(options)
     model.to(device)
     if sibling_train:
         # each batch holds the better replies then the worse ones, so one forward pass scores both

@@ -1,0 +1,453 @@
+"""Adversarial rounds (issue #13): fine-tune the generator toward the replies its discriminator takes for human.
+
+The GPT-2 + BERT reply bot's loop, done as rejection-sampling fine-tuning (best-of-N
+distillation: sample N, keep what a judge ranks best, fine-tune on it; Llama 2's "rejection
+sampling" rounds, RAFT). Round 0 measures the generator as given. Round k >= 1 first fine-tunes
+round k-1's generator on the candidates round k-1's discriminator ranked best (the best of N
+per training comment, by realism, or by realism x upvote chance when an upvote model is given),
+mixed with real pairs, at a low learning rate for one pass: the real pairs and the small steps
+anchor it to the previous round in place of an explicit KL term. Then every round:
+
+1. samples its generator's replies through replyrank's own ONNX runtime with the deployment's
+   settings (`recipes.runtime_generator`, `recipes.real_and_fake`: the discriminator's fakes
+   are sampled the same way as `replyrank train discriminator` samples them);
+2. trains a *fresh* discriminator (`train_discriminator`, from the same base every round) on real
+   replies vs this round's fakes: its held-out AUC falls only if the replies got harder to tell;
+3. measures on held-out threads (the `test` split of `dumps.split_by_thread`): that AUC, round 0's
+   discriminator's AUC on this round's fakes, reply perplexity on real replies, distinct-2 of the
+   candidates and of as many real replies, the share of candidates that copy a training reply
+   (`copy_words` consecutive words in common), mean predicted upvotes, and the share of
+   candidates at realism >= threshold under this round's discriminator;
+4. ranks N candidates per training comment with that discriminator for the next round's fine-tune.
+
+Each round is built in WORK/.round-K.partial and moved into place as WORK/round-K when complete.
+A re-run skips finished rounds; inside an unfinished one it keeps the steps already done (the
+samples, the discriminator, the fine-tuned generator; the trainers resume from their checkpoints).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from replyrank.bundle import REALISM_THRESHOLD
+from replyrank.filters import COPY_WORDS, ngram_hashes, training_ngram_set, words
+
+from . import rankers
+from .assemble import DEPLOYMENT
+from .convert import GENERATOR_SPEC, SCORER_SPEC, ExportError, default_template, load_causal_lm, split_gguf
+from .folders import move_into_place
+from .recipes import FAKES_PER_COMMENT, load_split, real_and_fake, runtime_generator, sample_replies
+from .train import (
+    TRAINING_RECORD, TrainOptions, pairs_perplexity, predict, torch_device, train_discriminator, train_generator, training_record,
+)
+
+ROUND = "round.json"  # a round's figures; its presence marks the round finished
+SAMPLES = "samples.json"  # the round's sampled replies (kept so an interrupted round does not sample again)
+DISTILL = "distill.json"  # what the round's discriminator picked for the next round's fine-tune
+ROUNDS = "rounds.json"  # every round's figures, in the final model folder
+PLOT = "rounds.svg"
+SETTINGS = "settings.json"  # what the work folder was started with; a re-run must match it
+PERPLEXITY_PAIRS = 512
+
+
+@dataclass
+class AdversarialOptions:
+    rounds: int = 3  # fine-tuning rounds; round 0 measures the generator as given
+    candidates: int = DEPLOYMENT.candidates  # N of best-of-N, per training comment
+    tune_comments: int = 1000  # training comments per round whose best candidates are distilled
+    fakes: int = 1000  # generated replies each round's discriminator trains on
+    held_out_comments: int = 100  # held-out comments measured each round (FAKES_PER_COMMENT candidates each)
+    keep: int = 1  # candidates distilled per comment
+    real_mix: float = 1.0  # real pairs per distilled candidate: the anchor to real replies
+    threshold: float = REALISM_THRESHOLD  # a candidate counts as kept at realism >= this
+    copy_words: int = COPY_WORDS  # a candidate sharing this many consecutive words with a training reply copies it
+    seed: int = 0
+    generator: TrainOptions = field(default_factory=lambda: TrainOptions(learning_rate=1e-5, batch_size=8))
+    discriminator: TrainOptions = field(default_factory=lambda: TrainOptions(learning_rate=3e-5, batch_size=16, max_length=128))
+    threads: int | None = None  # ONNX Runtime threads for sampling (None: the runtime's default)
+
+
+# --- figures -------------------------------------------------------------------------------
+
+
+def distinct_n(texts: Sequence[str], n: int = 2) -> float:
+    """Distinct-n (Li et al., 2016): distinct word n-grams / all word n-grams over `texts`; 0 without any."""
+    grams = [tuple(w[i : i + n]) for text in texts for w in [words(text)] for i in range(len(w) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+class CopyIndex:
+    """Training replies' n-grams, hashed as the runtime's copy filter hashes them (`replyrank.filters`).
+
+    A text copies one when it shares `n` consecutive words with it; a text shorter than `n` words copies nothing.
+    """
+
+    def __init__(self, texts: Sequence[str], n: int = COPY_WORDS):
+        self.n = n
+        self.ngrams = training_ngram_set(texts, n)
+
+    def copies(self, text: str) -> bool:
+        hashes = ngram_hashes(text, self.n)
+        if not hashes.size or not self.ngrams.size:
+            return False
+        at = np.searchsorted(self.ngrams, hashes).clip(max=len(self.ngrams) - 1)
+        return bool((self.ngrams[at] == hashes).any())
+
+
+def targets(rounds: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Issue #13's targets, checked on the last round against round 0."""
+    first, last = rounds[0], rounds[-1]
+
+    def check(value: float | None, met: bool, target: str) -> dict[str, Any]:
+        return {"value": value, "target": target, "met": bool(met) if value is not None else None}
+
+    ratio = last["distinct2_candidates"] / last["distinct2_real"] if last["distinct2_real"] else None
+    perplexity = last["reply_perplexity"] / first["reply_perplexity"] if first["reply_perplexity"] else None
+    return {
+        "fresh_discriminator_auc": check(last["fresh_discriminator_auc"], last["fresh_discriminator_auc"] <= 0.65, "<= 0.65"),
+        "recipe_on_round0_fakes_auc": check(first["fresh_discriminator_auc"], first["fresh_discriminator_auc"] >= 0.9, ">= 0.9"),
+        "copy_share": check(last["copy_share"], last["copy_share"] <= 0.01, "<= 0.01"),
+        "distinct2_ratio_to_real": check(ratio, ratio is not None and abs(ratio - 1) <= 0.1, "within 10% of 1"),
+        "perplexity_ratio_to_round0": check(perplexity, perplexity is not None and perplexity <= 1.1, "<= 1.1"),
+    }
+
+
+# --- models --------------------------------------------------------------------------------
+
+
+def _stored_template(source: str) -> str | None:
+    """The prompt template a generator was trained with, where it keeps one (the export reads the same file)."""
+    stored = Path(split_gguf(source)[0]) / GENERATOR_SPEC
+    return json.loads(stored.read_text()).get("prompt_template") if stored.is_file() else None
+
+
+class PairScorer:
+    """A trained pair model in torch, scoring (comment, reply) pairs.
+
+    A discriminator (2 labels: P(human)), a 1-output regressor (its output mapped back with its
+    stored scale, as the bundle maps it), or a two-head scorer of `export.rankers` (`train upvotes`
+    OUT), read here for its upvote head: a Bradley-Terry logit, where only differences matter.
+    """
+
+    def __init__(self, folder: Path, options: TrainOptions):
+        self.device = torch_device(options)
+        self.max_length = options.max_length
+        self.two_heads = rankers.is_pair_model(folder)
+        self.scale, self.offset = 1.0, 0.0
+        if self.two_heads:
+            self.model, self.tokenizer, _ = rankers.load(folder)
+            self.model.to(self.device)
+            return
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        self.model = AutoModelForSequenceClassification.from_pretrained(folder).to(self.device).eval()
+        scaling = Path(folder) / SCORER_SPEC
+        extra = json.loads(scaling.read_text()) if scaling.is_file() else {}
+        self.scale, self.offset = float(extra.get("output_scale", 1.0)), float(extra.get("output_offset", 0.0))
+
+    def raw(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+        """P(human) for a discriminator; a regressor's output as trained (standardized for a regression); a two-head scorer's upvote logit."""
+        if not pairs:
+            return np.zeros(0)
+        if self.two_heads:
+            return rankers.predict(self.model, self.tokenizer, list(pairs), self.max_length)[1]
+        return predict(self.model, self.tokenizer, list(pairs), self.device, self.max_length)
+
+    def __call__(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+        """Scores in the model's own units."""
+        return self.raw(pairs) * self.scale + self.offset
+
+
+def _auc(scorer: PairScorer, real: Sequence[tuple[str, str]], fake: Sequence[tuple[str, str]]) -> float:
+    from replyrank.metrics import roc_auc
+
+    return roc_auc([1] * len(real) + [0] * len(fake), scorer.raw(list(real) + list(fake)))
+
+
+def distill(
+    candidates: Sequence[tuple[str, str]], realism: np.ndarray, upvotes: np.ndarray | None, real: Sequence[tuple[str, str]],
+    copy_index: CopyIndex, options: AdversarialOptions,
+) -> dict[str, Any]:
+    """The next fine-tune's data: per comment the `keep` best candidates, then `real_mix` real pairs per candidate.
+
+    Best = most realistic; with an upvote model, realism x sigmoid(u - median u) (DialogRPT's
+    product, the upvote model's standardized output u), so a reply must read human *and* land.
+    Empty replies and copies of training replies are never distilled.
+    """
+    rank = realism * (1 / (1 + np.exp(-(upvotes - np.median(upvotes))))) if upvotes is not None and upvotes.size else realism
+    by_comment: dict[str, list[int]] = {}
+    for i, (comment, reply) in enumerate(candidates):
+        if reply.strip() and not copy_index.copies(reply):
+            by_comment.setdefault(comment, []).append(i)
+    picked = [i for rows in by_comment.values() for i in sorted(rows, key=lambda i: -rank[i])[: options.keep]]
+    pairs = [list(candidates[i]) for i in picked]
+    anchor = [list(pair) for pair in real[: round(options.real_mix * len(pairs))]]
+    return {
+        "pairs": pairs, "real": anchor,
+        "stats": {
+            "candidates": len(candidates), "comments": len(by_comment), "distilled": len(pairs), "real_pairs": len(anchor),
+            "mean_realism_all": float(realism.mean()) if realism.size else None,
+            "mean_realism_distilled": float(realism[picked].mean()) if picked else None,
+        },
+    }
+
+
+# --- rounds --------------------------------------------------------------------------------
+
+
+@dataclass
+class RoundData:
+    train: list[tuple[str, str]]
+    test: list[tuple[str, str]]  # held-out threads, in one fixed order for every round
+    copy_index: CopyIndex
+
+    @classmethod
+    def load(cls, files: Sequence[str], options: AdversarialOptions) -> RoundData:
+        split = load_split(files, seed=options.seed)
+        train = [(p.parent, p.reply) for p in split["train"]]
+        test = [(p.parent, p.reply) for p in split["test"]]
+        random.Random(f"held-out:{options.seed}").shuffle(test)
+        if len(test) < 2 * FAKES_PER_COMMENT:
+            raise ExportError(f"the held-out threads hold {len(test)} pairs; give more data")
+        return cls(train, test, CopyIndex([reply for _, reply in train], options.copy_words))
+
+    def for_round(self, k: int, options: AdversarialOptions) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+        """(discriminator rows, fine-tune rows): training pairs shuffled anew each round, in disjoint slices.
+
+        `real_and_fake` writes fakes for the first fakes/FAKES_PER_COMMENT comments and takes real
+        replies from the next ones (as many as fakes); the fine-tune's comments come after both.
+        """
+        rows = list(self.train)
+        random.Random(f"round:{options.seed}:{k}").shuffle(rows)
+        used = (options.fakes // FAKES_PER_COMMENT) + options.fakes
+        return rows[:used], rows[used:][: options.tune_comments]
+
+
+def _write_json(path: Path, data: Any) -> None:
+    partial = path.with_name(path.name + ".tmp")
+    partial.write_text(json.dumps(data, indent=2, ensure_ascii=False))
+    partial.replace(path)
+
+
+def _settings(files: Sequence[str], generator: str, discriminator_base: str, upvotes: str | None, options: AdversarialOptions) -> dict[str, Any]:
+    """What decides a run's results; the device and thread count may change between a run and its resume."""
+    settings = asdict(options)
+    settings.pop("threads")
+    for trainer in ("generator", "discriminator"):
+        settings[trainer].pop("device")
+    return {"data": [str(f) for f in files], "generator": generator, "discriminator_base": discriminator_base, "upvotes": upvotes, **settings}
+
+
+def run_round(
+    k: int, work: Path, data: RoundData, generator: str, discriminator_base: str, upvotes: PairScorer | None, options: AdversarialOptions,
+) -> dict[str, Any]:
+    """Round k in WORK/.round-K.partial, moved into place as WORK/round-K; returns its figures."""
+    started = time.perf_counter()
+    staging = work / f".round-{k}.partial"
+    staging.mkdir(exist_ok=True)
+    disc_rows, tune_rows = data.for_round(k, options)
+    last = k == options.rounds
+
+    # 1. this round's generator: the given one, or the previous one fine-tuned on what its discriminator picked
+    fine_tune = None
+    source = generator
+    if k > 0:
+        source = str(staging / "generator")
+        base = str(work / f"round-{k - 1}" / "generator") if k > 1 else generator
+        if not (staging / "generator" / "config.json").is_file():
+            picked = json.loads((work / f"round-{k - 1}" / DISTILL).read_text())
+            pairs = [(comment, reply) for comment, reply in picked["pairs"] + picked["real"]]
+            if not pairs:
+                raise ExportError(f"round {k - 1} distilled no candidate to fine-tune on; sample more (--tune-comments, --candidates)")
+            # held-out perplexity is measured below for every round alike, so the trainer gets no valid pairs
+            train_generator(pairs, [], base, staging / "generator", options.generator, _stored_template(base))
+        metrics = (training_record(staging / "generator") or {}).get("metrics", {})
+        fine_tune = {"from": base, "train_pairs": metrics.get("train_pairs"), "final_loss": metrics.get("final_loss")}
+
+    # 2. its replies, through replyrank's own runtime with the deployment's settings
+    samples_path = staging / SAMPLES
+    if samples_path.is_file():
+        samples = json.loads(samples_path.read_text())
+    else:
+        with tempfile.TemporaryDirectory(prefix="replyrank-round-") as tmp:
+            model = runtime_generator(source, Path(tmp), DEPLOYMENT, options.threads)
+            sets = real_and_fake(model, disc_rows, data.test, options.fakes // FAKES_PER_COMMENT, options.held_out_comments,
+                                 Path(tmp), DEPLOYMENT, options.threads, seed=(options.seed << 8) + 2 * k)
+            tune = [] if last else sample_replies(
+                model, [comment for comment, _ in tune_rows], replace(DEPLOYMENT, candidates=options.candidates), Path(tmp),
+                options.threads, seed=(options.seed << 8) + 2 * k + 1,
+            )
+        samples = dict(zip(("real_train", "fake_train", "real_test", "fake_test"), sets), tune=tune)
+        _write_json(samples_path, samples)
+    real_test = [tuple(p) for p in samples["real_test"]]
+    fake_test = [tuple(p) for p in samples["fake_test"]]
+
+    # 3. a fresh discriminator on real replies vs these fakes
+    disc_dir = staging / "discriminator"
+    if (disc_dir / "config.json").is_file():
+        disc_metrics = (training_record(disc_dir) or {})["metrics"]
+    else:
+        disc_metrics = train_discriminator(samples["real_train"], samples["fake_train"], real_test, fake_test, discriminator_base,
+                                           disc_dir, options.discriminator)
+
+    # 4. the figures, on held-out threads
+    judge = PairScorer(disc_dir, options.discriminator)
+    realism = judge.raw(fake_test)
+    first = judge if k == 0 else PairScorer(work / "round-0" / "discriminator", options.discriminator)
+    model, tokenizer = load_causal_lm(source)
+    model.to(torch_device(options.generator)).eval()
+    perplexity_pairs = data.test[options.held_out_comments :][:PERPLEXITY_PAIRS]
+    template = _stored_template(source) or default_template(tokenizer)
+    perplexity = pairs_perplexity(model, tokenizer, template, perplexity_pairs, options.generator)
+    del model
+    replies = [reply for _, reply in fake_test]
+    figures: dict[str, Any] = {
+        "round": k,
+        "generator": source,
+        "fresh_discriminator_auc": disc_metrics["roc_auc"],
+        "fresh_discriminator_balanced_accuracy": disc_metrics["balanced_accuracy"],
+        "round0_discriminator_auc": disc_metrics["roc_auc"] if k == 0 else _auc(first, real_test, fake_test),
+        "reply_perplexity": perplexity,
+        "distinct2_candidates": distinct_n(replies),
+        "distinct2_real": distinct_n([reply for _, reply in real_test]),
+        "copy_share": sum(map(data.copy_index.copies, replies)) / max(1, len(replies)),
+        "mean_predicted_upvotes": float(upvotes(fake_test).mean()) if upvotes and fake_test else None,
+        "mean_predicted_upvotes_real": float(upvotes(real_test).mean()) if upvotes and real_test else None,
+        "share_kept": float((realism >= options.threshold).mean()) if realism.size else None,
+        "threshold": options.threshold,
+        "held_out": {"comments": len({c for c, _ in fake_test}), "candidates": len(fake_test), "real_replies": len(real_test),
+                     "perplexity_pairs": len(perplexity_pairs)},
+        "discriminator_train_examples": disc_metrics["train_examples"],
+        "fine_tune": fine_tune,
+        "distilled": None,
+    }
+
+    # 5. the next round's fine-tune data, ranked by this round's discriminator
+    if not last:
+        tune = [tuple(p) for p in samples["tune"]]
+        scores = upvotes.raw(tune) if upvotes else None
+        picked = distill(tune, judge.raw(tune), scores, [p for p in tune_rows if p[1].strip()], data.copy_index, options)
+        _write_json(staging / DISTILL, picked)
+        figures["distilled"] = picked["stats"]
+    figures["seconds"] = round(time.perf_counter() - started, 1)
+    _write_json(staging / ROUND, figures)
+    move_into_place(staging, work / f"round-{k}")
+    print(f"round {k}: {json.dumps({n: v for n, v in figures.items() if isinstance(v, (int, float))})}", file=sys.stderr)
+    return figures
+
+
+def adversarial_rounds(
+    files: Sequence[str], generator: str, discriminator_base: str, out: str | Path, options: AdversarialOptions | None = None,
+    upvotes: str | None = None, work: str | Path | None = None,
+) -> dict[str, Any]:
+    """Rounds 0..K into WORK (default OUT.rounds), then the last round's generator into OUT with every round's figures.
+
+    OUT is a model folder for `replyrank export --generator OUT`; its training record carries the
+    rounds, which the export writes into the bundle's `training` entry. Round K's discriminator
+    (WORK/round-K/discriminator) was trained on that generator's own fakes: the bundle's discriminator.
+    """
+    options = options or AdversarialOptions()
+    if options.rounds < 1:
+        raise ExportError("give at least one round (--rounds 1)")
+    out = Path(out).expanduser().resolve()
+    if out.exists() and any(out.iterdir()) and not (out / ROUNDS).is_file():
+        raise ExportError(f"{out} exists and is not the output of an adversarial run; choose an empty or new --out")
+    work = Path(work).expanduser().resolve() if work else out.with_name(f"{out.name}.rounds")
+    work.mkdir(parents=True, exist_ok=True)
+    settings = _settings(files, generator, discriminator_base, upvotes, options)
+    if (work / SETTINGS).is_file():
+        before = json.loads((work / SETTINGS).read_text())
+        changed = sorted(name for name in set(before) | set(settings) if before.get(name) != settings.get(name))
+        if changed:
+            raise ExportError(f"{work} holds rounds run with other settings ({', '.join(changed)}); rerun with those, or give another --work")
+    _write_json(work / SETTINGS, settings)
+
+    data = RoundData.load(files, options)
+    scorer = PairScorer(Path(upvotes), options.discriminator) if upvotes else None
+    rounds = []
+    for k in range(options.rounds + 1):
+        done = work / f"round-{k}" / ROUND
+        if done.is_file():
+            print(f"round {k}: finished before, kept ({done})", file=sys.stderr)
+            rounds.append(json.loads(done.read_text()))
+        else:
+            rounds.append(run_round(k, work, data, generator, discriminator_base, scorer, options))
+
+    summary = {"settings": settings, "rounds": rounds, "targets": targets(rounds),
+               "discriminator": str(work / f"round-{options.rounds}" / "discriminator")}
+    staging = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(work / f"round-{options.rounds}" / "generator", staging)
+    _write_json(staging / ROUNDS, summary)
+    (staging / PLOT).write_text(plot_rounds(rounds))
+    record = training_record(staging) or {}
+    _write_json(staging / TRAINING_RECORD, {**record, "base": generator, "adversarial": {k: v for k, v in summary.items() if k != "settings"}})
+    move_into_place(staging, out)
+    return {"path": str(out), "rounds_file": str(out / ROUNDS), "plot": str(out / PLOT), **summary}
+
+
+# --- plot ----------------------------------------------------------------------------------
+
+PANELS = (  # title, (figure key, legend) per line
+    ("discriminator ROC-AUC (held-out)", (("fresh_discriminator_auc", "fresh"), ("round0_discriminator_auc", "round 0's"))),
+    ("reply perplexity (real held-out)", (("reply_perplexity", "perplexity"),)),
+    ("distinct-2", (("distinct2_candidates", "candidates"), ("distinct2_real", "real replies"))),
+    ("share copying a training reply", (("copy_share", "candidates"),)),
+    ("share kept (realism >= threshold)", (("share_kept", "candidates"),)),
+    ("mean predicted upvotes", (("mean_predicted_upvotes", "candidates"), ("mean_predicted_upvotes_real", "real replies"))),
+)
+COLORS = ("#1f77b4", "#d62728")
+
+
+def plot_rounds(rounds: list[dict[str, Any]]) -> str:
+    """Every figure across rounds as small multiples, in SVG (matplotlib is not a dependency: SVG is text)."""
+    width, height, columns = 330, 210, 3
+    left, right, top, bottom = 64, 12, 28, 44
+    rows = math.ceil(len(PANELS) / columns)
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width * columns}" height="{height * rows}" '
+             'font-family="sans-serif" font-size="11"><rect width="100%" height="100%" fill="white"/>']
+    xs = [r["round"] for r in rounds]
+    for index, (title, lines) in enumerate(PANELS):
+        x0, y0 = (index % columns) * width, (index // columns) * height
+        inner_w, inner_h = width - left - right, height - top - bottom
+        parts.append(f'<text x="{x0 + width / 2}" y="{y0 + 16}" text-anchor="middle" font-weight="bold">{title}</text>')
+        parts.append(f'<rect x="{x0 + left}" y="{y0 + top}" width="{inner_w}" height="{inner_h}" fill="none" stroke="#999"/>')
+        values = [r.get(key) for key, _ in lines for r in rounds if r.get(key) is not None and math.isfinite(r.get(key))]
+        if not values:
+            parts.append(f'<text x="{x0 + width / 2}" y="{y0 + top + inner_h / 2}" text-anchor="middle" fill="#777">not measured</text>')
+            continue
+        low, high = min(values), max(values)
+        pad = (high - low) * 0.1 or abs(high) * 0.1 or 0.1
+        low, high = low - pad, high + pad
+        span_x = max(1, xs[-1] - xs[0])
+
+        def point(x: float, y: float) -> tuple[float, float]:
+            return x0 + left + (x - xs[0]) / span_x * inner_w, y0 + top + (high - y) / (high - low) * inner_h
+
+        digits = next((d for d in range(3, 9) if f"{low + pad:.{d}g}" != f"{high - pad:.{d}g}"), 3)  # enough to tell them apart
+        for value in (low + pad, high - pad):
+            parts.append(f'<text x="{x0 + left - 4}" y="{point(xs[0], value)[1] + 4:.1f}" text-anchor="end">{value:.{digits}g}</text>')
+        for x in xs:
+            parts.append(f'<text x="{point(x, low)[0]:.1f}" y="{y0 + top + inner_h + 14}" text-anchor="middle">{x}</text>')
+        parts.append(f'<text x="{x0 + left + inner_w / 2}" y="{y0 + top + inner_h + 26}" text-anchor="middle">round</text>')
+        legend_x = x0 + left
+        for (key, legend), color, dash in zip(lines, COLORS, ("", ' stroke-dasharray="5,3"')):  # dashed: a second line may lie on the first
+            points = [point(r["round"], r[key]) for r in rounds if r.get(key) is not None and math.isfinite(r[key])]
+            parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="2"{dash} points="{" ".join(f"{x:.1f},{y:.1f}" for x, y in points)}"/>')
+            parts += [f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{color}"/>' for x, y in points]
+            parts.append(f'<text x="{legend_x}" y="{y0 + height - 4}" fill="{color}">— {legend}</text>')
+            legend_x += 12 + 7 * len(legend)
+    parts.append("</svg>")
+    return "\n".join(parts)

@@ -1,0 +1,131 @@
+"""Adversarial rounds (`replyrank train adversarial`): figures, best-of-N selection, and a real
+two-round run on a slice of Reddit with tiny models, interrupted in round 2 and resumed."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ElementTree
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from tiny import REDDIT
+
+import replyrank
+from replyrank.cli import main
+from replyrank.export import adversarial
+from replyrank.export.adversarial import AdversarialOptions, CopyIndex, distill, distinct_n
+
+DUMPS = [REDDIT / "college" / "RS_CollegeAdvice.zst", REDDIT / "college" / "RC_CollegeAdvice.zst"]
+FIGURES = (
+    "fresh_discriminator_auc", "round0_discriminator_auc", "reply_perplexity", "distinct2_candidates", "distinct2_real",
+    "copy_share", "mean_predicted_upvotes", "share_kept",
+)
+
+
+def test_distinct_2_counts_distinct_word_bigrams():
+    assert distinct_n(["a b a b"]) == pytest.approx(2 / 3)  # (a b), (b a), (a b)
+    assert distinct_n(["a b", "a b"]) == 0.5
+    assert distinct_n(["one"]) == 0.0
+
+
+def test_a_copy_shares_eight_consecutive_words_with_a_training_reply():
+    index = CopyIndex(["Honestly, the best thing you can do is talk to your advisor about it."], 8)
+    assert index.copies("I agree: the best thing you can do is talk to your advisor first")
+    assert not index.copies("the best thing you can do is sleep")  # 7 words in a row of the reply's
+    assert not index.copies("Honestly")  # shorter than 8 words: copies nothing
+
+
+def test_best_of_n_keeps_the_most_realistic_candidate_per_comment_but_never_a_copy():
+    index = CopyIndex(["go to office hours every single week and ask questions there"], 8)
+    candidates = [("c1", "ok"), ("c1", "sure thing"), ("c2", "go to office hours every single week and ask"), ("c2", "nah")]
+    realism = np.array([0.2, 0.7, 0.99, 0.1])
+    picked = distill(candidates, realism, None, [("c1", "real one"), ("c2", "real two")], index, AdversarialOptions(real_mix=0.5))
+    assert picked["pairs"] == [["c1", "sure thing"], ["c2", "nah"]]
+    assert picked["real"] == [["c1", "real one"]]  # half a real pair per distilled candidate
+    # with an upvote model, realism x sigmoid(u - median u): a reply must also be predicted to land
+    upvotes = np.array([3.0, -3.0, 0.0, 0.0])
+    assert distill(candidates, realism, upvotes, [], index, AdversarialOptions())["pairs"][0] == ["c1", "ok"]
+
+
+def test_the_upvote_model_may_be_a_two_head_scorer(models, tmp_path):
+    from replyrank.export import rankers
+    from replyrank.export.train import TrainOptions
+
+    model, tokenizer = rankers.build_model(str(models["disc"]))
+    rankers.save(model, tokenizer, tmp_path / "scorer", {})
+    pairs = [("is a gap year worth it", "yes"), ("is a gap year worth it", "no idea, ask your advisor")]
+    scorer = adversarial.PairScorer(tmp_path / "scorer", TrainOptions(device="cpu", max_length=64))
+    assert np.allclose(scorer(pairs), rankers.predict(model, tokenizer, pairs, 64)[1], atol=1e-5)  # its upvote head
+
+
+@pytest.mark.skipif(not DUMPS[0].exists(), reason="../shared/data/reddit is not there")
+def test_two_rounds_interrupted_in_round_2_resume_there_and_reach_the_bundle(models, tmp_path, monkeypatch):
+    out, work = tmp_path / "gen", tmp_path / "rounds"
+    args = ["train", "adversarial", "--generator", str(models["gpt2"]), "--discriminator-base", str(models["disc"]),
+            "--upvotes", str(models["upv"]), "--rounds", "2", "--out", str(out), "--work", str(work), "--fakes", "16",
+            "--tune-comments", "8", "--held-out-comments", "6", "--candidates", "2", "--max-steps", "2", "--batch-size", "4",
+            "--max-length", "48", "--device", "cpu"]
+    for dump in DUMPS:
+        args += ["--data", str(dump)]
+    originals = {name: getattr(adversarial, name) for name in ("train_discriminator", "train_generator", "runtime_generator")}
+    calls: dict[str, int] = {}
+
+    def count(fail_on_discriminator: int | None = None) -> None:
+        calls.update(train_discriminator=0, train_generator=0, runtime_generator=0)
+        for name, function in originals.items():
+            def counted(*a, _name=name, _function=function, **kw):
+                calls[_name] += 1
+                if _name == "train_discriminator" and calls[_name] == fail_on_discriminator:
+                    raise RuntimeError("killed")  # the run dies here, as a killed process would
+                return _function(*a, **kw)
+            monkeypatch.setattr(adversarial, name, counted)
+
+    # run 1 dies as round 2 starts training its discriminator (the third): after its fine-tune and its samples
+    count(fail_on_discriminator=3)
+    first = CliRunner().invoke(main, args)
+    assert str(first.exception) == "killed"
+    assert calls == {"train_discriminator": 3, "train_generator": 2, "runtime_generator": 3}
+    assert not out.exists() and not (work / "round-2").exists()
+    finished = {k: (work / f"round-{k}" / "round.json").stat().st_mtime_ns for k in (0, 1)}
+
+    count()
+    second = CliRunner().invoke(main, args)
+    assert second.exit_code == 0, second.output
+    # rounds 0 and 1 were not redone; round 2 kept its fine-tuned generator and its samples
+    assert {k: (work / f"round-{k}" / "round.json").stat().st_mtime_ns for k in (0, 1)} == finished
+    assert calls == {"train_discriminator": 1, "train_generator": 0, "runtime_generator": 0}
+
+    report = json.loads(second.stdout)
+    rounds = json.loads((out / "rounds.json").read_text())["rounds"]
+    assert report["rounds"] == rounds and [r["round"] for r in rounds] == [0, 1, 2]
+    for figures in rounds:
+        assert all(figures[name] is not None for name in FIGURES), figures
+        assert 0 <= figures["fresh_discriminator_auc"] <= 1 and 0 <= figures["round0_discriminator_auc"] <= 1
+        assert figures["reply_perplexity"] > 1 and 0 <= figures["copy_share"] <= 1 and 0 <= figures["share_kept"] <= 1
+    assert rounds[0]["fine_tune"] is None and rounds[1]["fine_tune"]["train_pairs"] > 0
+    assert rounds[0]["distilled"]["distilled"] > 0 and rounds[2]["distilled"] is None
+    assert set(report["targets"]) >= {"fresh_discriminator_auc", "copy_share", "perplexity_ratio_to_round0"}
+    plot = ElementTree.parse(out / "rounds.svg").getroot()
+    assert len(plot.findall("{http://www.w3.org/2000/svg}polyline")) == 9  # every figure's line
+
+    # `replyrank export` puts the rounds into the bundle's training entry
+    bundle = tmp_path / "bundle"
+    exported = CliRunner().invoke(main, [
+        "export", "--generator", str(out), "--discriminator", report["discriminator"], "--upvotes", str(models["upv"]),
+        "--out", str(bundle), "--quantize", "none", "--no-quality-gate", "--validation-data", str(DUMPS[1]),
+    ])
+    assert exported.exit_code == 0, exported.output
+    training = replyrank.load(bundle).bundle.training
+    assert [r["round"] for r in training["generator"]["adversarial"]["rounds"]] == [0, 1, 2]
+    assert training["discriminator"]["metrics"]["roc_auc"] == rounds[2]["fresh_discriminator_auc"]
+
+
+@pytest.mark.skipif(not DUMPS[0].exists(), reason="../shared/data/reddit is not there")
+def test_a_work_folder_refuses_other_settings(models, tmp_path):
+    work = tmp_path / "rounds"
+    work.mkdir()
+    (work / adversarial.SETTINGS).write_text(json.dumps({"rounds": 5}))
+    with pytest.raises(replyrank.ReplyrankError, match="other settings"):
+        adversarial.adversarial_rounds([str(d) for d in DUMPS], str(models["gpt2"]), str(models["disc"]), tmp_path / "out",
+                                       AdversarialOptions(rounds=1), work=work)
