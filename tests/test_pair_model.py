@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+import tiny
 from tiny import CORPUS, PAIRS
 
 import replyrank
@@ -89,3 +91,33 @@ def test_two_head_graph_quantized_keeps_both_heads(models, pair_model, tmp_path)
         check = bundle.validation[f"{name}_vs_torch"]
         assert check["pairs"] == len(PAIRS) and np.isfinite(check["max_abs_diff"])
     assert replyrank.load(tmp_path / "q").bundle.quantization == "int8"
+
+
+COLLEGE = [tiny.REDDIT / "college" / "RC_CollegeAdvice.zst", tiny.REDDIT / "college" / "RS_CollegeAdvice.zst"]
+
+
+@pytest.mark.skipif(not all(f.is_file() for f in COLLEGE), reason="shared Reddit data absent")
+def test_train_upvotes_then_realism_then_export_from_the_cli(models, gpt2_bundle, tmp_path) -> None:
+    from click.testing import CliRunner
+
+    from replyrank.cli import main
+
+    runner = CliRunner()
+    data = [arg for f in COLLEGE for arg in ("--data", str(f))]
+    upvotes = runner.invoke(main, ["train", "upvotes", *data, "--base", str(models["disc"]), "--out", str(tmp_path / "upv"),
+                                   "--epochs", "1", "--batch-size", "8", "--lora-rank", "0", "--min-gap", "1", "--max-pairs", "32",
+                                   "--device", "cpu"])
+    assert upvotes.exit_code == 0, upvotes.output
+    report = json.loads(upvotes.stdout)
+    assert 8 <= report["training_pairs"] <= 32 and report["heads"]["upvotes"]["bt_scale"] >= 0
+    assert set(report["evaluation"]["test_threads"]["pairwise"]["gap>=1"]) == {"model", "time", "length"}
+    realism = runner.invoke(main, ["train", "realism", *data, "--scorer", str(tmp_path / "upv"), "--generator", str(gpt2_bundle),
+                                   "--out", str(tmp_path / "scorer"), "--fakes", "16", "--epochs", "1", "--device", "cpu"])
+    assert realism.exit_code == 0, realism.output
+    assert 0 <= json.loads(realism.stdout)["realism"]["roc_auc"] <= 1
+    export = runner.invoke(main, ["export", "--generator", str(models["gpt2"]), "--scorer", str(tmp_path / "scorer"),
+                                  "--out", str(tmp_path / "bundle"), "--quantize", "none"])
+    assert export.exit_code == 0, export.output
+    bot = replyrank.load(tmp_path / "bundle")
+    assert bot.bundle.shared_scorer and bot.bundle.upvotes.pairwise_scale == report["heads"]["upvotes"]["bt_scale"]
+    assert "test_threads" in bot.bundle.upvotes.metrics["evaluation"] and "roc_auc" in bot.bundle.discriminator.metrics
