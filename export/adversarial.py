@@ -315,7 +315,7 @@ def run_round(
     replies = [reply for _, reply in fake_test]
     figures: dict[str, Any] = {
         "round": k,
-        "generator": source,
+        "generator": str(work / f"round-{k}" / "generator") if k > 0 else generator,  # where it lies once the round is in place
         "fresh_discriminator_auc": disc_metrics["roc_auc"],
         "fresh_discriminator_balanced_accuracy": disc_metrics["balanced_accuracy"],
         "round0_discriminator_auc": disc_metrics["roc_auc"] if k == 0 else _auc(first, real_test, fake_test),

@@ -104,6 +104,8 @@ def test_two_rounds_interrupted_in_round_2_resume_there_and_reach_the_bundle(mod
         assert 0 <= figures["fresh_discriminator_auc"] <= 1 and 0 <= figures["round0_discriminator_auc"] <= 1
         assert figures["reply_perplexity"] > 1 and 0 <= figures["copy_share"] <= 1 and 0 <= figures["share_kept"] <= 1
     assert rounds[0]["fine_tune"] is None and rounds[1]["fine_tune"]["train_pairs"] > 0
+    assert [r["generator"] for r in rounds] == [str(models["gpt2"])] + [str(work / f"round-{k}" / "generator") for k in (1, 2)]
+    assert all((work / f"round-{k}" / "generator" / "config.json").is_file() for k in (1, 2))
     assert rounds[0]["distilled"]["distilled"] > 0 and rounds[2]["distilled"] is None
     assert set(report["targets"]) >= {"fresh_discriminator_auc", "copy_share", "perplexity_ratio_to_round0"}
     plot = ElementTree.parse(out / "rounds.svg").getroot()
