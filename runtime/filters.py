@@ -110,7 +110,8 @@ class ReplyFilters:
         object.__setattr__(self, "blocklist", tuple(self.blocklist))
         for entry in self.blocklist:
             _compile_entry(entry)
-        if self.max_reply_chars is not None and (isinstance(self.max_reply_chars, bool) or not isinstance(self.max_reply_chars, int) or self.max_reply_chars < 1):
+        limit = self.max_reply_chars
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
             raise InputError(f"max_reply_chars must be a whole number >= 1 (or None), got {self.max_reply_chars!r}")
         if isinstance(self.comment_copy_words, bool) or not isinstance(self.comment_copy_words, int) or self.comment_copy_words < 0:
             raise InputError(f"comment_copy_words must be a whole number >= 0 (0 turns it off), got {self.comment_copy_words!r}")
@@ -130,7 +131,8 @@ class ReplyScreen:
         alternatives = "|".join(_compile_entry(entry).pattern for entry in sorted(phrases, key=len, reverse=True))
         self.phrases = re.compile(alternatives, re.IGNORECASE) if phrases else None
         self.patterns = [(entry, _compile_entry(entry)) for entry in filters.blocklist if entry.startswith(REGEX_PREFIX)]
-        self.training_ngrams = training_ngrams if filters.training_copies and training_ngrams is not None and len(training_ngrams) else None
+        use_training = filters.training_copies and training_ngrams is not None and len(training_ngrams) > 0
+        self.training_ngrams = training_ngrams if use_training else None
         self.training_ngram_words = training_ngram_words
 
     def reason(self, text: str, comment: str) -> str | None:
