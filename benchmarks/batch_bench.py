@@ -18,6 +18,11 @@
 Prints one JSON object: rows, seconds and rows/s per system, and Ray's overhead against the plain
 loop (the extra wall time of `ray-1`'s rank step, and Ray's start-up), with the CPU model, the
 load average before each run and package versions.
+
+Wall time on a shared machine depends on what else runs. CPU time does much less, so each system
+also reports the CPU seconds it used (psutil, sampled every 0.2 s over this process's tree: the
+driver, Ray's own processes and its workers; for `ray-K`, the actors' share apart) and rows per
+CPU second: the per-core rate, which is what a larger machine or a cluster multiplies.
 """
 
 from __future__ import annotations
@@ -61,10 +66,58 @@ def plain_loop(work: Path, bundle: str, options: BatchOptions) -> dict[str, floa
     tables = [pq.read_table(path) for path in sorted(work.glob("*.parquet"))]
     size = options.rows_per_batch
     ranker(tables[0].slice(0, size))  # warm-up, not timed
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     rows = sum(ranker(table.slice(i, size)).num_rows for table in tables for i in range(0, table.num_rows, size))
-    seconds = time.perf_counter() - start
-    return {"rows": rows, "seconds": round(seconds, 2), "rows_per_s": round(rows / seconds, 1)}
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    return {"rows": rows, "seconds": round(seconds, 2), "rows_per_s": round(rows / seconds, 1), "cpu_seconds": round(cpu, 2),
+            "rows_per_cpu_s": round(rows / cpu, 1)}
+
+
+class CpuMeter:
+    """CPU seconds of this process and all its descendants while it runs, by process name."""
+
+    def __init__(self, every: float = 0.2):
+        import threading
+
+        self.every, self.seen, self.names = every, {}, {}
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> None:
+        import psutil
+
+        me = psutil.Process()
+        for proc in [me, *me.children(recursive=True)]:
+            try:
+                times = proc.cpu_times()
+                key = (proc.pid, proc.create_time())
+                self.seen[key] = times.user + times.system
+                self.names[key] = proc.name() if proc is not me else "driver"
+            except psutil.Error:
+                pass
+
+    def _run(self) -> None:
+        while not self.stop.wait(self.every):
+            self._sample()
+
+    def __enter__(self) -> CpuMeter:
+        self._sample()
+        self.start = dict(self.seen)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+        self._sample()
+
+    def used(self) -> dict[str, float]:
+        by_name: dict[str, float] = {}
+        for key, seconds in self.seen.items():
+            name = self.names[key]
+            group = "actors" if "MapWorker" in name or "Ranker" in name else name
+            by_name[group] = by_name.get(group, 0.0) + seconds - self.start.get(key, 0.0)
+        return {name: round(seconds, 2) for name, seconds in sorted(by_name.items())}
 
 
 def _niced(niceness: int) -> None:
@@ -84,14 +137,20 @@ def ray_run(paths: list[str], out: Path, bundle: str, options: BatchOptions, wor
     for done in (out / WORK).glob("*.done.json"):
         done.unlink()
     start = time.perf_counter()
-    summary = run_batch(paths, out, bundle, replace(options, workers=workers, cpus=workers, threads=1))
+    with CpuMeter() as meter:
+        summary = run_batch(paths, out, bundle, replace(options, workers=workers, cpus=workers, threads=1))
     wall = time.perf_counter() - start
+    cpu = meter.used()
     rank = summary["seconds"]["rank"]
     rows = summary["this_run"]["rows_ranked"]
     return {"rows": rows, "rank_seconds": rank, "rows_per_s": round(rows / rank, 1),
             "rows_per_s_after_start": summary["rates"]["rank_rows_per_s_after_start"],
             "first_rows_seconds": summary["seconds"]["rank_first_rows"], "ray_start_seconds": summary["seconds"]["ray_start"],
-            "wall_seconds": round(wall, 2)}
+            "wall_seconds": round(wall, 2),
+            # the whole run's CPU (Ray start, workers, driver), and the actors' part: start-up, bundle loading, ranking
+            "cpu_seconds": round(sum(cpu.values()), 2), "cpu_seconds_by_process": cpu,
+            "rows_per_actor_cpu_s": round(rows / cpu["actors"], 1) if cpu.get("actors") else None,
+            "rows_per_cpu_s": round(rows / sum(cpu.values()), 1)}
 
 
 def main(argv: list[str] | None = None) -> dict:
