@@ -31,7 +31,7 @@ import numpy as np
 from .bundle import DISCRIMINATOR, UPVOTES, Bundle
 from .errors import InputError
 from .filters import ReplyFilters, ReplyScreen
-from .generate import GenerationOptions, Generator
+from .generate import GenerationOptions, Generator, check_replies
 from .score import Scorers
 
 # The JSON Schema of `Result.to_dict()`: what `replyrank reply --json` and `rank --json` print.
@@ -161,6 +161,7 @@ class Bot:
         for reply in replies:
             if not isinstance(reply, str):
                 raise InputError(f"each reply must be a string, got {type(reply).__name__}")
+        check_replies(replies)  # at most MAX_REPLIES, each at most MAX_REPLY_CHARS
         replies = [reply.encode("utf-8", "replace").decode("utf-8") for reply in replies]
         start = time.perf_counter()
         candidates, reason, note = self._select(comment, replies, [None] * len(replies))

@@ -96,14 +96,21 @@ def _echo_note(result: Result) -> None:
         click.echo(f"note: {result.note} (--strict returns no reply instead)", err=True)
 
 
-def _table(candidates: list[Candidate], upvotes_name: str) -> str:
-    lines = [f"{'#':>2}  {'kept':4}  {'realism':>7}  {upvotes_name:>10}  reply"]
-    for i, c in enumerate(candidates, 1):
-        realism = f"{c.realism:7.3f}" if c.realism is not None else f"{'-':>7}"
-        upvotes = f"{c.upvotes:10.3f}" if c.upvotes is not None else f"{'-':>10}"
+def _table(result: Result, upvotes_name: str) -> str:
+    """The candidates best first, with the numbers selection used, and how the best one won."""
+    def number(value: float | None, width: int) -> str:
+        return f"{value:{width}.3f}" if value is not None else f"{'-':>{width}}"
+
+    lines = [f"{'#':>2}  {'kept':4}  {'realism':>7}  {upvotes_name:>10}  {'chance':>6}  {'pick':>5}  reply"]
+    for i, c in enumerate(result.candidates, 1):
         text = " ".join(c.text.split()) or "(empty)"
         note = "" if c.kept else f"   [{c.reason}]"
-        lines.append(f"{i:>2}  {'yes' if c.kept else 'no':4}  {realism}  {upvotes}  {text}{note}")
+        lines.append(
+            f"{i:>2}  {'yes' if c.kept else 'no':4}  {number(c.realism, 7)}  {number(c.upvotes, 10)}  "
+            f"{number(c.upvote_chance, 6)}  {number(c.pick_score, 5)}  {text}{note}"
+        )
+    if result.why:
+        lines.append(f"why: {result.why}")
     return "\n".join(lines)
 
 
@@ -183,7 +190,7 @@ def reply(
     _echo_note(result)
     click.echo(result.best.text if result.best else f"(no reply: {result.reason})")
     click.echo()
-    click.echo(_table(result.candidates, bot.bundle.upvotes.score.name))
+    click.echo(_table(result, bot.bundle.upvotes.score.name))
     t = result.timings_ms
     click.echo(f"prefill {t['prefill']:.0f} ms, decode {t['decode']:.0f} ms, score {t['score']:.0f} ms, total {t['total']:.0f} ms", err=True)
 
@@ -210,7 +217,7 @@ def rank(
         emit_json(result.to_dict())
         return
     _echo_note(result)
-    click.echo(_table(result.candidates, bot.bundle.upvotes.score.name))
+    click.echo(_table(result, bot.bundle.upvotes.score.name))
 
 
 @main.command()

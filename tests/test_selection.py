@@ -61,3 +61,11 @@ def test_the_threshold_still_comes_first(gpt2_bundle) -> None:
     assert result.best.text == REPLIES[2]  # the 9.0 reply is below the realism threshold
     dropped = next(c for c in result.candidates if c.text == REPLIES[0])
     assert not dropped.kept and dropped.reason.startswith("realism 0.300 < threshold")
+
+
+def test_score_refuses_more_replies_than_the_limit(gpt2_bundle) -> None:
+    from replyrank.errors import InputError
+    from replyrank.generate import MAX_REPLIES
+
+    with pytest.raises(InputError, match=f"at most {MAX_REPLIES} replies"):
+        replyrank.load(gpt2_bundle).score("What should I do?", ["a reply"] * (MAX_REPLIES + 1))
