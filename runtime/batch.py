@@ -99,6 +99,9 @@ class Selection:
     since: int | None = None  # created_utc >= since (seconds since the epoch, UTC)
     until: int | None = None  # created_utc < until
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "subreddits", tuple(name.lower() for name in self.subreddits))
+
     def reason(self, text: str, author: str, subreddit: str, created_utc: int, score: int) -> str | None:
         """Why a row is not ranked, or None."""
         reason = _drop_reason(text, author, self.text)
@@ -671,6 +674,24 @@ def run_batch(paths: list[str | Path], out: str | Path, bundle: str | Path, opti
         options = replace(options, buckets=auto_buckets(dumps, options.limit))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    with _lock(out):
+        return _run_locked(dumps, out, bundle, options)
+
+
+@contextlib.contextmanager
+def _lock(out: Path) -> Iterator[None]:
+    """One run per folder at a time. The lock goes with the process, so a killed run never leaves it held."""
+    import fcntl
+
+    with (out / ".lock").open("w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise InputError(f"{out} is in use by another replyrank batch run; wait for it or give another --out") from None
+        yield
+
+
+def _run_locked(dumps: list[Path], out: Path, bundle: Path, options: BatchOptions) -> dict[str, Any]:
     settings = {"replyrank_batch": 1, "data": [str(d) for d in dumps], "bundle": str(bundle), **options.settings()}
     settings_file = out / SETTINGS
     if settings_file.is_file():

@@ -168,6 +168,38 @@ def test_a_run_killed_mid_rank_resumes_with_every_row_exactly_once(ray_address, 
     assert not [p.name for p in (out / "results").iterdir() if not p.name.endswith(".parquet")]
 
 
+def _kill_when(args: list[str], ready) -> None:
+    """Start the command, SIGKILL it as soon as `ready()` holds (or it ends by itself)."""
+    run = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not ready() and run.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    run.send_signal(signal.SIGKILL)
+    run.wait()
+
+
+@pytest.mark.slow
+def test_kills_while_staging_then_while_ranking_still_end_with_every_row_once(ray_address, gpt2_bundle, tmp_path):
+    _need(*ADVICE)
+    out = tmp_path / "out"
+    args = _cli([*(f"--data={p}" for p in ADVICE), f"--out={out}", f"--bundle={gpt2_bundle}", f"--address={ray_address}",
+                 "--limit=150", "--buckets=3", "--shard-rows=8", "-n", "2", "--max-new-tokens=6"])
+    def committed() -> int:
+        return len(list((out / "results").glob("*.parquet")))
+
+    _kill_when(args, lambda: any((out / "staged").glob("*.partial")))  # in step 1
+    assert committed() == 0 and not list((out / "work").glob("b*.json"))
+    _kill_when(args, lambda: committed() >= 2)  # in step 3
+    _kill_when(args, lambda: committed() >= 6)  # again, after resuming
+    shards = [p for marker in (out / "work").glob("b*.json") for p in json.loads(marker.read_text())["shards"]]
+    assert 6 <= committed() < len(shards)
+    finished = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    ids = [r["id"] for r in _results(out)]
+    assert len(ids) == len(set(ids)) == json.loads(finished.stdout)["output_rows"]
+    assert set(ids) == {_name(r) for p in ADVICE for r in read_dump(p, limit=150) if _usable(r)}
+
+
 def test_a_file_that_is_not_a_dump_is_refused_in_one_line_naming_it(tmp_path, gpt2_bundle):
     from replyrank.cli import main
 
@@ -187,7 +219,7 @@ def test_a_file_that_is_not_a_dump_is_refused_in_one_line_naming_it(tmp_path, gp
         assert "Traceback" not in result.output
 
 
-def test_the_same_folder_with_other_settings_and_too_many_workers_are_refused(tmp_path, gpt2_bundle, ray_address):
+def test_a_busy_folder_one_with_other_settings_and_too_many_workers_are_refused(tmp_path, gpt2_bundle, ray_address):
     dump = tmp_path / "RC_tiny.jsonl"
     dump.write_text(json.dumps({"id": "c1", "parent_id": "t3_s1", "link_id": "t3_s1", "body": "hello there", "author": "a",
                                 "created_utc": 1, "score": 3, "subreddit": "x"}) + "\n")
@@ -195,6 +227,10 @@ def test_the_same_folder_with_other_settings_and_too_many_workers_are_refused(tm
         run_batch([dump], tmp_path / "out", gpt2_bundle, BatchOptions(mode="score", workers=3, buckets=1))
     with pytest.raises(InputError, match="other settings \\(mode"):
         run_batch([dump], tmp_path / "out", gpt2_bundle, BatchOptions(mode="reply", buckets=1))
+    from replyrank.batch import _lock
+
+    with _lock(tmp_path / "out"), pytest.raises(InputError, match="in use by another replyrank batch run"):
+        run_batch([dump], tmp_path / "out", gpt2_bundle, BatchOptions(mode="score", buckets=1))
 
 
 def test_staging_replaces_a_partial_folder_left_by_a_kill(tmp_path):
