@@ -87,11 +87,16 @@ def quantize_model(src: Path, dst: Path, scheme: str, block_size: int = 64) -> N
 
 
 def quantize_scorer(src: Path, dst: Path) -> None:
-    """Dynamic int8 quantization of an encoder: int8 weights, activations quantized per call."""
+    """Dynamic int8 quantization of an encoder: int8 weights per output channel, activations quantized per call.
+
+    Per channel, because per tensor lost too much on the two-head MiniLM scorer (measured on 64
+    chat pairs against PyTorch: realism correlation 0.951, max abs diff 0.047, upvote logit
+    correlation 0.970; per channel: 0.994 / 0.014 and 0.996).
+    """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     dst.parent.mkdir(parents=True, exist_ok=True)
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True)
 
 
 def optimize_offline(path: Path) -> None:
