@@ -3,13 +3,14 @@
 A month of Reddit is about 100M comments, far more than one process should loop over. This
 module hands the work to Ray Data, the pattern its docs give for batch inference: `map_batches`
 with a callable class whose `__init__` loads the model once per actor and whose `__call__` maps
-a batch to a batch, parallel by `concurrency=` (actors) and `num_cpus=` (cores per actor), with
-ONNX Runtime's own thread count set to those cores (it ignores `OMP_NUM_THREADS`).
+a batch to a batch, parallel by the actor pool's size (`compute=ActorPoolStrategy(size=K)`, which
+Ray 2.51 made the spelling of `concurrency=K`) and `num_cpus=` (cores per actor), with ONNX
+Runtime's own thread count set to those cores (it ignores `OMP_NUM_THREADS`).
 
 The run has three steps, each committed in pieces so that a killed run started again with the
 same command redoes only the piece it was in:
 
-1. **stage**: each dump (`.zst`, `.bz2`, `.jsonl`) is one stream that cannot be split, so it is
+1. **stage**: each dump (`.zst`, `.bz2`, `.xz`, `.jsonl`) is one stream that cannot be split, so it is
    read once, by one Ray task, into Parquet (pyarrow), only the columns ranking needs, cut into
    `buckets` files by a hash of the thread. A thread's submission and comments share a bucket,
    so every parent is in the bucket of its replies and the join below needs no shuffle.
@@ -511,7 +512,7 @@ def read_shards(batch: dict[str, Any]) -> pa.Table:
     return pa.concat_tables([pq.read_table(path) for path in batch["path"]])
 
 
-def _row_seed(seed: int, row_id: str) -> int:
+def row_seed(seed: int, row_id: str) -> int:
     """A row's own seed: its candidates are the same whichever shard, worker or restart ranks it."""
     return int.from_bytes(hashlib.sha256(f"{seed}:{row_id}".encode()).digest()[:8], "big") >> 1
 
@@ -544,7 +545,7 @@ class Ranker:
     def _reply(self, row: dict[str, Any]) -> list[dict[str, Any]]:
         base = {key: row[key] for key in ("id", "shard", "subreddit", "thread_id", "created_utc", "score")}
         try:
-            result = self.bot.reply(row["text"], None, **self.sampling, seed=_row_seed(self.seed, row["id"]))
+            result = self.bot.reply(row["text"], None, **self.sampling, seed=row_seed(self.seed, row["id"]))
         except Exception as error:  # one bad row is counted in the summary, not the end of the run
             return [{**base, "error": f"{type(error).__name__}: {error}"}]
         best = result.best
@@ -572,6 +573,9 @@ class Ranker:
         unused: dict[str, list[int]] = {}
         for i, text in enumerate(texts):
             unused.setdefault(text, []).append(i)
+        if sorted(c.text for c in ranked) != sorted(texts):
+            message = "ReplyrankError: Bot.score returned candidates that are not the replies given"
+            return [{**base, "error": message} for base in bases]
         out = []
         for rank, candidate in enumerate(ranked, 1):
             i = unused[candidate.text].pop(0)
@@ -674,12 +678,12 @@ def run_batch(paths: list[str | Path], out: str | Path, bundle: str | Path, opti
         options = replace(options, buckets=auto_buckets(dumps, options.limit))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    with _lock(out):
+    with folder_lock(out):
         return _run_locked(dumps, out, bundle, options)
 
 
 @contextlib.contextmanager
-def _lock(out: Path) -> Iterator[None]:
+def folder_lock(out: Path) -> Iterator[None]:
     """One run per folder at a time. The lock goes with the process, so a killed run never leaves it held."""
     import fcntl
 

@@ -127,11 +127,11 @@ def test_reply_mode_filters_counts_bad_rows_and_writes_jsonl(ray_address, gpt2_b
         assert row["reply"] == row["candidates"][0]["text"] and 0 <= row["realism"] <= 1
     # a row's candidates come from its own seed: the same whichever shard or worker drew them
     import replyrank
-    from replyrank.batch import _row_seed
+    from replyrank.batch import row_seed
 
     row = rows[0]
     comment = next(_text(r) for r in good if _name(r) == row["id"])
-    again = replyrank.load(gpt2_bundle).reply(comment, None, **QUICK, seed=_row_seed(0, row["id"]))
+    again = replyrank.load(gpt2_bundle).reply(comment, None, **QUICK, seed=row_seed(0, row["id"]))
     assert [c.text for c in again.candidates] == [c["text"] for c in row["candidates"]]
 
 
@@ -227,9 +227,9 @@ def test_a_busy_folder_one_with_other_settings_and_too_many_workers_are_refused(
         run_batch([dump], tmp_path / "out", gpt2_bundle, BatchOptions(mode="score", workers=3, buckets=1))
     with pytest.raises(InputError, match="other settings \\(mode"):
         run_batch([dump], tmp_path / "out", gpt2_bundle, BatchOptions(mode="reply", buckets=1))
-    from replyrank.batch import _lock
+    from replyrank.batch import folder_lock
 
-    with _lock(tmp_path / "out"), pytest.raises(InputError, match="in use by another replyrank batch run"):
+    with folder_lock(tmp_path / "out"), pytest.raises(InputError, match="in use by another replyrank batch run"):
         run_batch([dump], tmp_path / "out", gpt2_bundle, BatchOptions(mode="score", buckets=1))
 
 
