@@ -30,6 +30,7 @@ from hypothesis import strategies as st
 import replyrank
 from replyrank.bundle import DISCRIMINATOR, MANIFEST, Bundle
 from replyrank.cli import main
+from replyrank.generate import MAX_REPLY_CHARS
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
@@ -115,7 +116,10 @@ def test_100_kb_comment_is_cut_to_fit_and_said(bot):
     result = bot.reply(comment, **QUICK)
     _check_result(result, 2)
     assert result.truncated and result.prompt_tokens <= bot.generator.context_length - QUICK["max_new_tokens"]
-    _check_scores(bot.score(comment, [comment, "yes"]).candidates)
+    # ranking it as a reply is refused with a clear error (at most MAX_REPLY_CHARS); a long reply within that is scored
+    with pytest.raises(replyrank.InputError, match=f"at most {MAX_REPLY_CHARS} characters"):
+        bot.score(comment, [comment, "yes"])
+    _check_scores(bot.score(comment, [comment[:MAX_REPLY_CHARS], "yes"]).candidates)
 
 
 def test_invalid_utf8_on_stdin_becomes_replacement_characters(gpt2_bundle):
