@@ -183,7 +183,8 @@ def distill(
     """The next fine-tune's data: per comment the `keep` best candidates, then `real_mix` real pairs per candidate.
 
     Best = most realistic; with an upvote model, realism x sigmoid(u - median u) (DialogRPT's
-    product, the upvote model's standardized output u), so a reply must read human *and* land.
+    product; u is the upvote model's raw output: standardized, or a Bradley-Terry logit), so a reply
+    must read human *and* be predicted to land.
     Empty replies and copies of training replies are never distilled.
     """
     rank = realism * (1 / (1 + np.exp(-(upvotes - np.median(upvotes))))) if upvotes is not None and upvotes.size else realism
@@ -191,7 +192,7 @@ def distill(
     for i, (comment, reply) in enumerate(candidates):
         if reply.strip() and not copy_index.copies(reply):
             by_comment.setdefault(comment, []).append(i)
-    picked = [i for rows in by_comment.values() for i in sorted(rows, key=lambda i: -rank[i])[: options.keep]]
+    picked = [row for rows in by_comment.values() for row in sorted(rows, key=lambda row: -rank[row])[: options.keep]]
     pairs = [list(candidates[i]) for i in picked]
     anchor = [list(pair) for pair in real[: round(options.real_mix * len(pairs))]]
     return {
@@ -323,8 +324,8 @@ def run_round(
         "distinct2_candidates": distinct_n(replies),
         "distinct2_real": distinct_n([reply for _, reply in real_test]),
         "copy_share": sum(map(data.copy_index.copies, replies)) / max(1, len(replies)),
-        "mean_predicted_upvotes": float(upvotes(fake_test).mean()) if upvotes and fake_test else None,
-        "mean_predicted_upvotes_real": float(upvotes(real_test).mean()) if upvotes and real_test else None,
+        "mean_predicted_upvotes": float(upvotes(fake_test).mean()) if upvotes is not None and fake_test else None,
+        "mean_predicted_upvotes_real": float(upvotes(real_test).mean()) if upvotes is not None and real_test else None,
         "share_kept": float((realism >= options.threshold).mean()) if realism.size else None,
         "threshold": options.threshold,
         "held_out": {"comments": len({c for c, _ in fake_test}), "candidates": len(fake_test), "real_replies": len(real_test),
@@ -337,7 +338,7 @@ def run_round(
     # 5. the next round's fine-tune data, ranked by this round's discriminator
     if not last:
         tune = [tuple(p) for p in samples["tune"]]
-        scores = upvotes.raw(tune) if upvotes else None
+        scores = upvotes.raw(tune) if upvotes is not None else None
         picked = distill(tune, judge.raw(tune), scores, [p for p in tune_rows if p[1].strip()], data.copy_index, options)
         _write_json(staging / DISTILL, picked)
         figures["distilled"] = picked["stats"]
