@@ -383,8 +383,8 @@ def train_realism(
     rows = [(normalize_text(c), normalize_text(r), 1) for c, r in real[:count]] + [(normalize_text(c), normalize_text(r), 0) for c, r in fake[:count]]
     random.Random(options.seed).shuffle(rows)
     teacher = copy.deepcopy(model).to(device).eval()
-    for parameter in teacher.parameters():
-        parameter.requires_grad_(False)
+    teacher.requires_grad_(False)
+    model.requires_grad_(True)  # an encoder merged from a LoRA adapter comes back frozen (peft freezes its base)
     model.to(device).train()
     steps = max(1, int(len(rows) * options.epochs) // options.batch_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=options.learning_rate, weight_decay=0.01)

@@ -121,3 +121,26 @@ def test_train_upvotes_then_realism_then_export_from_the_cli(models, gpt2_bundle
     bot = replyrank.load(tmp_path / "bundle")
     assert bot.bundle.shared_scorer and bot.bundle.upvotes.pairwise_scale == report["heads"]["upvotes"]["bt_scale"]
     assert "test_threads" in bot.bundle.upvotes.metrics["evaluation"] and "roc_auc" in bot.bundle.discriminator.metrics
+
+
+def test_realism_training_moves_an_encoder_rebuilt_from_a_lora_adapter(models, tmp_path) -> None:
+    import shutil
+
+    import torch
+
+    lora = replace_options(lora_rank=4)
+    model, tokenizer, _ = rankers.train_upvotes([sibling(i) for i in range(8)], str(models["disc"]), lora, progress=False)
+    folder = rankers.save(model, tokenizer, tmp_path / "lora", {"heads": {}, "options": {"max_length": 64}})
+    shutil.rmtree(folder / "encoder")  # what ships: the adapter and the heads only
+    model, tokenizer, _ = rankers.load(folder, base=str(models["disc"]))
+    before = [p.detach().clone() for p in model.encoder.parameters()]
+    real = [(CORPUS[i], CORPUS[i + 1]) for i in range(16)]
+    fake = [(CORPUS[i], "the the the the") for i in range(16)]
+    rankers.train_realism(model, tokenizer, real, fake, real[:4], fake[:4], FAST, distill_weight=0.0, progress=False)
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.encoder.parameters()))  # the encoder learned too
+
+
+def replace_options(**changes) -> rankers.RankerOptions:
+    from dataclasses import replace
+
+    return replace(FAST, **changes)
