@@ -41,6 +41,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from replyrank.bundle import REALISM_THRESHOLD
+from replyrank.bot import upvote_chance
 from replyrank.filters import COPY_WORDS, ngram_hashes, training_ngram_set, words
 
 from . import rankers
@@ -145,9 +146,11 @@ class PairScorer:
         self.max_length = options.max_length
         self.two_heads = rankers.is_pair_model(folder)
         self.scale, self.offset = 1.0, 0.0
+        self.pairwise_scale: float | None = 1.0  # the k of selection's upvote chance: 1 on a regressor's standardized output
         if self.two_heads:
-            self.model, self.tokenizer, _ = rankers.load(folder)
+            self.model, self.tokenizer, info = rankers.load(folder)
             self.model.to(self.device)
+            self.pairwise_scale = info.get("heads", {}).get("upvotes", {}).get("bt_scale")  # measured on validation pairs
             return
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -178,16 +181,17 @@ def _auc(scorer: PairScorer, real: Sequence[tuple[str, str]], fake: Sequence[tup
 
 def distill(
     candidates: Sequence[tuple[str, str]], realism: np.ndarray, upvotes: np.ndarray | None, real: Sequence[tuple[str, str]],
-    copy_index: CopyIndex, options: AdversarialOptions,
+    copy_index: CopyIndex, options: AdversarialOptions, upvote_scale: float | None = 1.0,
 ) -> dict[str, Any]:
     """The next fine-tune's data: per comment the `keep` best candidates, then `real_mix` real pairs per candidate.
 
-    Best = most realistic; with an upvote model, realism x sigmoid(u - median u) (DialogRPT's
-    product; u is the upvote model's raw output: standardized, or a Bradley-Terry logit), so a reply
-    must read human *and* be predicted to land.
+    Best = most realistic; with an upvote model, the runtime's selection rule, realism x
+    sigmoid(k·(u - median u)) (`replyrank.bot.upvote_chance`; u is the upvote model's raw output,
+    k a two-head scorer's measured scale, or 1 for a standardized regressor), so a reply must read
+    human *and* be predicted to land.
     Empty replies and copies of training replies are never distilled.
     """
-    rank = realism * (1 / (1 + np.exp(-(upvotes - np.median(upvotes))))) if upvotes is not None and upvotes.size else realism
+    rank = realism * upvote_chance(upvotes, upvote_scale) if upvotes is not None and upvotes.size else realism
     by_comment: dict[str, list[int]] = {}
     for i, (comment, reply) in enumerate(candidates):
         if reply.strip() and not copy_index.copies(reply):
@@ -339,7 +343,8 @@ def run_round(
     if not last:
         tune = [tuple(p) for p in samples["tune"]]
         scores = upvotes.raw(tune) if upvotes is not None else None
-        picked = distill(tune, judge.raw(tune), scores, [p for p in tune_rows if p[1].strip()], data.copy_index, options)
+        scale = upvotes.pairwise_scale if upvotes is not None else None
+        picked = distill(tune, judge.raw(tune), scores, [p for p in tune_rows if p[1].strip()], data.copy_index, options, scale)
         _write_json(staging / DISTILL, picked)
         figures["distilled"] = picked["stats"]
     figures["seconds"] = round(time.perf_counter() - started, 1)

@@ -46,6 +46,8 @@ def test_best_of_n_keeps_the_most_realistic_candidate_per_comment_but_never_a_co
     # with an upvote model, realism x sigmoid(u - median u): a reply must also be predicted to land
     upvotes = np.array([3.0, -3.0, 0.0, 0.0])
     assert distill(candidates, realism, upvotes, [], index, AdversarialOptions())["pairs"][0] == ["c1", "ok"]
+    # the runtime's rule: an upvote model with no measured scale cannot override realism
+    assert distill(candidates, realism, upvotes, [], index, AdversarialOptions(), upvote_scale=None)["pairs"][0] == ["c1", "sure thing"]
 
 
 def test_the_upvote_model_may_be_a_two_head_scorer(models, tmp_path):
