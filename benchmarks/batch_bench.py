@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import sys
 import time
@@ -39,16 +38,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 from replyrank.batch import RESULTS, WORK, BatchOptions, Ranker, run_batch
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
+from replyrank.environment import cpu_model
 
 
 def _sampling(bundle: str, overrides: dict) -> object:
@@ -186,7 +176,7 @@ def main(argv: list[str] | None = None) -> dict:
         "rows_to_rank": first["output_rows"],
         "stage_rows_per_s": first["rates"]["stage_rows_per_s"],
         "select_rows_per_s": first["rates"]["select_rows_per_s"],
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cores": len(os.sched_getaffinity(0)),
         "versions": {name: version(name) for name in ("replyrank", "ray", "pyarrow", "onnxruntime", "numpy")},
         "systems": {},

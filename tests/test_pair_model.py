@@ -86,10 +86,11 @@ def test_two_head_graph_matches_pytorch_for_both_heads(two_head_bundle: Path, pa
 
 
 def test_two_head_graph_quantized_keeps_both_heads(models, pair_model, tmp_path) -> None:
-    bundle = export_bundle(str(models["gpt2"]), str(pair_model), str(pair_model), tmp_path / "q", PAIRS, ExportOptions(quality_gate=False))
+    bundle = export_bundle(str(models["gpt2"]), str(pair_model), str(pair_model), tmp_path / "q", PAIRS, ExportOptions())
     for name in (DISCRIMINATOR, UPVOTES):
         check = bundle.validation[f"{name}_vs_torch"]
-        assert check["pairs"] == len(PAIRS) and np.isfinite(check["max_abs_diff"])
+        assert check["pairs"] == len(PAIRS)
+        assert check["correlation"] >= 0.95 or check["max_abs_diff"] <= check["tolerance"]  # the export's scorer gate
     assert replyrank.load(tmp_path / "q").bundle.quantization == "int8"
 
 
