@@ -8,9 +8,10 @@ per training comment, by realism, or by realism x upvote chance when an upvote m
 mixed with real pairs, at a low learning rate for one pass: the real pairs and the small steps
 anchor it to the previous round in place of an explicit KL term. Then every round:
 
-1. samples its generator's replies through replyrank's own ONNX runtime with the deployment's
-   settings (`recipes.runtime_generator`, `recipes.real_and_fake`: the discriminator's fakes
-   are sampled the same way as `replyrank train discriminator` samples them);
+1. samples its generator's replies with the deployment's settings: through replyrank's own ONNX
+   runtime (`recipes.runtime_generator`, `recipes.real_and_fake`: the discriminator's fakes are
+   sampled the same way as `replyrank train discriminator` samples them), or, on a GPU, with
+   transformers' batched `generate` and the same prompt and options (`recipes.TorchSampler`);
 2. trains a *fresh* discriminator (`train_discriminator`, from the same base every round) on real
    replies vs this round's fakes: its held-out AUC falls only if the replies got harder to tell;
 3. measures on held-out threads (the `test` split of `dumps.split_by_thread`): that AUC, round 0's
@@ -19,6 +20,11 @@ anchor it to the previous round in place of an explicit KL term. Then every roun
    (`copy_words` consecutive words in common), mean predicted upvotes, and the share of
    candidates at realism >= threshold under this round's discriminator;
 4. ranks N candidates per training comment with that discriminator for the next round's fine-tune.
+
+With a LoRA rank, the rounds train one adapter over the given generator, continued from round to
+round (round k starts from round k-1's adapter), so the last round's `generator/adapter` alone
+carries every round's change. Held-out threads are the `test` split of the training files, or,
+given `held_out` files, every pair of those (other subreddits, never trained on).
 
 Each round is built in WORK/.round-K.partial and moved into place as WORK/round-K when complete.
 A re-run skips finished rounds; inside an unfinished one it keeps the steps already done (the
@@ -43,12 +49,13 @@ import numpy as np
 from replyrank.bundle import REALISM_THRESHOLD
 from replyrank.bot import upvote_chance
 from replyrank.filters import COPY_WORDS, ngram_hashes, training_ngram_set, words
+from replyrank.generate import Generator
 
 from . import rankers
 from .assemble import DEPLOYMENT
 from .convert import GENERATOR_SPEC, SCORER_SPEC, ExportError, default_template, load_causal_lm, split_gguf
 from .folders import move_into_place
-from .recipes import FAKES_PER_COMMENT, load_split, real_and_fake, runtime_generator, sample_replies
+from .recipes import FAKES_PER_COMMENT, TorchSampler, load_split, real_and_fake, runtime_generator, sample_replies
 from .train import (
     TRAINING_RECORD, TrainOptions, pairs_perplexity, predict, torch_device, train_discriminator, train_generator, training_record,
 )
@@ -77,6 +84,9 @@ class AdversarialOptions:
     generator: TrainOptions = field(default_factory=lambda: TrainOptions(learning_rate=1e-5, batch_size=8))
     discriminator: TrainOptions = field(default_factory=lambda: TrainOptions(learning_rate=3e-5, batch_size=16, max_length=128))
     threads: int | None = None  # ONNX Runtime threads for sampling (None: the runtime's default)
+    # keep only pairs whose reply the deployment could write, at most this many generator tokens
+    # (None: every reply): a generator cut at max_new_tokens is otherwise told apart by its length alone
+    max_reply_tokens: int | None = None
 
 
 # --- figures -------------------------------------------------------------------------------
@@ -219,10 +229,24 @@ class RoundData:
     copy_index: CopyIndex
 
     @classmethod
-    def load(cls, files: Sequence[str], options: AdversarialOptions) -> RoundData:
+    def load(cls, files: Sequence[str], options: AdversarialOptions, held_out: Sequence[str] = (), generator: str | None = None) -> RoundData:
+        """Training pairs from `files`; held-out pairs from `held_out` files, or from the test threads of `files`."""
+        from replyrank.dumps import load_pairs
+
         split = load_split(files, seed=options.seed)
         train = [(p.parent, p.reply) for p in split["train"]]
-        test = [(p.parent, p.reply) for p in split["test"]]
+        test = [(p.parent, p.reply) for p in (load_pairs(held_out) if held_out else split["test"])]
+        if options.max_reply_tokens is not None:
+            from transformers import AutoTokenizer
+
+            location, extra = split_gguf(generator or "")
+            tokenizer = AutoTokenizer.from_pretrained(location, **extra)
+
+            def fits(rows: list[tuple[str, str]]) -> list[tuple[str, str]]:
+                lengths = [len(ids) for ids in tokenizer([reply for _, reply in rows], add_special_tokens=False).input_ids] if rows else []
+                return [row for row, length in zip(rows, lengths) if length <= options.max_reply_tokens]
+
+            train, test = fits(train), fits(test)
         random.Random(f"held-out:{options.seed}").shuffle(test)
         if len(test) < 2 * FAKES_PER_COMMENT:
             raise ExportError(f"the held-out threads hold {len(test)} pairs; give more data")
@@ -255,6 +279,13 @@ def _settings(files: Sequence[str], generator: str, discriminator_base: str, upv
     return {"data": [str(f) for f in files], "generator": generator, "discriminator_base": discriminator_base, "upvotes": upvotes, **settings}
 
 
+def _sampler(source: str, work: Path, options: AdversarialOptions) -> Generator | TorchSampler:
+    """transformers' batched `generate` where the generator trains on a GPU, else replyrank's own runtime."""
+    if torch_device(options.generator).startswith("cuda"):
+        return TorchSampler(source, _stored_template(source))
+    return runtime_generator(source, work, DEPLOYMENT, options.threads)
+
+
 def run_round(
     k: int, work: Path, data: RoundData, generator: str, discriminator_base: str, upvotes: PairScorer | None, options: AdversarialOptions,
 ) -> dict[str, Any]:
@@ -271,15 +302,18 @@ def run_round(
     if k > 0:
         source = str(staging / "generator")
         base = str(work / f"round-{k - 1}" / "generator") if k > 1 else generator
+        adapter = None
+        if options.generator.lora_rank and k > 1:  # one adapter over the given generator, continued
+            base, adapter = generator, work / f"round-{k - 1}" / "generator" / "adapter"
         if not (staging / "generator" / "config.json").is_file():
             picked = json.loads((work / f"round-{k - 1}" / DISTILL).read_text())
             pairs = [(comment, reply) for comment, reply in picked["pairs"] + picked["real"]]
             if not pairs:
                 raise ExportError(f"round {k - 1} distilled no candidate to fine-tune on; sample more (--tune-comments, --candidates)")
             # held-out perplexity is measured below for every round alike, so the trainer gets no valid pairs
-            train_generator(pairs, [], base, staging / "generator", options.generator, _stored_template(base))
+            train_generator(pairs, [], base, staging / "generator", options.generator, _stored_template(base), adapter=adapter)
         metrics = (training_record(staging / "generator") or {}).get("metrics", {})
-        fine_tune = {"from": base, "train_pairs": metrics.get("train_pairs"), "final_loss": metrics.get("final_loss")}
+        fine_tune = {"from": base, "adapter_from": str(adapter) if adapter else None, "train_pairs": metrics.get("train_pairs"), "final_loss": metrics.get("final_loss")}
 
     # 2. its replies, through replyrank's own runtime with the deployment's settings
     samples_path = staging / SAMPLES
@@ -287,14 +321,16 @@ def run_round(
         samples = json.loads(samples_path.read_text())
     else:
         with tempfile.TemporaryDirectory(prefix="replyrank-round-") as tmp:
-            model = runtime_generator(source, Path(tmp), DEPLOYMENT, options.threads)
+            model = _sampler(source, Path(tmp), options)
             sets = real_and_fake(model, disc_rows, data.test, options.fakes // FAKES_PER_COMMENT, options.held_out_comments,
                                  Path(tmp), DEPLOYMENT, options.threads, seed=(options.seed << 8) + 2 * k)
             tune = [] if last else sample_replies(
                 model, [comment for comment, _ in tune_rows], replace(DEPLOYMENT, candidates=options.candidates), Path(tmp),
                 options.threads, seed=(options.seed << 8) + 2 * k + 1,
             )
-        samples = dict(zip(("real_train", "fake_train", "real_test", "fake_test"), sets), tune=tune)
+        samples = dict(zip(("real_train", "fake_train", "real_test", "fake_test"), sets), tune=tune,
+                       sampler="transformers generate" if isinstance(model, TorchSampler) else "replyrank runtime (ONNX)")
+        del model
         _write_json(samples_path, samples)
     real_test = [tuple(p) for p in samples["real_test"]]
     fake_test = [tuple(p) for p in samples["fake_test"]]
@@ -336,6 +372,7 @@ def run_round(
                      "perplexity_pairs": len(perplexity_pairs)},
         "discriminator_train_examples": disc_metrics["train_examples"],
         "fine_tune": fine_tune,
+        "sampler": samples.get("sampler"),
         "distilled": None,
     }
 
@@ -356,7 +393,7 @@ def run_round(
 
 def adversarial_rounds(
     files: Sequence[str], generator: str, discriminator_base: str, out: str | Path, options: AdversarialOptions | None = None,
-    upvotes: str | None = None, work: str | Path | None = None,
+    upvotes: str | None = None, work: str | Path | None = None, held_out: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Rounds 0..K into WORK (default OUT.rounds), then the last round's generator into OUT with every round's figures.
 
@@ -372,7 +409,7 @@ def adversarial_rounds(
         raise ExportError(f"{out} exists and is not the output of an adversarial run; choose an empty or new --out")
     work = Path(work).expanduser().resolve() if work else out.with_name(f"{out.name}.rounds")
     work.mkdir(parents=True, exist_ok=True)
-    settings = _settings(files, generator, discriminator_base, upvotes, options)
+    settings = {**_settings(files, generator, discriminator_base, upvotes, options), "held_out": [str(f) for f in held_out]}
     if (work / SETTINGS).is_file():
         before = json.loads((work / SETTINGS).read_text())
         changed = sorted(name for name in set(before) | set(settings) if before.get(name) != settings.get(name))
@@ -380,7 +417,7 @@ def adversarial_rounds(
             raise ExportError(f"{work} holds rounds run with other settings ({', '.join(changed)}); rerun with those, or give another --work")
     _write_json(work / SETTINGS, settings)
 
-    data = RoundData.load(files, options)
+    data = RoundData.load(files, options, held_out, generator)
     scorer = PairScorer(Path(upvotes), options.discriminator) if upvotes else None
     rounds = []
     for k in range(options.rounds + 1):

@@ -51,16 +51,85 @@ def runtime_generator(generator: str, work: Path, options: GenerationOptions = D
     return Generator(work / "fake-generator", spec, threads)
 
 
+class TorchSampler:
+    """A causal LM sampled with transformers' `generate` on a GPU, with the runtime's prompt and options.
+
+    The fast path of training runs on a GPU (issue #13: "GPU when present"). Same prompt as
+    `replyrank.generate.Generator` (BOS where the export adds it, the template's prefix, the comment's
+    first `max_comment_tokens` tokens, its suffix) and the same temperature, top-k, top-p, repetition
+    penalty, token limits and EOS; `batch_rows` candidates of many comments decode as one batch.
+    Its random draws are torch's, not the runtime's: a seed reproduces a run on the same device only.
+    """
+
+    def __init__(self, source: str, template: str, device: str = "cuda", batch_rows: int = 512):
+        from .convert import load_causal_lm
+
+        self.model, self.tokenizer = load_causal_lm(source)
+        self.model.to(device).eval()
+        self.device, self.batch_rows = device, batch_rows
+        prefix, suffix = template.split("{comment}")
+        self.prefix_ids, self.suffix_ids = self._encode(prefix), self._encode(suffix)
+        bos = self.tokenizer.bos_token_id  # the export's rule (`convert.generator_spec`)
+        if bos is not None and self._encode("a", True)[:1] == [bos] and not template.startswith(self.tokenizer.bos_token):
+            self.prefix_ids = [bos] + self.prefix_ids
+        self.eos_ids = [self.tokenizer.eos_token_id]
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_ids[0]
+
+    def _encode(self, text: str, special: bool = False, as_text: bool = False) -> list[int]:
+        """Token ids of `text`; `as_text` reads markup such as <|im_end|> as plain text (a comment's, as the runtime does)."""
+        return self.tokenizer(text, add_special_tokens=special, split_special_tokens=as_text).input_ids if text else []
+
+    def replies(self, comments: Sequence[str], options: GenerationOptions, seed: int = 0) -> list[tuple[str, str]]:
+        """(comment, reply) pairs, `options.candidates` per comment, empty replies left out (as `sample_replies`)."""
+        import torch
+        from transformers import GenerationConfig
+
+        from replyrank.generate import MAX_COMMENT_CHARS
+
+        config = GenerationConfig(
+            do_sample=options.temperature > 0, temperature=options.temperature or None, top_k=options.top_k, top_p=options.top_p,
+            repetition_penalty=options.repetition_penalty, max_new_tokens=options.max_new_tokens, min_new_tokens=options.min_new_tokens,
+            eos_token_id=self.eos_ids, pad_token_id=self.pad_id,
+        )
+        prompts = [self.prefix_ids + self._encode(c[:MAX_COMMENT_CHARS], as_text=True)[: options.max_comment_tokens] + self.suffix_ids for c in comments]
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths together: less padding
+        per_batch = max(1, self.batch_rows // options.candidates)
+        texts: list[list[str]] = [[] for _ in comments]
+        for start in range(0, len(order), per_batch):
+            chunk = order[start : start + per_batch]
+            width = max(len(prompts[i]) for i in chunk)
+            input_ids = torch.full((len(chunk), width), self.pad_id)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for row, i in enumerate(chunk):  # left padding: every prompt ends where generation starts
+                input_ids[row, width - len(prompts[i]) :] = torch.tensor(prompts[i])
+                mask[row, width - len(prompts[i]) :] = 1
+            torch.manual_seed((seed << 20) + start)
+            with torch.no_grad():
+                out = self.model.generate(
+                    input_ids=input_ids.repeat_interleave(options.candidates, 0).to(self.device),
+                    attention_mask=mask.repeat_interleave(options.candidates, 0).to(self.device), generation_config=config,
+                )
+            for row, tokens in enumerate(out[:, width:].tolist()):
+                cut = next((t for t, token in enumerate(tokens) if token in self.eos_ids), len(tokens))  # EOS, then padding
+                text = self.tokenizer.decode(tokens[:cut], skip_special_tokens=True)
+                for stop in options.stop:
+                    text = text.split(stop, 1)[0]
+                texts[chunk[row // options.candidates]].append(text.strip())
+        return [(comment, text) for comment, replies in zip(comments, texts) for text in replies if text]
+
+
 def sample_replies(
-    generator: str | Generator, comments: Sequence[str], options: GenerationOptions, work: Path, threads: int | None = None, seed: int = 0
+    generator: str | Generator | TorchSampler, comments: Sequence[str], options: GenerationOptions, work: Path, threads: int | None = None, seed: int = 0
 ) -> list[tuple[str, str]]:
     """(comment, generated reply) pairs written by replyrank's own ONNX runtime with `options`.
 
-    `generator` is a runtime Generator, or what `runtime_generator` takes (exported into `work` first).
+    `generator` is a runtime Generator, a `TorchSampler`, or what `runtime_generator` takes (exported into `work` first).
     Comment i of a run with `seed` is sampled with its own seed, so a run is reproducible.
     """
     from tqdm.auto import tqdm
 
+    if isinstance(generator, TorchSampler):
+        return generator.replies(comments, options, seed)
     model = generator if isinstance(generator, Generator) else runtime_generator(generator, work, options, threads)
     fakes = []
     for i, comment in enumerate(tqdm(comments, desc="sample fakes", file=sys.stderr)):
@@ -70,7 +139,7 @@ def sample_replies(
 
 
 def real_and_fake(
-    generator: str | Generator, train: Sequence[tuple[str, str]], test: Sequence[tuple[str, str]], train_comments: int, test_comments: int,
+    generator: str | Generator | TorchSampler, train: Sequence[tuple[str, str]], test: Sequence[tuple[str, str]], train_comments: int, test_comments: int,
     work: Path, sampling: GenerationOptions = DEPLOYMENT, threads: int | None = None, seed: int = 0,
 ) -> tuple[list[tuple[str, str]], list[tuple[str, str]], list[tuple[str, str]], list[tuple[str, str]]]:
     """The discriminator's (real train, fake train, real test, fake test), balanced.

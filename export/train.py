@@ -198,9 +198,13 @@ def pairs_perplexity(model, tokenizer, template: str, pairs: Sequence[tuple[str,
 
 def train_generator(
     train: Sequence[tuple[str, str]], valid: Sequence[tuple[str, str]], base: str, out: str | Path,
-    options: TrainOptions | None = None, template: str | None = None,
+    options: TrainOptions | None = None, template: str | None = None, adapter: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Fine-tune `base` on (comment, reply) pairs; writes the model, tokenizer and prompt template to `out`."""
+    """Fine-tune `base` on (comment, reply) pairs; writes the model, tokenizer and prompt template to `out`.
+
+    With `options.lora_rank`, a new LoRA adapter is trained; with `adapter` (one an earlier call saved
+    over the same `base`), that adapter is trained further. Either way OUT/adapter holds it, and OUT the merged model.
+    """
     options = options or TrainOptions(learning_rate=5e-5, batch_size=8)
     _seed(options.seed)
     staging = _staging(Path(out))
@@ -214,7 +218,11 @@ def train_generator(
     if not batches:
         raise ExportError("no training examples for the generator after tokenization")
     before = reply_perplexity(model, held_out, device) if held_out else None
-    if options.lora_rank:
+    if adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter), is_trainable=True)
+    elif options.lora_rank:
         from peft import LoraConfig, get_peft_model
 
         targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "c_attn", "c_proj", "c_fc"]
@@ -227,7 +235,7 @@ def train_generator(
 
     losses = train_loop(model, batches, loss_fn, options, staging, "train generator")
     after = reply_perplexity(model, held_out, device) if held_out else None
-    if options.lora_rank:
+    if options.lora_rank or adapter:
         model.save_pretrained(staging / "adapter")  # the adapter alone: small enough to move between machines
         model = model.merge_and_unload()
     metrics = {"train_pairs": len(train), "valid_pairs": len(valid), "final_loss": float(np.mean(losses[-20:])) if losses else None,

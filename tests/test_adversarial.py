@@ -4,6 +4,7 @@ two-round run on a slice of Reddit with tiny models, interrupted in round 2 and 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 import xml.etree.ElementTree as ElementTree
 
 import numpy as np
@@ -61,13 +62,26 @@ def test_the_upvote_model_may_be_a_two_head_scorer(models, tmp_path):
     assert np.allclose(scorer(pairs), rankers.predict(model, tokenizer, pairs, 64)[1], atol=1e-5)  # its upvote head
 
 
+def test_the_gpu_sampler_writes_the_runtimes_greedy_replies_and_is_seeded(models, llama_fp32_bundle):
+    from replyrank.export.recipes import TorchSampler
+
+    generator = replyrank.load(llama_fp32_bundle).generator
+    comments = ["is a gap year worth it", "how do I pick a major when every class looks interesting to me"]
+    sampler = TorchSampler(str(models["llama"]), generator.template, device="cpu", batch_rows=2)  # one comment a batch
+    greedy = replace(generator.spec.sampling, temperature=0.0, candidates=2, max_new_tokens=8)
+    runtime = [(c, g.text) for c in comments for g in generator.sample(c, greedy).generations if g.text]
+    assert sampler.replies(comments, greedy) == runtime  # same prompt, same tokens as the fp32 graph
+    sampled = replace(greedy, temperature=0.7, candidates=3)
+    assert sampler.replies(comments, sampled, seed=5) == sampler.replies(comments, sampled, seed=5)
+
+
 @pytest.mark.skipif(not DUMPS[0].exists(), reason="../shared/data/reddit is not there")
 def test_two_rounds_interrupted_in_round_2_resume_there_and_reach_the_bundle(models, tmp_path, monkeypatch):
     out, work = tmp_path / "gen", tmp_path / "rounds"
     args = ["train", "adversarial", "--generator", str(models["gpt2"]), "--discriminator-base", str(models["disc"]),
             "--upvotes", str(models["upv"]), "--rounds", "2", "--out", str(out), "--work", str(work), "--fakes", "16",
             "--tune-comments", "8", "--held-out-comments", "6", "--candidates", "2", "--max-steps", "2", "--batch-size", "4",
-            "--max-length", "48", "--device", "cpu"]
+            "--max-length", "48", "--device", "cpu", "--lora-rank", "4"]
     for dump in DUMPS:
         args += ["--data", str(dump)]
     originals = {name: getattr(adversarial, name) for name in ("train_discriminator", "train_generator", "runtime_generator")}
@@ -106,6 +120,10 @@ def test_two_rounds_interrupted_in_round_2_resume_there_and_reach_the_bundle(mod
         assert 0 <= figures["fresh_discriminator_auc"] <= 1 and 0 <= figures["round0_discriminator_auc"] <= 1
         assert figures["reply_perplexity"] > 1 and 0 <= figures["copy_share"] <= 1 and 0 <= figures["share_kept"] <= 1
     assert rounds[0]["fine_tune"] is None and rounds[1]["fine_tune"]["train_pairs"] > 0
+    # one LoRA adapter over the given generator, continued: round 2 trains round 1's further
+    assert rounds[2]["fine_tune"]["from"] == str(models["gpt2"])
+    assert rounds[2]["fine_tune"]["adapter_from"] == str(work / "round-1" / "generator" / "adapter")
+    assert (work / "round-2" / "generator" / "adapter" / "adapter_config.json").is_file()
     assert [r["generator"] for r in rounds] == [str(models["gpt2"])] + [str(work / f"round-{k}" / "generator") for k in (1, 2)]
     assert all((work / f"round-{k}" / "generator" / "config.json").is_file() for k in (1, 2))
     assert rounds[0]["distilled"]["distilled"] > 0 and rounds[2]["distilled"] is None
