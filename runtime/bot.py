@@ -1,6 +1,7 @@
 """Generate, score, select: the pipeline of the 2020 GPT-2 + BERT Reddit reply bot, on ONNX Runtime.
 
-1. the generator samples N candidate replies to the comment (prompt prefilled once, shared);
+1. the generator samples N candidate replies to the comment (prompt prefilled once, shared); a
+   candidate cut off by the token limit ends at its last whole sentence (`whole_sentences`);
 2. the discriminator gives each the probability that a human wrote it (realism);
 3. the upvote model predicts how well each would be received;
 4. candidates that are empty, duplicates, echoes of the comment, caught by the `ReplyFilters`
@@ -20,6 +21,7 @@ k (an engagement regressor, a version-1 bundle) is treated the same way.
 
 from __future__ import annotations
 
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
@@ -105,6 +107,16 @@ def _normalized(text: str) -> str:
     return " ".join(text.lower().split())
 
 
+_SENTENCE_END = re.compile(r"""[.!?…]+["')\]]*(?=\s|$)|\n""")
+
+
+def whole_sentences(text: str) -> str:
+    """A reply the token limit cut off, ending at its last whole sentence or line (a reply bot never posts
+    half a sentence); unchanged when it has none."""
+    ends = [m.end() for m in _SENTENCE_END.finditer(text.rstrip())]
+    return text[: ends[-1]].rstrip() if ends else text
+
+
 def _check_text(text: object, what: str) -> str:
     if not isinstance(text, str):
         raise InputError(f"{what} must be a string, got {type(text).__name__}")
@@ -182,7 +194,7 @@ class Bot:
         sample = self.generator.sample(comment, options)
         prompt, generations, prefill_s = sample.prompt, sample.generations, sample.prefill_s
         generated = time.perf_counter()
-        texts = [g.text for g in generations]
+        texts = [whole_sentences(g.text) if g.finish_reason == "length" else g.text for g in generations]
         candidates, reason, note = self._select(comment, texts, [g.finish_reason for g in generations])
         end = time.perf_counter()
         best = candidates[0] if candidates and candidates[0].kept else None

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import replyrank
-from replyrank.bot import upvote_chance
+from replyrank.bot import upvote_chance, whole_sentences
 from replyrank.bundle import DISCRIMINATOR, UPVOTES
 
 
@@ -17,6 +17,26 @@ def test_upvote_chance_by_hand() -> None:
     assert upvote_chance(u, None).tolist() == [0.5, 0.5, 0.5]  # unmeasured: no weight
     assert upvote_chance(u, 0.0).tolist() == [0.5, 0.5, 0.5]  # measured nil
     assert upvote_chance(u, 2.0) == pytest.approx([1 / (1 + np.e**2), 0.5, 1 / (1 + np.e**-4)])
+
+
+def test_a_cut_off_reply_ends_at_its_last_whole_sentence() -> None:
+    assert whole_sentences("I agree. It is hard to say what the") == "I agree."
+    assert whole_sentences('Yes!! He said "no." Then they') == 'Yes!! He said "no."'
+    assert whole_sentences("First line\nsecond line is about") == "First line"
+    assert whole_sentences("no sentence ended in 3.5 hours of") == "no sentence ended in 3.5 hours of"  # nothing to cut at
+
+
+def test_reply_cuts_only_replies_that_hit_the_token_limit(gpt2_bundle) -> None:
+    bot = replyrank.load(gpt2_bundle, realism_threshold=0.0)
+    for seed in range(20):  # a seed whose candidates include one cut off after a whole sentence
+        options = replace(bot.sampling, max_new_tokens=16, seed=seed)
+        raw = bot.generator.sample("What should I do? Tell me.", options).generations  # a seed samples the same tokens again
+        if any(g.finish_reason == "length" and whole_sentences(g.text) != g.text for g in raw):
+            break
+    else:
+        pytest.fail("no seed gave a candidate to cut")
+    expected = sorted(whole_sentences(g.text) if g.finish_reason == "length" else g.text for g in raw)
+    assert sorted(c.text for c in bot.reply("What should I do? Tell me.", options).candidates) == expected
 
 
 def bot_with(bundle_dir, scores: dict[str, list[float]], pairwise_scale: float | None, threshold: float = 0.0):

