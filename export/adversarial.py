@@ -16,7 +16,8 @@ anchor it to the previous round in place of an explicit KL term. Then every roun
    replies vs this round's fakes: its held-out AUC falls only if the replies got harder to tell;
 3. measures on held-out threads (the `test` split of `dumps.split_by_thread`): that AUC, round 0's
    discriminator's AUC on this round's fakes, reply perplexity on real replies, distinct-2 of the
-   candidates and of as many real replies, the share of candidates that copy a training reply
+   candidates and of as many real replies (and of one candidate per comment against those comments'
+   own real replies, which the target compares), the share of candidates that copy a training reply
    (`copy_words` consecutive words in common), mean predicted upvotes, and the share of
    candidates at realism >= threshold under this round's discriminator;
 4. ranks N candidates per training comment with that discriminator for the next round's fine-tune.
@@ -77,7 +78,7 @@ class AdversarialOptions:
     fakes: int = 1000  # generated replies each round's discriminator trains on
     held_out_comments: int = 100  # held-out comments measured each round (FAKES_PER_COMMENT candidates each)
     keep: int = 1  # candidates distilled per comment
-    real_mix: float = 1.0  # real pairs per distilled candidate: the anchor to real replies
+    real_mix: float = 1.0  # real pairs (of other training comments) per distilled candidate: the anchor to real replies
     threshold: float = REALISM_THRESHOLD  # a candidate counts as kept at realism >= this
     copy_words: int = COPY_WORDS  # a candidate sharing this many consecutive words with a training reply copies it
     seed: int = 0
@@ -123,7 +124,11 @@ def targets(rounds: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     def check(value: float | None, met: bool, target: str) -> dict[str, Any]:
         return {"value": value, "target": target, "met": bool(met) if value is not None else None}
 
-    ratio = last["distinct2_candidates"] / last["distinct2_real"] if last["distinct2_real"] else None
+    # one candidate per held-out comment against those comments' own real replies, where measured: two
+    # candidates to one comment share its words, which all-candidates distinct-2 counts against them
+    ours, real = (("distinct2_one_per_comment", "distinct2_real_same_comments") if last.get("distinct2_real_same_comments")
+                  else ("distinct2_candidates", "distinct2_real"))
+    ratio = last[ours] / last[real] if last[real] else None
     perplexity = last["reply_perplexity"] / first["reply_perplexity"] if first["reply_perplexity"] else None
     return {
         "fresh_discriminator_auc": check(last["fresh_discriminator_auc"], last["fresh_discriminator_auc"] <= 0.65, "<= 0.65"),
@@ -252,16 +257,19 @@ class RoundData:
             raise ExportError(f"the held-out threads hold {len(test)} pairs; give more data")
         return cls(train, test, CopyIndex([reply for _, reply in train], options.copy_words))
 
-    def for_round(self, k: int, options: AdversarialOptions) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-        """(discriminator rows, fine-tune rows): training pairs shuffled anew each round, in disjoint slices.
+    def for_round(self, k: int, options: AdversarialOptions) -> tuple[list[tuple[str, str]], list[tuple[str, str]], list[tuple[str, str]]]:
+        """(discriminator rows, fine-tune comments' rows, real anchor pairs): training pairs shuffled anew each round, in disjoint slices.
 
         `real_and_fake` writes fakes for the first fakes/FAKES_PER_COMMENT comments and takes real
-        replies from the next ones (as many as fakes); the fine-tune's comments come after both.
+        replies from the next ones (as many as fakes); the fine-tune's comments come after both, and
+        the real pairs mixed into the fine-tune (`real_mix` per tune comment) after those.
         """
         rows = list(self.train)
         random.Random(f"round:{options.seed}:{k}").shuffle(rows)
         used = (options.fakes // FAKES_PER_COMMENT) + options.fakes
-        return rows[:used], rows[used:][: options.tune_comments]
+        tune_end = used + options.tune_comments
+        anchor = [row for row in rows[tune_end:][: math.ceil(options.real_mix * options.tune_comments)] if row[1].strip()]
+        return rows[:used], rows[used:tune_end], anchor
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -279,6 +287,19 @@ def _settings(files: Sequence[str], generator: str, discriminator_base: str, upv
     return {"data": [str(f) for f in files], "generator": generator, "discriminator_base": discriminator_base, "upvotes": upvotes, **settings}
 
 
+def _distinct_same_comments(candidates: Sequence[tuple[str, str]], real: Sequence[tuple[str, str]]) -> dict[str, float]:
+    """Distinct-2 of the first candidate to each held-out comment and of that comment's own real reply (as many of each)."""
+    first: dict[str, str] = {}
+    for comment, reply in candidates:
+        first.setdefault(comment, reply)
+    own: dict[str, str] = {}
+    for comment, reply in real:
+        own.setdefault(comment, reply)
+    shared = [comment for comment in first if comment in own]
+    return {"distinct2_one_per_comment": distinct_n([first[c] for c in shared]),
+            "distinct2_real_same_comments": distinct_n([own[c] for c in shared]), "distinct2_comments": len(shared)}
+
+
 def _sampler(source: str, work: Path, options: AdversarialOptions) -> Generator | TorchSampler:
     """transformers' batched `generate` where the generator trains on a GPU, else replyrank's own runtime."""
     if torch_device(options.generator).startswith("cuda"):
@@ -293,7 +314,7 @@ def run_round(
     started = time.perf_counter()
     staging = work / f".round-{k}.partial"
     staging.mkdir(exist_ok=True)
-    disc_rows, tune_rows = data.for_round(k, options)
+    disc_rows, tune_rows, anchor_rows = data.for_round(k, options)
     last = k == options.rounds
 
     # 1. this round's generator: the given one, or the previous one fine-tuned on what its discriminator picked
@@ -363,6 +384,7 @@ def run_round(
         "reply_perplexity": perplexity,
         "distinct2_candidates": distinct_n(replies),
         "distinct2_real": distinct_n([reply for _, reply in real_test]),
+        **_distinct_same_comments(fake_test, data.test[: options.held_out_comments]),
         "copy_share": sum(map(data.copy_index.copies, replies)) / max(1, len(replies)),
         "mean_predicted_upvotes": float(upvotes(fake_test).mean()) if upvotes is not None and fake_test else None,
         "mean_predicted_upvotes_real": float(upvotes(real_test).mean()) if upvotes is not None and real_test else None,
@@ -381,7 +403,7 @@ def run_round(
         tune = [tuple(p) for p in samples["tune"]]
         scores = upvotes.raw(tune) if upvotes is not None else None
         scale = upvotes.pairwise_scale if upvotes is not None else None
-        picked = distill(tune, judge.raw(tune), scores, [p for p in tune_rows if p[1].strip()], data.copy_index, options, scale)
+        picked = distill(tune, judge.raw(tune), scores, anchor_rows, data.copy_index, options, scale)
         _write_json(staging / DISTILL, picked)
         figures["distilled"] = picked["stats"]
     figures["seconds"] = round(time.perf_counter() - started, 1)
@@ -447,6 +469,7 @@ PANELS = (  # title, (figure key, legend) per line
     ("discriminator ROC-AUC (held-out)", (("fresh_discriminator_auc", "fresh"), ("round0_discriminator_auc", "round 0's"))),
     ("reply perplexity (real held-out)", (("reply_perplexity", "perplexity"),)),
     ("distinct-2", (("distinct2_candidates", "candidates"), ("distinct2_real", "real replies"))),
+    ("distinct-2, one reply per comment", (("distinct2_one_per_comment", "candidate"), ("distinct2_real_same_comments", "its real reply"))),
     ("share copying a training reply", (("copy_share", "candidates"),)),
     ("share kept (realism >= threshold)", (("share_kept", "candidates"),)),
     ("mean predicted upvotes", (("mean_predicted_upvotes", "candidates"), ("mean_predicted_upvotes_real", "real replies"))),

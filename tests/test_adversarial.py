@@ -20,7 +20,7 @@ from replyrank.export.adversarial import AdversarialOptions, CopyIndex, distill,
 DUMPS = [REDDIT / "college" / "RS_CollegeAdvice.zst", REDDIT / "college" / "RC_CollegeAdvice.zst"]
 FIGURES = (
     "fresh_discriminator_auc", "round0_discriminator_auc", "reply_perplexity", "distinct2_candidates", "distinct2_real",
-    "copy_share", "mean_predicted_upvotes", "share_kept",
+    "copy_share", "mean_predicted_upvotes", "share_kept", "distinct2_one_per_comment", "distinct2_real_same_comments",
 )
 
 
@@ -129,7 +129,7 @@ def test_two_rounds_interrupted_in_round_2_resume_there_and_reach_the_bundle(mod
     assert rounds[0]["distilled"]["distilled"] > 0 and rounds[2]["distilled"] is None
     assert set(report["targets"]) >= {"fresh_discriminator_auc", "copy_share", "perplexity_ratio_to_round0"}
     plot = ElementTree.parse(out / "rounds.svg").getroot()
-    assert len(plot.findall("{http://www.w3.org/2000/svg}polyline")) == 9  # every figure's line
+    assert len(plot.findall("{http://www.w3.org/2000/svg}polyline")) == 11  # every figure's line
 
     # `replyrank export` puts the rounds into the bundle's training entry
     bundle = tmp_path / "bundle"
