@@ -38,7 +38,7 @@ from replyrank.bundle import PARTS, PER_CALL_OPTIONS, Bundle, GeneratorSpec
 from replyrank.environment import cpu_model, package_versions
 
 HERE = Path(__file__).resolve().parent
-ENVS = {"ctranslate2": "ctranslate2", "llamacpp": "llamacpp", "llamacpp-batched": "llamacpp"}  # systems that run in benchmarks/.envs/<name>
+ENVS = {"ctranslate2": "ctranslate2", **{name: "llamacpp" for name in SYSTEMS if name.startswith("llamacpp")}}  # systems that run in benchmarks/.envs/<name>
 # A realistic comment: ~64 tokens with SmolLM2's tokenizer (the prompt template adds its own).
 COMMENT = (
     "I moved to a new city for work three months ago and I still barely know anyone here. I tried a climbing "
@@ -90,52 +90,14 @@ def copy_bandwidth_gbs(megabytes: int = 512, repeats: int = 5) -> float:
     return 2 * source.nbytes / best / 1e9
 
 
-def _embedding_bytes(model: Any) -> int:
-    """Bytes of the tables that Gather reads by input_ids: only looked up, never streamed per step."""
-    from onnx import helper
-
-    initializers = {i.name: i for i in model.graph.initializer}
-    producers = {out: node for node in model.graph.node for out in node.output}
-    total = 0
-    for node in model.graph.node:
-        if not node.op_type.startswith("Gather") or len(node.input) < 2 or node.input[1] != "input_ids":
-            continue
-        # follow the table back through layout ops (the genai builder stores it transposed)
-        pending, seen = [node.input[0]], set()
-        while pending:
-            name = pending.pop()
-            if name in seen:
-                continue
-            seen.add(name)
-            if name in initializers:
-                tensor = initializers[name]
-                total += int(np.prod(tensor.dims)) * np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
-            elif name in producers and producers[name].op_type in ("Transpose", "Cast", "Identity", "Reshape", "DequantizeLinear"):
-                pending.extend(producers[name].input[:1] if producers[name].op_type != "DequantizeLinear" else producers[name].input)
-    return total
-
-
-def decode_floor(bundle: Bundle, prompt_tokens: int, t: int, ns: list[int], bandwidth_gbs: float) -> dict[str, Any]:
-    """Bytes a decode step must read (weights less the embedding table, plus the KV cache) and the ms that takes at `bandwidth_gbs`."""
-    import onnx
-
-    folder = bundle.folder(bundle.generator)
-    model = onnx.load(str(folder / "model.onnx"), load_external_data=False)
-    file_bytes = sum(p.stat().st_size for p in folder.glob("model.onnx*"))
-    embedding = _embedding_bytes(model)
-    past = [i for i in model.graph.input if i.name.startswith("past_key_values.")]
-    dims = past[0].type.tensor_type.shape.dim
-    kv_heads, head_dim = dims[1].dim_value, dims[3].dim_value
-    itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(past[0].type.tensor_type.elem_type)).itemsize
-    # mean cache length over the T steps: the prompt plus half the new tokens
-    mean_length = prompt_tokens + t / 2
-    per_row = len(past) * kv_heads * head_dim * itemsize * mean_length  # len(past) counts keys and values
-    weights = file_bytes - embedding
-    floor = {str(n): (weights + n * per_row) / (bandwidth_gbs * 1e9) * 1e3 for n in ns}
-    return {
-        "bundle": str(bundle.root), "model_file_bytes": file_bytes, "embedding_bytes": embedding, "weights_read_bytes": weights,
-        "kv_cache_bytes_per_candidate": per_row, "kv_mean_length": mean_length, "floor_ms_per_step": floor,
-    }
+def decode_floor(step_bytes: dict[str, Any], prompt_tokens: int, t: int, ns: list[int], bandwidth_gbs: float) -> dict[str, Any]:
+    """The ms a decode step takes at `bandwidth_gbs` when it reads only what it must: the weights a system reports
+    (`systems.common.StepBytes`: model file less a table that is only gathered) plus each row's KV cache at its mean length over the T steps."""
+    mean_length = prompt_tokens + t / 2  # the prompt plus half the new tokens
+    per_row = step_bytes["kv_per_token"] * mean_length
+    floor = {str(n): (step_bytes["weights"] + n * per_row) / (bandwidth_gbs * 1e9) * 1e3 for n in ns}
+    return {"weights_read_bytes": step_bytes["weights"], "kv_cache_bytes_per_candidate": per_row, "kv_mean_length": mean_length,
+            "how": step_bytes["how"], "floor_ms_per_step": floor}
 
 
 # ---------------------------------------------------------------------------- the machine
@@ -224,9 +186,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     log(f"prompt: {len(prompt_ids)} tokens ({comment_tokens} of them the comment); measuring memory bandwidth")
     bandwidth = copy_bandwidth_gbs()
     floor_ns = sorted({*args.decode_ns, args.n})
-    floors = {"replyrank": decode_floor(bundle, len(prompt_ids), args.t, floor_ns, bandwidth)}
-    if args.fp32_bundle:
-        floors["replyrank-fp32"] = decode_floor(Bundle.read(args.fp32_bundle, verify_hashes=False), len(prompt_ids), args.t, floor_ns, bandwidth)
+    floors: dict[str, Any] = {}
     results: dict[str, Any] = {
         "command": " ".join(["python benchmarks/bench.py", *argv]),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -246,6 +206,8 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         else:
             system_settings = settings
         results["systems"][system] = measure_system(system, system_settings, args.timeout, out / "logs" / f"{system}.log")
+        if "step_bytes" in results["systems"][system]:
+            floors[system] = decode_floor(results["systems"][system]["step_bytes"], len(prompt_ids), args.t, floor_ns, bandwidth)
         state = results["systems"][system].get("error") or f"done in {time.perf_counter() - started:.0f} s"
         log(f"{system}: {state}")
     add_ratios(results)
@@ -363,24 +325,30 @@ def markdown(results: dict[str, Any]) -> str:
         f"Python {env['python']}.",
         "",
         "| system | load s | job ms median (min–max) | × replyrank | generate ms | prefill ms "
-        f"| decode ms/step N={' / '.join(str(n) for n in job['decode_ns'])} | scoring ms | peak RSS MB (job / all) | tokens ok |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        f"| decode ms/step N={' / '.join(str(n) for n in job['decode_ns'])} | step ÷ floor N={' / '.join(str(n) for n in job['decode_ns'])} "
+        "| outside kernels | scoring ms | peak RSS MB (job / all) | tokens ok |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, system in results["systems"].items():
         if "error" in system and "job" not in system:
-            lines.append(f"| {name} | failed: {system['error'].replace('|', '/')} |||||||||")
+            lines.append(f"| {name} | failed: {system['error'].replace('|', '/')} |||||||||||")
             continue
         jobrow = system.get("job", {})
         if "error" in jobrow:
-            lines.append(f"| {name} | {_fmt(system.get('load_s'), 1)} | job failed: {jobrow['error'].replace('|', '/')} ||||||||")
+            lines.append(f"| {name} | {_fmt(system.get('load_s'), 1)} | job failed: {jobrow['error'].replace('|', '/')} ||||||||||")
             continue
         steps = system.get("steps", {})
         per_step = steps.get("decode_ms_per_step", {}) if "error" not in steps else {}
         total = jobrow["total_ms"]
+        floor_ms = floor["bundles"].get(name, {}).get("floor_ms_per_step", {})
+        over_floor = " / ".join(_fmt(per_step[str(n)] / floor_ms[str(n)], 2) if str(n) in per_step and str(n) in floor_ms else "–"
+                                for n in job["decode_ns"])
+        share = jobrow.get("outside_kernels_share")
         lines.append(
             f"| {name} | {_fmt(system.get('load_s'), 1)} | {_fmt(total['median'])} ({_fmt(total['min'])}–{_fmt(total['max'])}) "
             f"| {_fmt(system.get('ratio_to_replyrank'), 2)} | {_fmt(median_of(system, 'generate_ms'))} | {_fmt(steps.get('prefill_ms'), 1)} "
-            f"| {' / '.join(_fmt(per_step.get(str(n)), 1) for n in job['decode_ns'])} | {_fmt(median_of(system, 'score_ms'), 1)} "
+            f"| {' / '.join(_fmt(per_step.get(str(n)), 1) for n in job['decode_ns'])} | {over_floor} "
+            f"| {'–' if share is None else f'{share:.1%}'} | {_fmt(median_of(system, 'score_ms'), 1)} "
             f"| {_fmt(system.get('peak_rss_job_mb'))} / {_fmt(system.get('peak_rss_mb'))} | {'yes' if jobrow.get('forced_length_ok') else 'NO ' + str(jobrow.get('new_tokens'))} |"
         )
     lines += [
@@ -389,6 +357,10 @@ def markdown(results: dict[str, Any]) -> str:
         "the peers get the prompt as token ids.",
         "- prefill ms: generating 1 token at N = 1 (prompt pass + one sample). decode ms/step: (median time for T = "
         f"{_steps_t(results)} − median time for T = 1) / (T − 1), at batch N, from separate runs.",
+        "- step ÷ floor: the decode step over its bandwidth floor (below) at the same N.",
+        "- outside kernels: the share of the job's wall time spent outside the runtimes' compute calls (session runs, llama_decode, "
+        "generate_batch...: each system's notes say which), median over the runs; tokenizing, sampling, cache moves, selection and glue. "
+        "'–' where the whole generate is one library call that does its own sampling (not separable from Python).",
         "- scoring ms: both scorers on the job's N pairs (replyrank: as timed inside `Bot.reply`).",
         "- peak RSS: the child process's peak resident set (VmHWM) after the timed job runs / after everything (the scaling runs reach the largest N).",
         "",
@@ -408,13 +380,13 @@ def markdown(results: dict[str, Any]) -> str:
         if system.get("python"):
             notes.append(f"python: {system['python']}" + (f"; {versions}" if versions else ""))
         lines.append(f"- **{name}**: " + "; ".join(notes))
+    lines += versus_llamacpp(results)
     lines += ["", "## The floor", "",
               f"Memory bandwidth: {floor['copy_bandwidth_gbs']:.1f} GB/s ({floor['method']}).", ""]
     for name, item in floor["bundles"].items():
         per_n = ", ".join(f"N={n}: {ms:.2f} ms" for n, ms in item["floor_ms_per_step"].items())
         lines.append(
-            f"- {name}: a decode step reads {item['weights_read_bytes'] / 1e6:.1f} MB of weights (model file "
-            f"{item['model_file_bytes'] / 1e6:.1f} MB less the {item['embedding_bytes'] / 1e6:.1f} MB embedding table, which is only gathered) "
+            f"- {name}: a decode step reads {item['weights_read_bytes'] / 1e6:.1f} MB of weights ({item['how']}) "
             f"+ {item['kv_cache_bytes_per_candidate'] / 1e6:.2f} MB of KV cache per candidate (mean length {item['kv_mean_length']:.0f}): "
             f"floor {per_n}."
         )
@@ -427,6 +399,19 @@ def markdown(results: dict[str, Any]) -> str:
         lines += ["", *[f"![{p}]({p})" for p in results["plots"]]]
     lines += ["", "## Versions", "", ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v), ""]
     return "\n".join(lines) + "\n"
+
+
+def versus_llamacpp(results: dict[str, Any]) -> list[str]:
+    """replyrank's job against each llama.cpp row: their median over replyrank's (> 1: replyrank is faster)."""
+    reference = median_of(results["systems"].get("replyrank", {}))
+    rows = [(name, median_of(system)) for name, system in results["systems"].items() if name.startswith("llamacpp")]
+    rows = [(name, value) for name, value in rows if value is not None]
+    if reference is None or not rows:
+        return []
+    lines = ["", "## replyrank against llama.cpp", "", "| llama.cpp row | job ms median | llama.cpp ÷ replyrank |", "|---|---|---|"]
+    lines += [f"| {name} | {_fmt(value)} | {value / reference:.2f} |" for name, value in rows]
+    return lines + ["", "Rows ending in -q4_0 and -q8_0 run the shipped Q4_1 GGUF requantized with llama.cpp's own quantizer "
+                    "(llama_model_quantize): they have the speed of such files, not the accuracy of ones made from the original weights."]
 
 
 def _steps_t(results: dict[str, Any]) -> str:

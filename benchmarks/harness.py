@@ -28,6 +28,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from dataclasses import asdict
 from types import ModuleType
 from typing import Any, Callable
 
@@ -38,6 +39,7 @@ from systems.common import System
 SYSTEMS = {
     "replyrank": "replyrank", "replyrank-fp32": "replyrank", "transformers": "transformers", "optimum": "optimum",
     "genai": "genai", "ctranslate2": "ctranslate2", "llamacpp": "llamacpp", "llamacpp-batched": "llamacpp",
+    "llamacpp-batched-q4_0": "llamacpp", "llamacpp-batched-q8_0": "llamacpp",
 }
 
 
@@ -61,6 +63,16 @@ def peak_rss_mb() -> float:
 
 
 def timed_job(system: System, n: int, t: int, seed: int) -> dict[str, Any]:
+    """The reply job once, with the milliseconds it spent inside the runtimes' compute calls where the system counts them."""
+    before = system.kernel.seconds if system.kernel is not None else None
+    row = run_job(system, n, t, seed)
+    if before is not None and system.kernel is not None:
+        row.setdefault("kernel_ms", (system.kernel.seconds - before) * 1e3)  # a system's own job may count its own
+        row["outside_kernels_ms"] = row["total_ms"] - row["kernel_ms"]
+    return row
+
+
+def run_job(system: System, n: int, t: int, seed: int) -> dict[str, Any]:
     """The reply job once: generate N × T, then both scorers; milliseconds per stage."""
     if system.job is not None:
         return system.job(n, t, seed)
@@ -98,6 +110,9 @@ def measure_job(system: System, args: dict[str, Any]) -> dict[str, Any]:
     result: dict[str, Any] = {stage: summary([run[stage] for run in runs if stage in run]) for stage in stages}
     result["new_tokens"] = [min(run["new_tokens_min"] for run in runs), max(run["new_tokens_max"] for run in runs)]
     result["forced_length_ok"] = result["new_tokens"] == [t, t]
+    if all("kernel_ms" in run for run in runs):
+        # the share of the job's wall time outside the compute calls: medians of each run's own share
+        result["outside_kernels_share"] = statistics.median(run["outside_kernels_ms"] / run["total_ms"] for run in runs)
     if any("scored" in run for run in runs):
         result["scored_pairs_min"] = min(run["scored"] for run in runs)
     result["sample_texts"] = runs[-1]["texts"][:3]  # to see that the system wrote text, not noise
@@ -162,13 +177,15 @@ def measure(name: str, args: dict[str, Any]) -> dict[str, Any]:
         if hasattr(module, "preload"):
             args = {**args, **module.preload(args)}
             start = time.perf_counter()
-        system: System = module.load(name, args)
+        system: System = module.load(name, {**args, "system": name})
     except Exception as error:
         traceback.print_exc()
         return {**result, "error": f"load: {type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"}
     result["load_s"] = time.perf_counter() - start
     result["rss_after_load_mb"] = _current_rss_mb()
     result["notes"] = system.notes
+    if system.step_bytes is not None:
+        result["step_bytes"] = asdict(system.step_bytes)
     section(result, "job", lambda: measure_job(system, args))
     result["peak_rss_job_mb"] = peak_rss_mb()
     if args["decode_ns"]:
@@ -188,7 +205,7 @@ def prepare(name: str, args: dict[str, Any]) -> dict[str, Any]:
     start = time.perf_counter()
     try:
         module = system_module(name)
-        folder = module.prepare(args) if hasattr(module, "prepare") else None
+        folder = module.prepare({**args, "system": name}) if hasattr(module, "prepare") else None
     except Exception as error:
         traceback.print_exc()
         return {"system": name, "error": f"prepare: {type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"}

@@ -32,7 +32,7 @@ from replyrank.generate import GenerationOptions
 
 from .convert import SCORER_SPEC, Checkpoint, ExportError, check_scorer, export_onnx, generator_spec, materialize_causal_lm
 from .folders import move_into_place
-from .quantize import BITS, optimize_offline, quantize_model, quantize_scorer
+from .quantize import BITS, optimize_offline, prune_lm_head, quantize_model, quantize_scorer
 from . import rankers
 from .validate import GATES, generator_quantized_vs_fp32, generator_vs_torch, pair_model_vs_torch, scorer_vs_torch
 
@@ -103,6 +103,8 @@ def _finish_part(fp32_dir: Path, part_dir: Path, scheme: str, scorer: bool = Fal
     else:
         quantize_model(fp32_dir / "model.onnx", part_dir / "model.onnx", scheme)
         optimize_offline(part_dir / "model.onnx")
+    if not scorer:
+        prune_lm_head(part_dir / "model.onnx")  # a prefill needs the last position's logits only
     for name in PART_FILES:
         if (fp32_dir / name).is_file():
             shutil.copy(fp32_dir / name, part_dir / name)

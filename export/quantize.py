@@ -68,6 +68,36 @@ def fold_transposed_weights(model: onnx.ModelProto) -> int:
     return folded
 
 
+def prune_lm_head(path: Path) -> bool:
+    """Make the LM head compute the last position's logits only (`logits` becomes (batch, 1, vocab)); False where the graph has no such head.
+
+    A prefill needs only the next token's logits, yet the exported head multiplies every prompt
+    position by the vocabulary (SmolLM2: 49,152 x 576 per token) and returns them all. As
+    onnxruntime-genai's builder does it with `prune_lm_head`, a Gather of the last position (and an
+    Unsqueeze to keep the rank) goes between the final norm and the head; a decode step, one token
+    long, computes the same as before. Only the graph file changes: its weights stay where they are.
+    """
+    model = onnx.load(str(path), load_external_data=False)
+    graph = model.graph
+    head = next((node for node in graph.node if "logits" in node.output), None)
+    if head is None or head.op_type not in ("MatMul", "MatMulNBits"):
+        return False
+    hidden, last, axes = head.input[0], "/lm_head/prune/last", "/lm_head/prune/axes"
+    graph.initializer.extend([numpy_helper.from_array(np.array(-1, dtype=np.int64), last), numpy_helper.from_array(np.array([1], dtype=np.int64), axes)])
+    gather = onnx.helper.make_node("Gather", [hidden, last], ["/lm_head/prune/last_hidden"], name="/lm_head/prune/Gather", axis=1)
+    unsqueeze = onnx.helper.make_node("Unsqueeze", ["/lm_head/prune/last_hidden", axes], ["/lm_head/prune/output_0"], name="/lm_head/prune/Unsqueeze")
+    head.input[0] = "/lm_head/prune/output_0"
+    at = list(graph.node).index(head)
+    graph.node.insert(at, unsqueeze)
+    graph.node.insert(at, gather)
+    logits = next(output for output in graph.output if output.name == "logits")
+    length = logits.type.tensor_type.shape.dim[1]
+    length.ClearField("dim_param")
+    length.dim_value = 1
+    onnx.save(model, str(path))
+    return True
+
+
 def quantize_model(src: Path, dst: Path, scheme: str, block_size: int = 64) -> None:
     """Quantize every constant-weight MatMul of `src` to `scheme` ('int8' or 'int4') into `dst`."""
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer

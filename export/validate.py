@@ -3,7 +3,8 @@
 - generator, fp32 ONNX vs PyTorch: max abs logit difference for the prefill and for one decode
   step that reads the cache;
 - generator, quantized vs fp32 ONNX: next-token top-1 agreement and mean KL(fp32 || quantized)
-  over every position of real (comment, reply) texts, teacher-forced;
+  over every position of real (comment, reply) texts, teacher-forced (a bundle's graph returns the
+  last position's logits only, so it is fed one token at a time, as a decode runs it);
 - each scorer, quantized ONNX vs PyTorch: Pearson correlation and max abs difference of scores.
 """
 
@@ -36,8 +37,21 @@ def _texts(generator: Generator, pairs: list[tuple[str, str]], limit: int = 16) 
     return sequences
 
 
+def teacher_forced_logits(generator: Generator, ids: list[int]) -> np.ndarray:
+    """Next-token logits after every prefix of `ids`, (len(ids), vocab): one pass, or, where the graph returns only the
+    last position's logits (`export.quantize.prune_lm_head`), the first token and then one cached step per token."""
+    if generator.session.get_outputs()[0].shape[1] != 1:
+        return generator.forward(np.array([ids]), 0, generator.empty_cache(1))[0][0]
+    logits, cache = generator.forward(np.array([ids[:1]]), 0, generator.empty_cache(1))
+    cache, rows = generator.room_for(cache, 1, len(ids)), [logits[0, -1]]
+    for position in range(1, len(ids)):
+        logits, cache = generator.forward(np.array([ids[position : position + 1]]), position, cache)
+        rows.append(logits[0, -1])
+    return np.stack(rows)
+
+
 def generator_vs_torch(model_dir: Path, spec: GeneratorSpec, torch_folder: Path, pairs: list[tuple[str, str]]) -> dict:
-    """Max abs logit difference, fp32 ONNX vs PyTorch, for the prefill and a cached decode step."""
+    """Max abs logit difference, fp32 ONNX vs PyTorch, for the prefill (every position it returns) and a cached decode step."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -48,7 +62,8 @@ def generator_vs_torch(model_dir: Path, spec: GeneratorSpec, torch_folder: Path,
         with torch.no_grad():
             reference = model(torch.tensor([ids])).logits[0].numpy()
         logits, cache = generator.forward(np.array([ids[:-1]]), 0, generator.empty_cache(1))
-        prefill = max(prefill, float(np.abs(logits[0] - reference[:-1]).max()))
+        returned = logits.shape[1]  # every position, or the last one only
+        prefill = max(prefill, float(np.abs(logits[0] - reference[len(ids) - 1 - returned : len(ids) - 1]).max()))
         step, _ = generator.forward(np.array([ids[-1:]]), len(ids) - 1, cache)
         decode = max(decode, float(np.abs(step[0, -1] - reference[-1]).max()))
     return {"prefill_max_abs_logit_diff": prefill, "decode_max_abs_logit_diff": decode}
@@ -59,9 +74,8 @@ def generator_quantized_vs_fp32(fp32_dir: Path, quantized_dir: Path, spec: Gener
     reference, quantized = Generator(fp32_dir, spec), Generator(quantized_dir, spec)
     agree, kl, positions = 0, 0.0, 0
     for ids in _texts(reference, pairs):
-        batch = np.array([ids])
-        p_logits = reference.forward(batch, 0, reference.empty_cache(1))[0][0].astype(np.float64)
-        q_logits = quantized.forward(batch, 0, quantized.empty_cache(1))[0][0].astype(np.float64)
+        p_logits = teacher_forced_logits(reference, ids).astype(np.float64)
+        q_logits = teacher_forced_logits(quantized, ids).astype(np.float64)
         agree += int((p_logits.argmax(-1) == q_logits.argmax(-1)).sum())
         log_p = p_logits - np.logaddexp.reduce(p_logits, axis=-1, keepdims=True)
         log_q = q_logits - np.logaddexp.reduce(q_logits, axis=-1, keepdims=True)

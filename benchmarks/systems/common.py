@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -34,6 +35,81 @@ class System:
     # the system's own end-to-end call, where it has one (replyrank's `Bot.reply`)
     job: Callable[[int, int, int], dict[str, Any]] | None = None
     notes: list[str] = field(default_factory=list)
+    # seconds spent so far inside the runtimes' compute calls (see KernelClock); None where not measurable
+    kernel: KernelClock | None = None
+    # what a decode step must read (see StepBytes), for the bandwidth floor; None where unknown
+    step_bytes: StepBytes | None = None
+
+
+class KernelClock:
+    """Seconds spent inside the compute calls it wraps (a session run, llama_decode, generate_batch).
+
+    The rest of a job's wall time is work outside the kernels: tokenizing, sampling, cache moves,
+    selection, the glue between calls.
+    """
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    def wrap(self, call: Callable[..., Any]) -> Callable[..., Any]:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return call(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - start
+
+        return timed
+
+
+@dataclass
+class StepBytes:
+    """Bytes one decode step must read: the weights (less a table that is only gathered) and the KV cache per cached token of one row."""
+
+    weights: int
+    kv_per_token: int
+    how: str
+
+
+def onnx_step_bytes(folder: Path) -> StepBytes:
+    """A KV-cache ONNX causal LM's folder: its model files less the embedding table Gather reads by input_ids; KV from its past inputs."""
+    import numpy as np
+    import onnx
+
+    model = onnx.load(str(folder / "model.onnx"), load_external_data=False)
+    file_bytes = sum(p.stat().st_size for p in folder.glob("model.onnx*"))
+    embedding = onnx_embedding_bytes(model)
+    past = [i for i in model.graph.input if i.name.startswith("past_key_values.")]
+    dims = past[0].type.tensor_type.shape.dim
+    itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(past[0].type.tensor_type.elem_type)).itemsize
+    kv = len(past) * dims[1].dim_value * dims[3].dim_value * itemsize  # len(past) counts keys and values
+    return StepBytes(file_bytes - embedding, kv, f"model.onnx* {file_bytes / 1e6:.1f} MB less the {embedding / 1e6:.1f} MB embedding table (only gathered)")
+
+
+def onnx_embedding_bytes(model: Any) -> int:
+    """Bytes of the tables that Gather reads by input_ids: only looked up, never streamed per step."""
+    import numpy as np
+    from onnx import helper
+
+    initializers = {i.name: i for i in model.graph.initializer}
+    producers = {out: node for node in model.graph.node for out in node.output}
+    total = 0
+    for node in model.graph.node:
+        if not node.op_type.startswith("Gather") or len(node.input) < 2 or node.input[1] != "input_ids":
+            continue
+        # follow the table back through layout ops (the genai builder stores it transposed)
+        pending, seen = [node.input[0]], set()
+        while pending:
+            name = pending.pop()
+            if name in seen:
+                continue
+            seen.add(name)
+            if name in initializers:
+                tensor = initializers[name]
+                total += int(np.prod(tensor.dims)) * np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
+            elif name in producers and producers[name].op_type in ("Transpose", "Cast", "Identity", "Reshape", "DequantizeLinear"):
+                pending.extend(producers[name].input[:1] if producers[name].op_type != "DequantizeLinear" else producers[name].input)
+    return total
 
 
 def job_options(args: dict[str, Any]) -> GenerationOptions:
@@ -92,12 +168,16 @@ def check_architecture(folder: Path, system: str, unsupported: set[str]) -> None
         raise RuntimeError(f"{system} does not build {config['model_type']} models ({folder})")
 
 
-def pair_scorers(args: dict[str, Any], threads: int) -> tuple[Callable[[list[str]], Any], Callable[[list[str]], Any]]:
+def pair_scorers(
+    args: dict[str, Any], threads: int, clock: KernelClock | None = None
+) -> tuple[Callable[[list[str]], Any], Callable[[list[str]], Any]]:
     """The bundle's two scorers on ONNX Runtime, as replyrank runs them (for peers with no encoder API), each timed alone."""
     from replyrank.bundle import DISCRIMINATOR, UPVOTES, Bundle
     from replyrank.score import Scorers
 
     scorers = Scorers(Bundle.read(args["bundle"], verify_hashes=False), threads)
+    if clock is not None:
+        clock_sessions(clock, [graph.session for graph in scorers.graphs.values()])
     comment = args["comment"]
     return (lambda texts: scorers(comment, texts, [DISCRIMINATOR])), (lambda texts: scorers(comment, texts, [UPVOTES]))
 
@@ -119,3 +199,10 @@ def decoder(folder: Path) -> Callable[[list[int]], str]:
 def source_dir(args: dict[str, Any], part: str) -> Path | None:
     source = args["sources"].get(part)
     return Path(source) if source else None
+
+
+def clock_sessions(clock: KernelClock, sessions: list[Any]) -> None:
+    """Count the time inside each ONNX Runtime session's runs on `clock`."""
+    for session in sessions:
+        session.run = clock.wrap(session.run)
+        session.run_with_iobinding = clock.wrap(session.run_with_iobinding)

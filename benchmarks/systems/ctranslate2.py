@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .common import Generated, System, cache_key, cached, decoder, hf_folder, job_options, pair_scorers
+from .common import Generated, KernelClock, StepBytes, System, cache_key, cached, decoder, hf_folder, job_options, pair_scorers
 
 PACKAGES = ["ctranslate2", "onnxruntime", "tokenizers", "transformers"]
 
@@ -40,17 +40,26 @@ def load(name: str, args: dict[str, Any]) -> System:
     decode = decoder(folder)
 
     sampling = job_options(args)
+    clock = KernelClock()
+    generate_batch = clock.wrap(generator.generate_batch)
 
     def generate(n: int, t: int, seed: int) -> Generated:
         ctranslate2.set_random_seed(seed)
-        results = generator.generate_batch(
+        results = generate_batch(
             [prompt_tokens] * n, sampling_topk=sampling.top_k, sampling_temperature=sampling.temperature, sampling_topp=sampling.top_p,
             repetition_penalty=sampling.repetition_penalty, min_length=t, max_length=t, include_prompt_in_result=False,
         )
         new = [r.sequences_ids[0] for r in results]
         return Generated([decode(ids) for ids in new], [len(ids) for ids in new])
 
-    disc, upv = pair_scorers(args, args["threads"])
+    disc, upv = pair_scorers(args, args["threads"], clock)
+    config = json.loads((hf_folder(args) / "config.json").read_text())
+    width, heads = config["hidden_size"], config["num_attention_heads"]
+    kv = config["num_hidden_layers"] * 2 * config.get("num_key_value_heads", heads) * (width // heads) * 4
+    model_bytes = (folder / "model.bin").stat().st_size
+    step_bytes = StepBytes(model_bytes, kv, f"model.bin {model_bytes / 1e6:.1f} MB, embedding included (an upper bound); KV cache fp32")
     notes = [f"generator: TransformersConverter int8, cached in {folder}", "prefill at batch N (N prompt copies)",
-             "scorers: the bundle's, on onnxruntime (replyrank's Scorers)"]
-    return System(generate, disc, upv, notes=notes)
+             "scorers: the bundle's, on onnxruntime (replyrank's Scorers)",
+             f"threads: intra_threads {args['threads']}, inter_threads 1 (not searched)",
+             "kernel time: generate_batch (its own sampling inside) and the scorers' session runs"]
+    return System(generate, disc, upv, notes=notes, kernel=clock, step_bytes=step_bytes)

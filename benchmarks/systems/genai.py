@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from .common import Generated, System, cache_key, cached, check_architecture, decoder, hf_folder, job_options, pair_scorers
+from .common import Generated, KernelClock, System, cache_key, cached, check_architecture, decoder, hf_folder, job_options, onnx_step_bytes, pair_scorers
 
 PACKAGES = ["onnxruntime-genai", "onnxruntime", "transformers"]
 
@@ -44,6 +44,7 @@ def load(name: str, args: dict[str, Any]) -> System:
     decode = decoder(folder)
     prompt = args["prompt_ids"]
     sampling = job_options(args)
+    clock = KernelClock()
 
     def generate(n: int, t: int, seed: int) -> Generated:
         params = og.GeneratorParams(model)
@@ -55,14 +56,16 @@ def load(name: str, args: dict[str, Any]) -> System:
         )
         generator = og.Generator(model, params)
         start = time.perf_counter()
-        generator.append_tokens(np.array([prompt] * n, dtype=np.int32))
+        clock.wrap(generator.append_tokens)(np.array([prompt] * n, dtype=np.int32))
         prefill_s = time.perf_counter() - start
+        next_token = clock.wrap(generator.generate_next_token)
         while not generator.is_done():
-            generator.generate_next_token()
+            next_token()
         new = [list(generator.get_sequence(i))[len(prompt):] for i in range(n)]
         return Generated([decode(ids) for ids in new], [len(ids) for ids in new], prefill_s)
 
-    disc, upv = pair_scorers(args, args["threads"])
+    disc, upv = pair_scorers(args, args["threads"], clock)
     notes = [f"generator: onnxruntime-genai builder, int4, CPU, cached in {folder}",
-             "prefill at batch N (append_tokens of N prompt copies)", "scorers: the bundle's, on onnxruntime (replyrank's Scorers)"]
-    return System(generate, disc, upv, notes=notes)
+             "prefill at batch N (append_tokens of N prompt copies)", "scorers: the bundle's, on onnxruntime (replyrank's Scorers)",
+             "kernel time: append_tokens, generate_next_token (its own sampling inside) and the scorers' session runs"]
+    return System(generate, disc, upv, notes=notes, kernel=clock, step_bytes=onnx_step_bytes(folder))

@@ -1,0 +1,64 @@
+"""The generator graph a bundle ships computes the last position's logits only (export.quantize.prune_lm_head)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+import replyrank
+from replyrank.export.quantize import prune_lm_head
+from replyrank.export.validate import teacher_forced_logits
+from replyrank.generate import GenerationOptions, Generator
+
+COMMENT = "has anyone tried the pasta place near campus"
+
+
+@pytest.mark.parametrize("bundle", ["gpt2_bundle", "llama_bundle", "gpt2_fp32_bundle", "llama_fp32_bundle"])
+def test_bundle_generators_return_the_last_position_only(bundle, request):
+    graph = onnx.load(str(Path(request.getfixturevalue(bundle)) / "generator" / "model.onnx"), load_external_data=False).graph
+    logits = next(o for o in graph.output if o.name == "logits")
+    assert logits.type.tensor_type.shape.dim[1].dim_value == 1
+    assert any(node.name == "/lm_head/prune/Gather" for node in graph.node)
+
+
+@pytest.mark.parametrize("bundle", ["gpt2_bundle", "llama_bundle"])
+def test_pruned_head_gives_the_full_heads_last_logits(bundle, request, tmp_path):
+    """The same graph with the Gather taken out again returns every position; its last one equals the pruned graph's."""
+    source = Path(request.getfixturevalue(bundle))
+    copy = tmp_path / "bundle"
+    shutil.copytree(source, copy)
+    model = onnx.load(str(copy / "generator" / "model.onnx"), load_external_data=False)
+    graph = model.graph
+    head = next(node for node in graph.node if "logits" in node.output)
+    gather = next(node for node in graph.node if node.name == "/lm_head/prune/Gather")
+    head.input[0] = gather.input[0]
+    keep = [node for node in graph.node if not node.name.startswith("/lm_head/prune/")]
+    del graph.node[:]
+    graph.node.extend(keep)
+    logits = next(o for o in graph.output if o.name == "logits")
+    logits.type.tensor_type.shape.dim[1].dim_param = "sequence_length"
+    onnx.save(model, str(copy / "generator" / "model.onnx"))
+    pruned = replyrank.load(source).generator
+    full = Generator(copy / "generator", pruned.spec)  # the generator alone: the copy's hashes no longer match its manifest
+    prompt = pruned.encode_prompt(COMMENT, GenerationOptions()).ids
+    a, _ = pruned.forward(np.array([prompt]), 0, pruned.empty_cache(1))
+    b, _ = full.forward(np.array([prompt]), 0, full.empty_cache(1))
+    assert a.shape[1] == 1 and b.shape[1] == len(prompt)
+    np.testing.assert_allclose(a[:, -1], b[:, -1], atol=1e-5)
+    # teacher forcing one token at a time through the pruned graph gives every position the full pass gives
+    np.testing.assert_allclose(teacher_forced_logits(pruned, prompt), b[0], atol=1e-3)
+
+
+def test_prune_leaves_a_graph_without_such_a_head_alone(tmp_path):
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["logits"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "s", 4])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, "s", 4])])
+    path = tmp_path / "model.onnx"
+    onnx.save(helper.make_model(graph), str(path))
+    assert prune_lm_head(path) is False
