@@ -173,7 +173,7 @@ def sample_next(
         return logits.argmax(axis=-1)
     # top-k: keep the k most likely tokens of each row, most likely first (all tokens when k is 0)
     k = options.top_k if 0 < options.top_k < logits.shape[-1] else logits.shape[-1]
-    token_ids = np.argpartition(-logits, k - 1, axis=-1)[:, :k] if k < logits.shape[-1] else np.tile(np.arange(k), (len(logits), 1))
+    token_ids = np.argpartition(logits, -k, axis=-1)[:, -k:] if k < logits.shape[-1] else np.tile(np.arange(k), (len(logits), 1))
     kept = np.take_along_axis(logits, token_ids, axis=-1)
     order = np.argsort(-kept, axis=-1, kind="stable")
     token_ids, kept = np.take_along_axis(token_ids, order, axis=-1), np.take_along_axis(kept, order, axis=-1)
@@ -222,7 +222,13 @@ class Generator:
         first_past = inputs[self.past_names[0]]
         self.kv_heads, self.head_dim = int(first_past.shape[1]), int(first_past.shape[3])
         self.cache_dtype = _ONNX_FLOAT[first_past.type]
-        vocab = self.session.get_outputs()[0].shape[-1]
+        logits_info = self.session.get_outputs()[0]
+        vocab = logits_info.shape[-1]
+        # a graph exported with its LM head pruned returns the last position's logits only, (batch, 1, vocab)
+        self.last_logits_only = logits_info.shape[1] == 1
+        # where both are known, a decode step writes its logits straight into a buffer of ours (no output list to fetch)
+        self.vocab = vocab if isinstance(vocab, int) else None
+        self.logits_dtype = _ONNX_FLOAT.get(logits_info.type)
         if isinstance(vocab, int) and self.tokenizer.get_vocab_size() > vocab:
             raise BundleError(
                 f"the generator's tokenizer has {self.tokenizer.get_vocab_size()} tokens but the model only {vocab}; "
@@ -256,7 +262,8 @@ class Generator:
         return Prompt(self.prefix_ids + comment_ids[:limit] + self.suffix_ids, len(comment_ids), cut or len(comment_ids) > limit)
 
     def forward(self, input_ids: np.ndarray, past_length: int, cache: dict[str, ort.OrtValue]) -> tuple[np.ndarray, dict[str, ort.OrtValue]]:
-        """One forward pass: logits (batch, length, vocab) and the new cache, kept as OrtValues between steps.
+        """One forward pass: logits (batch, length, vocab), or (batch, 1, vocab) from a graph whose head is pruned
+        (`last_logits_only`), and the new cache, kept as OrtValues between steps.
 
         A cache with room beyond `past_length` (see `room_for`) is updated in place and returned as is.
         """
@@ -270,8 +277,13 @@ class Generator:
         for name, value in feed.items():
             if name in self.input_names:
                 binding.bind_cpu_input(name, value)
-        binding.bind_output("logits", "cpu")
         in_place = self.in_place and cache[self.past_names[0]].shape()[2] >= past_length + length
+        logits = None
+        if in_place and self.vocab is not None and self.logits_dtype is not None:
+            logits = np.empty((batch, 1 if self.last_logits_only else length, self.vocab), dtype=self.logits_dtype)
+            binding.bind_output("logits", "cpu", element_type=self.logits_dtype, shape=list(logits.shape), buffer_ptr=logits.ctypes.data)
+        else:
+            binding.bind_output("logits", "cpu")
         for past, present in zip(self.past_names, self.present_names):
             binding.bind_ortvalue_input(past, cache[past])
             if in_place:
@@ -279,8 +291,10 @@ class Generator:
             else:
                 binding.bind_output(present, "cpu")
         self.session.run_with_iobinding(binding)
-        logits, *presents = binding.get_outputs()
-        return logits.numpy(), cache if in_place else dict(zip(self.past_names, presents))
+        if logits is not None:  # written into our buffer, the cache into its own: nothing to fetch
+            return logits, cache
+        output, *presents = binding.get_outputs()
+        return output.numpy(), cache if in_place else dict(zip(self.past_names, presents))
 
     def empty_cache(self, batch: int) -> dict[str, ort.OrtValue]:
         empty = np.zeros((batch, self.kv_heads, 0, self.head_dim), dtype=self.cache_dtype)

@@ -22,8 +22,12 @@ def default_threads() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
-def create_session(model_path: str | Path, threads: int | None = None) -> ort.InferenceSession:
-    """Open `model_path` on the CPU with all graph optimizations and `threads` intra-op threads."""
+def create_session(model_path: str | Path, threads: int | None = None, spin: bool = False) -> ort.InferenceSession:
+    """Open `model_path` on the CPU with all graph optimizations and `threads` intra-op threads.
+
+    `spin`: workers spin between the operators of a run instead of sleeping, and stop as the run
+    returns (`session.force_spinning_stop`), so they never burn a core while another session runs.
+    """
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads or default_threads()
@@ -31,7 +35,8 @@ def create_session(model_path: str | Path, threads: int | None = None) -> ort.In
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     # Workers sleep instead of spinning between calls: three sessions on two cores
     # must not burn each other's time while the other one runs.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    options.add_session_config_entry("session.force_spinning_stop", "1")
     # Shapes change every decode step and every batch; the arena would keep the largest
     # of each forever, so memory would grow with the variety of inputs seen.
     options.enable_cpu_mem_arena = False
