@@ -299,7 +299,8 @@ def _load_scorer(base: str, labels: int):
     tokenizer = AutoTokenizer.from_pretrained(base)
     problem = "single_label_classification" if labels == 2 else "regression"
     model = AutoModelForSequenceClassification.from_pretrained(
-        base, num_labels=labels, problem_type=problem, ignore_mismatched_sizes=True  # a new head on any encoder
+        base, num_labels=labels, problem_type=problem, ignore_mismatched_sizes=True,  # a new head on any encoder
+        dtype="float32",  # trained in fp32 whatever the checkpoint stores (transformers 5 would keep an fp16 one in fp16)
     )
     if labels == 2:
         model.config.id2label, model.config.label2id = {0: "generated", 1: "human"}, {"generated": 0, "human": 1}
