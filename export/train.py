@@ -254,10 +254,12 @@ def merge_adapter(base: str, adapter: str | Path, out: str | Path) -> Path:
     model, tokenizer = load_causal_lm(base)
     staging = _staging(Path(out))
     merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
-    spec = Path(adapter).parent / GENERATOR_SPEC
-    if spec.is_file():
+    # the prompt template it was trained with: beside the adapter (train_generator's OUT/adapter) or inside it (a shipped one)
+    spec = next((f for f in (Path(adapter) / GENERATOR_SPEC, Path(adapter).parent / GENERATOR_SPEC) if f.is_file()), None)
+    if spec is not None:
         shutil.copy(spec, staging / GENERATOR_SPEC)
-    return _finish(merged, tokenizer, staging, Path(out), {"model": GENERATOR, "base": base, "adapter": str(adapter)})
+    record = training_record(adapter) or {}
+    return _finish(merged, tokenizer, staging, Path(out), {"model": GENERATOR, "base": base, "adapter": str(adapter), "adapter_training": record})
 
 
 # --- scorers -------------------------------------------------------------------------------
