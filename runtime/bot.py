@@ -107,6 +107,7 @@ def _normalized(text: str) -> str:
     return " ".join(text.lower().split())
 
 
+_LIST_MARKER = re.compile(r"\s+\d{1,2}[.)]$")  # a numbered list's next number, cut off after it
 _SENTENCE_END = re.compile(r"""[.!?…]+["')\]]*(?=\s|$)|\n""")
 
 
@@ -114,7 +115,9 @@ def whole_sentences(text: str) -> str:
     """A reply the token limit cut off, ending at its last whole sentence or line (a reply bot never posts
     half a sentence); unchanged when it has none."""
     ends = [m.end() for m in _SENTENCE_END.finditer(text.rstrip())]
-    return text[: ends[-1]].rstrip() if ends else text
+    if not ends:
+        return text
+    return _LIST_MARKER.sub("", text[: ends[-1]].rstrip()) or text  # "… a bad test. 2." ends at "test."
 
 
 def _check_text(text: object, what: str) -> str:

@@ -23,6 +23,7 @@ def test_a_cut_off_reply_ends_at_its_last_whole_sentence() -> None:
     assert whole_sentences("I agree. It is hard to say what the") == "I agree."
     assert whole_sentences('Yes!! He said "no." Then they') == 'Yes!! He said "no."'
     assert whole_sentences("First line\nsecond line is about") == "First line"
+    assert whole_sentences("1. Be prepared. 2.") == "1. Be prepared."  # not the next list number
     assert whole_sentences("no sentence ended in 3.5 hours of") == "no sentence ended in 3.5 hours of"  # nothing to cut at
 
 
