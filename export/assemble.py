@@ -25,12 +25,14 @@ import numpy as np
 
 import replyrank
 from replyrank.bundle import (
-    DEFAULT_SCORES, DISCRIMINATOR, GENERATOR, MANIFEST, REALISM_THRESHOLD, SCORERS, UPVOTES, Bundle, GeneratorSpec, Score, ScorerSpec,
+    DEFAULT_SCORES, DISCRIMINATOR, GENERATOR, MANIFEST, REALISM_THRESHOLD, SCORERS, TRAINING_NGRAMS, UPVOTES, Bundle, GeneratorSpec, Score,
+    ScorerSpec,
 )
 from replyrank.errors import ReplyrankError
+from replyrank.filters import COPY_WORDS
 from replyrank.generate import GenerationOptions
 
-from .convert import SCORER_SPEC, Checkpoint, ExportError, check_scorer, export_onnx, generator_spec, materialize_causal_lm
+from .convert import SCORER_SPEC, Checkpoint, ExportError, check_scorer, export_onnx, generator_spec, materialize_causal_lm, split_gguf
 from .folders import move_into_place
 from .quantize import BITS, optimize_offline, prune_lm_head, quantize_model, quantize_scorer
 from . import rankers
@@ -121,6 +123,10 @@ def export_generator(
     if not fused:
         export_onnx(checkpoint, work / "generator-fp32", "text-generation-with-past")
     _finish_part(work / "generator-fp32", part_dir, quantize)
+    ngrams = Path(split_gguf(source)[0]) / TRAINING_NGRAMS  # train_generator's: its training replies' n-gram hashes
+    if ngrams.is_file():
+        shutil.copy(ngrams, part_dir / TRAINING_NGRAMS)
+        spec = replace(spec, training_ngrams=TRAINING_NGRAMS, training_ngram_words=COPY_WORDS)
     # GroupQueryAttention appends to a past buffer that has room; optimum's attention concatenates
     graph, kv_cache = ("fused (onnxruntime-genai builder)", "in-place") if fused else ("optimum text-generation-with-past", "concat")
     return replace(spec, graph=graph, kv_cache=kv_cache), checkpoint

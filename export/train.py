@@ -23,9 +23,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from replyrank.bundle import DISCRIMINATOR, GENERATOR, SCORER_MAX_LENGTH, UPVOTES
+from replyrank.bundle import DISCRIMINATOR, GENERATOR, SCORER_MAX_LENGTH, TRAINING_NGRAMS, UPVOTES
+from replyrank.filters import training_ngram_set
 
-from .convert import GENERATOR_SPEC, SCORER_SPEC, ExportError, default_template, load_causal_lm
+from .convert import GENERATOR_SPEC, SCORER_SPEC, ExportError, default_template, load_causal_lm, split_gguf
 from .folders import move_into_place
 
 CHECKPOINT = "checkpoint"
@@ -241,6 +242,10 @@ def train_generator(
     metrics = {"train_pairs": len(train), "valid_pairs": len(valid), "final_loss": float(np.mean(losses[-20:])) if losses else None,
                "valid_reply_perplexity_before": before, "valid_reply_perplexity": after}
     (staging / GENERATOR_SPEC).write_text(json.dumps({"prompt_template": template, "eos_token_ids": [tokenizer.eos_token_id]}))
+    # what the bundle's copy filter checks candidates against: these replies' n-grams, and those an adapter saw before
+    earlier = [Path(split_gguf(base)[0]) / TRAINING_NGRAMS] + ([Path(adapter).parent / TRAINING_NGRAMS] if adapter else [])
+    ngrams = [training_ngram_set([reply for _, reply in train])] + [np.load(f) for f in earlier if f.is_file()]
+    np.save(staging / TRAINING_NGRAMS, np.unique(np.concatenate(ngrams)), allow_pickle=False)
     print(f"generator metrics: {json.dumps(metrics)}", file=sys.stderr)
     model.to("cpu")
     _finish(model, tokenizer, staging, Path(out), {"model": GENERATOR, "base": base, "metrics": metrics})
@@ -258,6 +263,9 @@ def merge_adapter(base: str, adapter: str | Path, out: str | Path) -> Path:
     spec = next((f for f in (Path(adapter) / GENERATOR_SPEC, Path(adapter).parent / GENERATOR_SPEC) if f.is_file()), None)
     if spec is not None:
         shutil.copy(spec, staging / GENERATOR_SPEC)
+    ngrams = next((f for f in (Path(adapter) / TRAINING_NGRAMS, Path(adapter).parent / TRAINING_NGRAMS) if f.is_file()), None)
+    if ngrams is not None:
+        shutil.copy(ngrams, staging / TRAINING_NGRAMS)
     record = training_record(adapter) or {}
     return _finish(merged, tokenizer, staging, Path(out), {"model": GENERATOR, "base": base, "adapter": str(adapter), "adapter_training": record})
 

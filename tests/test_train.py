@@ -10,7 +10,9 @@ from tiny import REDDIT
 
 import replyrank
 from replyrank.cli import main
+from replyrank.export.recipes import load_split
 from replyrank.export.train import TrainOptions, train_discriminator, upvote_target
+from replyrank.filters import ngram_hashes
 
 DUMPS = [REDDIT / "college" / "RS_CollegeAdvice.zst", REDDIT / "college" / "RC_CollegeAdvice.zst"]
 
@@ -38,6 +40,13 @@ def test_train_all_from_real_dumps_to_a_working_bundle(models, tmp_path):
     assert bot.bundle.training["generator"]["valid_reply_perplexity"] == metrics["generator"]["valid_reply_perplexity"]
     reply = CliRunner().invoke(main, ["reply", "is a gap year a good idea?", "--bundle", str(out), "-n", "2", "--max-new-tokens", "6", "--json"])
     assert reply.exit_code == 0 and len(json.loads(reply.stdout)["candidates"]) == 2
+    # the bundle carries the generator's training replies as n-gram hashes, and a candidate copying one is dropped
+    assert bot.bundle.generator.training_ngrams and bot.bundle.read_training_ngrams().size > 0
+    ngrams = set(bot.bundle.read_training_ngrams().tolist())
+    trained_on = [p.reply for p in load_split([str(d) for d in DUMPS])["train"] if len(p.reply.split()) >= 12]
+    copied = next(r for r in trained_on if set(ngram_hashes(r, bot.bundle.generator.training_ngram_words).tolist()) <= ngrams)
+    dropped = bot.score("a comment of its own", [copied, "a reply of its own"]).candidates
+    assert [c.reason for c in dropped if c.text == copied][0].startswith("copies a training reply")
 
 
 def test_too_few_examples_is_a_clear_error(models, tmp_path):
