@@ -19,7 +19,8 @@ def test_default_bundle_builds_and_replies(tmp_path):
     info = json.loads(CliRunner().invoke(main, ["info", "--bundle", str(bundle), "--json"]).stdout)
     assert info["validation"]["passed"]
     assert info["manifest"]["training"]["discriminator"]["roc_auc"] > 0.8
-    assert info["manifest"]["upvotes"]["score"]["name"] == "engagement"
+    assert info["manifest"]["upvotes"]["score"]["name"] == "upvotes"  # the shipped Bradley-Terry head
+    assert info["manifest"]["training"]["generator"]["round"] == 1  # the shipped generator adapter was merged in
     result = CliRunner().invoke(main, ["reply", "Any tips for surviving finals week?", "--bundle", str(bundle), "--seed", "1", "--json"])
     data = json.loads(result.stdout)
     assert data["best"] is not None and data["best"]["text"]
