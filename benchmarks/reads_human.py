@@ -16,9 +16,11 @@ Reported per bundle: the share of picks each judge gives P(human) >= 0.5 (the is
 >= 50%), their median, each judge's AUC of real replies vs the bundle's candidates, the share of
 picks that stopped at the token limit, and the picks' length beside real replies'.
 
+    D=../shared/data/reddit/college
     python benchmarks/reads_human.py --untuned OLD_BUNDLE --bundle NEW_BUNDLE \\
-        --train-data ../shared/data/reddit/college/R?_{ApplyingToCollege,College,CollegeAdvice,CollegeMajors}.zst \\
-        --test-data ../shared/data/reddit/college/R?_{GradSchool,CollegeRant}.zst --out benchmarks/results/human
+        $(for s in ApplyingToCollege College CollegeAdvice CollegeMajors; do echo --train-data $D/RC_$s.zst --train-data $D/RS_$s.zst; done) \\
+        $(for s in GradSchool CollegeRant; do echo --test-data $D/RC_$s.zst --test-data $D/RS_$s.zst; done) \\
+        --train-comments 300 --judge-epochs 1 --out benchmarks/results/human
 
 The judge and each bundle's replies are kept under --out/work, so a re-run only does what is new.
 """

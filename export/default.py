@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import glob
 import hashlib
-import json
 import importlib.util
 import sys
 import random
@@ -35,7 +34,7 @@ from . import rankers
 from .assemble import DEPLOYMENT, ExportOptions, export_bundle
 from .chitchat import ChatTurn, load_turns
 from .recipes import real_and_fake
-from .train import TRAINING_RECORD
+from .train import training_record
 
 PROMPT = (
     "<|im_start|>system\nYou are chatting with a stranger online. Reply casually, in one short sentence.<|im_end|>\n"
@@ -113,7 +112,7 @@ def build_default_bundle(out: Path, force: bool = False, fake_comments: int = 36
             "data": "chitchat-dataset 0.9.0 (real two-person chats, split by chat id) for realism; Reddit college subreddits for upvotes and the generator's adapter",
             DISCRIMINATOR: realism,
             UPVOTES: {k: v for k, v in info.items() if k not in ("heads", "evaluation")} | {"head": info["heads"]["upvotes"]},
-            GENERATOR: (json.loads((adapter / TRAINING_RECORD).read_text()) if adapter else {"data": "not fine-tuned"}),
+            GENERATOR: (training_record(adapter) if adapter else None) or {"data": "not fine-tuned"},
             "build_seconds_before_export": round(time.perf_counter() - started, 1),
         }
         export_options = ExportOptions(quantize="int8", prompt_template=PROMPT, scores=scores, training=training)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from replyrank.bundle import DISCRIMINATOR, GENERATOR, MANIFEST, PARTS, REALISM_THRESHOLD, UPVOTES, Bundle
-from replyrank.generate import GenerationOptions, Generator
+from replyrank.generate import GenerationOptions, Generator, whole_sentences
 
 from replyrank.dumps import Filters, Pair, SiblingPair, load_pairs, sibling_pairs, split_by_thread
 from .assemble import DEPLOYMENT, ExportOptions, export_bundle, export_generator
@@ -112,9 +112,12 @@ class TorchSampler:
             for row, tokens in enumerate(out[:, width:].tolist()):
                 cut = next((t for t, token in enumerate(tokens) if token in self.eos_ids), len(tokens))  # EOS, then padding
                 text = self.tokenizer.decode(tokens[:cut], skip_special_tokens=True)
+                stopped = any(stop in text for stop in options.stop)
                 for stop in options.stop:
                     text = text.split(stop, 1)[0]
-                texts[chunk[row // options.candidates]].append(text.strip())
+                # the runtime's rule for a reply the token limit cut off (`Generation`)
+                text = whole_sentences(text.strip()) if cut == len(tokens) and not stopped else text.strip()
+                texts[chunk[row // options.candidates]].append(text)
         return [(comment, text) for comment, replies in zip(comments, texts) for text in replies if text]
 
 

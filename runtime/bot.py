@@ -1,7 +1,7 @@
 """Generate, score, select: the pipeline of the 2020 GPT-2 + BERT Reddit reply bot, on ONNX Runtime.
 
 1. the generator samples N candidate replies to the comment (prompt prefilled once, shared); a
-   candidate cut off by the token limit ends at its last whole sentence (`whole_sentences`);
+   candidate cut off by the token limit ends at its last whole sentence (`generate.whole_sentences`);
 2. the discriminator gives each the probability that a human wrote it (realism);
 3. the upvote model predicts how well each would be received;
 4. candidates that are empty, duplicates, echoes of the comment, caught by the `ReplyFilters`
@@ -21,7 +21,6 @@ k (an engagement regressor, a version-1 bundle) is treated the same way.
 
 from __future__ import annotations
 
-import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
@@ -107,19 +106,6 @@ def _normalized(text: str) -> str:
     return " ".join(text.lower().split())
 
 
-_LIST_MARKER = re.compile(r"\s+\d{1,2}[.)]$")  # a numbered list's next number, cut off after it
-_SENTENCE_END = re.compile(r"""[.!?…]+["')\]]*(?=\s|$)|\n""")
-
-
-def whole_sentences(text: str) -> str:
-    """A reply the token limit cut off, ending at its last whole sentence or line (a reply bot never posts
-    half a sentence); unchanged when it has none."""
-    ends = [m.end() for m in _SENTENCE_END.finditer(text.rstrip())]
-    if not ends:
-        return text
-    return _LIST_MARKER.sub("", text[: ends[-1]].rstrip()) or text  # "… a bad test. 2." ends at "test."
-
-
 def _check_text(text: object, what: str) -> str:
     if not isinstance(text, str):
         raise InputError(f"{what} must be a string, got {type(text).__name__}")
@@ -197,7 +183,7 @@ class Bot:
         sample = self.generator.sample(comment, options)
         prompt, generations, prefill_s = sample.prompt, sample.generations, sample.prefill_s
         generated = time.perf_counter()
-        texts = [whole_sentences(g.text) if g.finish_reason == "length" else g.text for g in generations]
+        texts = [g.text for g in generations]
         candidates, reason, note = self._select(comment, texts, [g.finish_reason for g in generations])
         end = time.perf_counter()
         best = candidates[0] if candidates and candidates[0].kept else None

@@ -22,6 +22,7 @@ its buffer is exactly the prefix long, so no graph writes into it (see `forward`
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -119,9 +120,26 @@ def check_replies(replies: list[str]) -> None:
             raise InputError(f"a reply may be at most {MAX_REPLY_CHARS} characters, got one of {len(reply)}")
 
 
+_LIST_MARKER = re.compile(r"\s+\d{1,2}[.)]$")  # a numbered list's next number, cut off after it
+_SENTENCE_END = re.compile(r"""[.!?…]+["')\]]*(?=\s|$)|\n""")
+
+
+def whole_sentences(text: str) -> str:
+    """A reply the token limit cut off, ending at its last whole sentence or line (a reply bot never posts
+    half a sentence); unchanged when it has none."""
+    ends = [m.end() for m in _SENTENCE_END.finditer(text.rstrip())]
+    if not ends:
+        return text
+    return _LIST_MARKER.sub("", text[: ends[-1]].rstrip()) or text  # "… a bad test. 2." ends at "test."
+
+
 @dataclass(frozen=True)
 class Generation:
-    """One sampled continuation: its text, its token ids, and why it ended (`eos`, `stop` or `length`)."""
+    """One sampled continuation: its text, its token ids, and why it ended (`eos`, `stop` or `length`).
+
+    The text of one that reached `max_new_tokens` ends at its last whole sentence (`whole_sentences`);
+    `token_ids` are every token sampled.
+    """
 
     text: str
     token_ids: tuple[int, ...]
@@ -385,10 +403,10 @@ class Generator:
             logits, cache = self.forward(picks[:, None].astype(np.int64), past_length, cache)
             logits = logits[:, -1]
             past_length += 1
-        return [Generation(self._text(tokens[row], options.stop), tuple(tokens[row]), finish[row]) for row in range(n)], prefill_s
+        return [Generation(self._text(tokens[row], options.stop, finish[row]), tuple(tokens[row]), finish[row]) for row in range(n)], prefill_s
 
-    def _text(self, token_ids: list[int], stop: tuple[str, ...]) -> str:
+    def _text(self, token_ids: list[int], stop: tuple[str, ...], finish: str) -> str:
         text = self.tokenizer.decode(token_ids, skip_special_tokens=True)
         for s in stop:
             text = text.split(s, 1)[0]
-        return text.strip()
+        return whole_sentences(text.strip()) if finish == "length" else text.strip()

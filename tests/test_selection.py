@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 import replyrank
-from replyrank.bot import upvote_chance, whole_sentences
+from replyrank.bot import upvote_chance
+from replyrank.generate import whole_sentences
 from replyrank.bundle import DISCRIMINATOR, UPVOTES
 
 
@@ -27,17 +28,22 @@ def test_a_cut_off_reply_ends_at_its_last_whole_sentence() -> None:
     assert whole_sentences("no sentence ended in 3.5 hours of") == "no sentence ended in 3.5 hours of"  # nothing to cut at
 
 
-def test_reply_cuts_only_replies_that_hit_the_token_limit(gpt2_bundle) -> None:
+def test_generations_cut_only_where_they_hit_the_token_limit(gpt2_bundle) -> None:
     bot = replyrank.load(gpt2_bundle, realism_threshold=0.0)
-    for seed in range(20):  # a seed whose candidates include one cut off after a whole sentence
+    generator = bot.generator
+    cut_seen = False
+    for seed in range(20):
         options = replace(bot.sampling, max_new_tokens=16, seed=seed)
-        raw = bot.generator.sample("What should I do? Tell me.", options).generations  # a seed samples the same tokens again
-        if any(g.finish_reason == "length" and whole_sentences(g.text) != g.text for g in raw):
+        for g in generator.sample("What should I do? Tell me.", options).generations:
+            whole = generator.tokenizer.decode(list(g.token_ids), skip_special_tokens=True).strip()
+            assert g.text == (whole_sentences(whole) if g.finish_reason == "length" else whole)
+            cut_seen |= g.text != whole
+        if cut_seen:
             break
-    else:
-        pytest.fail("no seed gave a candidate to cut")
-    expected = sorted(whole_sentences(g.text) if g.finish_reason == "length" else g.text for g in raw)
-    assert sorted(c.text for c in bot.reply("What should I do? Tell me.", options).candidates) == expected
+    assert cut_seen, "no seed gave a candidate to cut"
+    # reply and the training side's fakes read the same texts (Generation.text)
+    assert sorted(c.text for c in bot.reply("What should I do? Tell me.", options).candidates) == sorted(
+        g.text for g in generator.sample("What should I do? Tell me.", options).generations)
 
 
 def bot_with(bundle_dir, scores: dict[str, list[float]], pairwise_scale: float | None, threshold: float = 0.0):
