@@ -6,7 +6,11 @@ sampling" rounds, RAFT). Round 0 measures the generator as given. Round k >= 1 f
 round k-1's generator on the candidates round k-1's discriminator ranked best (the best of N
 per training comment, by realism, or by realism x upvote chance when an upvote model is given),
 mixed with real pairs, at a low learning rate for one pass: the real pairs and the small steps
-anchor it to the previous round in place of an explicit KL term. Then every round:
+anchor it to the previous round in place of an explicit KL term. Or, with `method="dpo"`, round k
+fine-tunes with DPO on pairs (a training comment, its real reply preferred over the round k-1
+candidate that round k-1's discriminator found least human), with round k-1's generator as DPO's
+reference, its KL anchor: SPIN's self-play pairs (Chen et al., 2024), the discriminator picking
+the negative. Then every round:
 
 1. samples its generator's replies with the deployment's settings: through replyrank's own ONNX
    runtime (`recipes.runtime_generator`, `recipes.real_and_fake`: the discriminator's fakes are
@@ -58,7 +62,8 @@ from .convert import GENERATOR_SPEC, SCORER_SPEC, ExportError, default_template,
 from .folders import move_into_place
 from .recipes import FAKES_PER_COMMENT, TorchSampler, load_split, real_and_fake, runtime_generator, sample_replies
 from .train import (
-    TRAINING_RECORD, TrainOptions, pairs_perplexity, predict, torch_device, train_discriminator, train_generator, training_record,
+    TRAINING_RECORD, TrainOptions, pairs_perplexity, predict, torch_device, train_discriminator, train_generator, train_preference,
+    training_record,
 )
 
 ROUND = "round.json"  # a round's figures; its presence marks the round finished
@@ -68,6 +73,7 @@ ROUNDS = "rounds.json"  # every round's figures, in the final model folder
 PLOT = "rounds.svg"
 SETTINGS = "settings.json"  # what the work folder was started with; a re-run must match it
 PERPLEXITY_PAIRS = 512
+METHODS = ("best-of-n", "dpo")
 
 
 @dataclass
@@ -84,6 +90,12 @@ class AdversarialOptions:
     seed: int = 0
     generator: TrainOptions = field(default_factory=lambda: TrainOptions(learning_rate=1e-5, batch_size=8))
     discriminator: TrainOptions = field(default_factory=lambda: TrainOptions(learning_rate=3e-5, batch_size=16, max_length=128))
+    # how round k fine-tunes on round k-1's judgements: "best-of-n" distills the candidates the discriminator
+    # ranked best; "dpo" prefers each tune comment's real reply over the candidate it found least human (SPIN's
+    # pairs, with the discriminator picking the negative), against the previous round as the reference
+    method: str = "best-of-n"
+    dpo_beta: float = 0.1  # DPO's beta: how far from the reference the policy may move
+    dpo_nll: float = 0.0  # weight of the chosen reply's NLL added to the DPO loss (RPO)
     threads: int | None = None  # ONNX Runtime threads for sampling (None: the runtime's default)
     # keep only pairs whose reply the deployment could write, at most this many generator tokens
     # (None: every reply): a generator cut at max_new_tokens is otherwise told apart by its length alone
@@ -224,6 +236,30 @@ def distill(
     }
 
 
+def preferences(
+    candidates: Sequence[tuple[str, str]], realism: np.ndarray, real: Sequence[tuple[str, str]],
+) -> dict[str, Any]:
+    """DPO's data: per comment with a real reply, (comment, its real reply, the candidate judged least human)."""
+    own: dict[str, str] = {}
+    for comment, reply in real:
+        if reply.strip():
+            own.setdefault(comment, reply)
+    worst: dict[str, int] = {}
+    for i, (comment, reply) in enumerate(candidates):
+        if comment in own and reply.strip() and reply.strip() != own[comment].strip():
+            if comment not in worst or realism[i] < realism[worst[comment]]:
+                worst[comment] = i
+    picked = list(worst.values())
+    return {
+        "preferences": [[candidates[i][0], own[candidates[i][0]], candidates[i][1]] for i in picked],
+        "stats": {
+            "candidates": len(candidates), "comments": len(worst), "preference_pairs": len(picked),
+            "mean_realism_all": float(realism.mean()) if realism.size else None,
+            "mean_realism_rejected": float(realism[picked].mean()) if picked else None,
+        },
+    }
+
+
 # --- rounds --------------------------------------------------------------------------------
 
 
@@ -328,13 +364,19 @@ def run_round(
             base, adapter = generator, work / f"round-{k - 1}" / "generator" / "adapter"
         if not (staging / "generator" / "config.json").is_file():
             picked = json.loads((work / f"round-{k - 1}" / DISTILL).read_text())
-            pairs = [(comment, reply) for comment, reply in picked["pairs"] + picked["real"]]
-            if not pairs:
-                raise ExportError(f"round {k - 1} distilled no candidate to fine-tune on; sample more (--tune-comments, --candidates)")
-            # held-out perplexity is measured below for every round alike, so the trainer gets no valid pairs
-            train_generator(pairs, [], base, staging / "generator", options.generator, _stored_template(base), adapter=adapter)
+            if options.method == "dpo":
+                train_preference([tuple(t) for t in picked["preferences"]], base, staging / "generator", options.generator,
+                                 _stored_template(base), adapter=adapter, beta=options.dpo_beta, nll_weight=options.dpo_nll)
+            else:
+                pairs = [(comment, reply) for comment, reply in picked["pairs"] + picked["real"]]
+                if not pairs:
+                    raise ExportError(f"round {k - 1} distilled no candidate to fine-tune on; sample more (--tune-comments, --candidates)")
+                # held-out perplexity is measured below for every round alike, so the trainer gets no valid pairs
+                train_generator(pairs, [], base, staging / "generator", options.generator, _stored_template(base), adapter=adapter)
         metrics = (training_record(staging / "generator") or {}).get("metrics", {})
-        fine_tune = {"from": base, "adapter_from": str(adapter) if adapter else None, "train_pairs": metrics.get("train_pairs"), "final_loss": metrics.get("final_loss")}
+        fine_tune = {"method": options.method, "from": base, "adapter_from": str(adapter) if adapter else None,
+                     "train_pairs": metrics.get("train_pairs"), "final_loss": metrics.get("final_loss"),
+                     "final_reward_accuracy": metrics.get("final_reward_accuracy")}
 
     # 2. its replies, through replyrank's own runtime with the deployment's settings
     samples_path = staging / SAMPLES
@@ -403,7 +445,8 @@ def run_round(
         tune = [tuple(p) for p in samples["tune"]]
         scores = upvotes.raw(tune) if upvotes is not None else None
         scale = upvotes.pairwise_scale if upvotes is not None else None
-        picked = distill(tune, judge.raw(tune), scores, anchor_rows, data.copy_index, options, scale)
+        picked = (preferences(tune, judge.raw(tune), tune_rows) if options.method == "dpo"
+                  else distill(tune, judge.raw(tune), scores, anchor_rows, data.copy_index, options, scale))
         _write_json(staging / DISTILL, picked)
         figures["distilled"] = picked["stats"]
     figures["seconds"] = round(time.perf_counter() - started, 1)
@@ -426,6 +469,8 @@ def adversarial_rounds(
     options = options or AdversarialOptions()
     if options.rounds < 1:
         raise ExportError("give at least one round (--rounds 1)")
+    if options.method not in METHODS:
+        raise ExportError(f"unknown method {options.method!r}; choose one of {', '.join(METHODS)}")
     out = Path(out).expanduser().resolve()
     if out.exists() and any(out.iterdir()) and not (out / ROUNDS).is_file():
         raise ExportError(f"{out} exists and is not the output of an adversarial run; choose an empty or new --out")

@@ -244,6 +244,10 @@ def train_all_command(
 @click.option("--held-out-data", multiple=True, help="Dumps measured each round instead of the test threads of --data (other subreddits); repeat, globs allowed.")
 @click.option("--max-reply-tokens", type=click.IntRange(min=1), default=None,
               help="Keep only real replies of at most this many generator tokens (the deployment's max new tokens: 40), so length alone gives no fake away.")
+@click.option("--method", type=click.Choice(["best-of-n", "dpo"]), default="best-of-n", show_default=True,
+              help="best-of-n: distill the candidates the discriminator ranks best; dpo: prefer real replies over the least human candidate, against the previous round.")
+@click.option("--dpo-beta", type=click.FloatRange(min=0, min_open=True), default=None, help="DPO's beta (default: 0.1).")
+@click.option("--dpo-nll", type=click.FloatRange(min=0), default=None, help="Weight of the real reply's NLL added to the DPO loss (default: 0).")
 @click.option("--threads", type=int, default=None, help="ONNX Runtime threads for sampling.")
 def train_adversarial_command(
     data: tuple[str, ...], out: str, generator_source: str, discriminator_base: str, upvotes_model: str | None, work: str | None,

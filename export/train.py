@@ -153,10 +153,11 @@ def generator_examples(tokenizer, template: str, pairs: Sequence[tuple[str, str]
     return examples
 
 
-def _lm_batches(examples: list[tuple[list[int], int]], batch_size: int, pad_id: int):
+def _lm_batches(examples: list[tuple[list[int], int]], batch_size: int, pad_id: int, keep_order: bool = False):
     import torch
 
-    examples = sorted(examples, key=lambda e: len(e[0]))  # similar lengths together: less padding
+    if not keep_order:
+        examples = sorted(examples, key=lambda e: len(e[0]))  # similar lengths together: less padding
     batches = []
     for i in range(0, len(examples), batch_size):
         chunk = examples[i : i + batch_size]
@@ -219,37 +220,143 @@ def train_generator(
     if not batches:
         raise ExportError("no training examples for the generator after tokenization")
     before = reply_perplexity(model, held_out, device) if held_out else None
-    if adapter:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, str(adapter), is_trainable=True)
-    elif options.lora_rank:
-        from peft import LoraConfig, get_peft_model
-
-        targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "c_attn", "c_proj", "c_fc"]
-        present = sorted({name.rsplit(".", 1)[-1] for name, _ in model.named_modules()} & set(targets))
-        config = LoraConfig(r=options.lora_rank, lora_alpha=2 * options.lora_rank, lora_dropout=0.05, target_modules=present, task_type="CAUSAL_LM")
-        model = get_peft_model(model, config)
+    model = _with_adapter(model, options, adapter)
 
     def loss_fn(model, batch):
         return model(**{k: v.to(device) for k, v in batch.items()}).loss
 
     losses = train_loop(model, batches, loss_fn, options, staging, "train generator")
     after = reply_perplexity(model, held_out, device) if held_out else None
+    metrics = {"train_pairs": len(train), "valid_pairs": len(valid), "final_loss": float(np.mean(losses[-20:])) if losses else None,
+               "valid_reply_perplexity_before": before, "valid_reply_perplexity": after}
+    _save_generator(model, tokenizer, template, [reply for _, reply in train], base, adapter, options, staging, Path(out), metrics)
+    return metrics
+
+
+REFERENCE = "reference.pt"  # a preference run's reference log-probabilities, kept so a resumed run uses the same
+
+
+def _sequence_logps(model, batch: dict[str, Any], device: str):
+    """Sum of each row's reply-token log-probabilities (labels != -100)."""
+    import torch
+
+    logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits[:, :-1].float()
+    labels = batch["labels"][:, 1:].to(device)
+    mask = labels != -100
+    taken = torch.gather(logits.log_softmax(-1), 2, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (taken * mask).sum(-1), mask.sum(-1)
+
+
+def _preference_batches(chosen: list[tuple[list[int], int]], rejected: list[tuple[list[int], int]], batch_size: int, pad_id: int):
+    """Batches of `batch_size` (chosen, rejected) examples: the chosen rows first, then their rejected rows in the same order."""
+    order = sorted(range(len(chosen)), key=lambda i: max(len(chosen[i][0]), len(rejected[i][0])))  # similar lengths together
+    batches = []
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        batches += _lm_batches([chosen[i] for i in rows] + [rejected[i] for i in rows], 2 * len(rows), pad_id, keep_order=True)
+    return batches
+
+
+def train_preference(
+    triples: Sequence[tuple[str, str, str]], base: str, out: str | Path, options: TrainOptions | None = None,
+    template: str | None = None, adapter: str | Path | None = None, beta: float = 0.1, nll_weight: float = 0.0,
+) -> dict[str, Any]:
+    """DPO (Rafailov et al., 2023) on (comment, chosen, rejected) triples; writes a generator folder as `train_generator` does.
+
+    The reference is the policy as loaded (`base`, with `adapter` where given): its log-probabilities
+    are computed once before the first step, as TRL's `precompute_ref_log_probs` does, so no second
+    model is held. Loss per pair: -log sigmoid(beta * ((log pi(c) - log ref(c)) - (log pi(r) - log ref(r)))),
+    plus `nll_weight` times the chosen reply's mean token NLL (RPO, Pang et al., 2024).
+    """
+    import torch
+
+    options = options or TrainOptions(learning_rate=5e-6, batch_size=8)
+    _seed(options.seed)
+    staging = _staging(Path(out))
+    model, tokenizer = load_causal_lm(base)
+    template = template or default_template(tokenizer)
+    device = torch_device(options)
+    model.to(device)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    kept, chosen, rejected = [], [], []
+    for comment, good, bad in triples:
+        two = generator_examples(tokenizer, template, [(comment, good), (comment, bad)], options.max_length)
+        if good.strip() and bad.strip() and good.strip() != bad.strip() and len(two) == 2:
+            kept.append((comment, good, bad))
+            chosen.append(two[0])
+            rejected.append(two[1])
+    if not kept:
+        raise ExportError(f"no usable preference pairs among {len(triples)}: each needs two different non-empty replies")
+    batches = _preference_batches(chosen, rejected, options.batch_size, pad)
+    model = _with_adapter(model, options, adapter)
+    for module in model.modules():  # the policy is compared with its reference at step 0: no dropout (TRL's disable_dropout)
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+
+    reference_path = staging / REFERENCE
+    if reference_path.is_file():
+        reference = torch.load(reference_path, weights_only=True)
+    else:
+        model.eval()
+        with torch.no_grad():
+            reference = [_sequence_logps(model, batch, device)[0].cpu() for batch in batches]
+        torch.save(reference, reference_path)
+    for batch, ref in zip(batches, reference):
+        batch["reference"] = ref
+    accuracies: list[float] = []
+
+    def loss_fn(model, batch):
+        logps, counts = _sequence_logps(model, batch, device)
+        half = len(logps) // 2
+        ratios = logps - batch["reference"].to(device)
+        margin = beta * (ratios[:half] - ratios[half:])  # the implicit reward of chosen over rejected
+        accuracies.append(float((margin > 0).float().mean()))
+        loss = -torch.nn.functional.logsigmoid(margin).mean()
+        if nll_weight:
+            loss = loss + nll_weight * (-logps[:half] / counts[:half]).mean()
+        return loss
+
+    losses = train_loop(model, batches, loss_fn, options, staging, "train generator (DPO)")
+    metrics = {"objective": "dpo", "beta": beta, "nll_weight": nll_weight, "train_triples": len(kept), "train_pairs": len(kept),
+               "final_loss": float(np.mean(losses[-20:])) if losses else None,
+               "final_reward_accuracy": float(np.mean(accuracies[-20:])) if accuracies else None}
+    reference_path.unlink()
+    _save_generator(model, tokenizer, template, [good for _, good, _ in kept], base, adapter, options, staging, Path(out), metrics)
+    return metrics
+
+
+def _with_adapter(model, options: TrainOptions, adapter: str | Path | None):
+    """`model` with the LoRA adapter to train: `adapter` continued, a new one of `options.lora_rank`, or none (every weight trains)."""
+    if adapter:
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(model, str(adapter), is_trainable=True)
+    if not options.lora_rank:
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "c_attn", "c_proj", "c_fc"]
+    present = sorted({name.rsplit(".", 1)[-1] for name, _ in model.named_modules()} & set(targets))
+    config = LoraConfig(r=options.lora_rank, lora_alpha=2 * options.lora_rank, lora_dropout=0.05, target_modules=present, task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
+def _save_generator(
+    model, tokenizer, template: str, replies: Sequence[str], base: str, adapter: str | Path | None, options: TrainOptions,
+    staging: Path, out: Path, metrics: dict[str, Any],
+) -> None:
+    """A trained generator into `out`: OUT/adapter (LoRA only) and the merged model, its prompt template and training n-grams."""
     if options.lora_rank or adapter:
         model.save_pretrained(staging / "adapter")  # the adapter alone: small enough to move between machines
         model = model.merge_and_unload()
-    metrics = {"train_pairs": len(train), "valid_pairs": len(valid), "final_loss": float(np.mean(losses[-20:])) if losses else None,
-               "valid_reply_perplexity_before": before, "valid_reply_perplexity": after}
     (staging / GENERATOR_SPEC).write_text(json.dumps({"prompt_template": template, "eos_token_ids": [tokenizer.eos_token_id]}))
     # what the bundle's copy filter checks candidates against: these replies' n-grams, and those an adapter saw before
     earlier = [Path(split_gguf(base)[0]) / TRAINING_NGRAMS] + ([Path(adapter).parent / TRAINING_NGRAMS] if adapter else [])
-    ngrams = [training_ngram_set([reply for _, reply in train])] + [np.load(f) for f in earlier if f.is_file()]
+    ngrams = [training_ngram_set(list(replies))] + [np.load(f) for f in earlier if f.is_file()]
     np.save(staging / TRAINING_NGRAMS, np.unique(np.concatenate(ngrams)), allow_pickle=False)
     print(f"generator metrics: {json.dumps(metrics)}", file=sys.stderr)
     model.to("cpu")
-    _finish(model, tokenizer, staging, Path(out), {"model": GENERATOR, "base": base, "metrics": metrics})
-    return metrics
+    _finish(model, tokenizer, staging, out, {"model": GENERATOR, "base": base, "metrics": metrics})
 
 
 def merge_adapter(base: str, adapter: str | Path, out: str | Path) -> Path:

@@ -15,7 +15,7 @@ from tiny import REDDIT
 import replyrank
 from replyrank.cli import main
 from replyrank.export import adversarial
-from replyrank.export.adversarial import AdversarialOptions, CopyIndex, distill, distinct_n
+from replyrank.export.adversarial import AdversarialOptions, CopyIndex, distill, distinct_n, preferences
 
 DUMPS = [REDDIT / "college" / "RS_CollegeAdvice.zst", REDDIT / "college" / "RC_CollegeAdvice.zst"]
 FIGURES = (
@@ -49,6 +49,44 @@ def test_best_of_n_keeps_the_most_realistic_candidate_per_comment_but_never_a_co
     assert distill(candidates, realism, upvotes, [], index, AdversarialOptions())["pairs"][0] == ["c1", "ok"]
     # the runtime's rule: an upvote model with no measured scale cannot override realism
     assert distill(candidates, realism, upvotes, [], index, AdversarialOptions(), upvote_scale=None)["pairs"][0] == ["c1", "sure thing"]
+
+
+def test_dpo_prefers_each_comments_real_reply_over_its_least_human_candidate():
+    candidates = [("c1", "ok"), ("c1", "sure thing"), ("c2", "nah"), ("c2", "real two"), ("c3", "what")]
+    realism = np.array([0.2, 0.7, 0.9, 0.1, 0.05])
+    picked = preferences(candidates, realism, [("c1", "real one"), ("c2", "real two")])
+    # c2's least human candidate equals its real reply: the next one is taken; c3 has no real reply
+    assert picked["preferences"] == [["c1", "real one", "ok"], ["c2", "real two", "nah"]]
+    assert picked["stats"]["mean_realism_rejected"] == pytest.approx(0.55)
+
+
+def test_dpo_raises_the_chosen_replies_likelihood_over_the_rejected_against_its_reference(models, tmp_path):
+    import torch
+
+    from replyrank.export.convert import load_causal_lm
+    from replyrank.export.train import TrainOptions, _lm_batches, _sequence_logps, generator_examples, train_preference
+
+    triples = [("is a gap year worth it", "yes if you work and save", "I am an AI assistant here to help you"),
+               ("how do I pick a major", "take intro classes first", "I am an AI assistant here to help you")] * 4
+    template = "{comment}\n"
+
+    def margin(folder) -> float:
+        model, tokenizer = load_causal_lm(str(folder))
+        model.eval()
+        rows = [(c, good) for c, good, _ in triples[:2]] + [(c, bad) for c, _, bad in triples[:2]]
+        batch = _lm_batches(generator_examples(tokenizer, template, rows, 48), 4, tokenizer.eos_token_id, keep_order=True)[0]
+        with torch.no_grad():
+            logps = _sequence_logps(model, batch, "cpu")[0]
+        return float((logps[:2] - logps[2:]).mean())
+
+    options = TrainOptions(device="cpu", learning_rate=1e-3, batch_size=4, max_length=48, epochs=4, lora_rank=4)
+    metrics = train_preference(triples, str(models["gpt2"]), tmp_path / "dpo", options, template, beta=0.5, nll_weight=0.1)
+    assert metrics["objective"] == "dpo" and metrics["train_triples"] == 8
+    assert margin(tmp_path / "dpo") > margin(models["gpt2"]) + 0.5  # the reference is the model it started from
+    assert (tmp_path / "dpo" / "adapter" / "adapter_config.json").is_file()
+    assert not (tmp_path / "dpo" / "reference.pt").exists()
+    with pytest.raises(replyrank.ReplyrankError, match="no usable preference pairs"):
+        train_preference([("c", "same", "same")], str(models["gpt2"]), tmp_path / "none", options, template)
 
 
 def test_the_upvote_model_may_be_a_two_head_scorer(models, tmp_path):
@@ -141,6 +179,26 @@ def test_two_rounds_interrupted_in_round_2_resume_there_and_reach_the_bundle(mod
     training = replyrank.load(bundle).bundle.training
     assert [r["round"] for r in training["generator"]["adversarial"]["rounds"]] == [0, 1, 2]
     assert training["discriminator"]["metrics"]["roc_auc"] == rounds[2]["fresh_discriminator_auc"]
+
+
+@pytest.mark.skipif(not DUMPS[0].exists(), reason="../shared/data/reddit is not there")
+def test_a_dpo_round_trains_on_real_replies_preferred_over_the_least_human_candidates(models, tmp_path):
+    out = tmp_path / "gen"
+    args = ["train", "adversarial", "--generator", str(models["gpt2"]), "--discriminator-base", str(models["disc"]),
+            "--upvotes", str(models["upv"]), "--rounds", "1", "--method", "dpo", "--dpo-beta", "0.2", "--out", str(out), "--fakes", "16", "--tune-comments", "8",
+            "--held-out-comments", "6", "--candidates", "2", "--max-steps", "2", "--batch-size", "4", "--max-length", "48",
+            "--device", "cpu", "--lora-rank", "4"]
+    for dump in DUMPS:
+        args += ["--data", str(dump)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    rounds = json.loads((out / "rounds.json").read_text())["rounds"]
+    picked = json.loads((tmp_path / "gen.rounds" / "round-0" / adversarial.DISTILL).read_text())
+    assert picked["stats"]["preference_pairs"] == len(picked["preferences"]) > 0
+    real = set(adversarial.RoundData.load([str(d) for d in DUMPS], AdversarialOptions()).train)
+    assert [p for p in picked["preferences"] if (p[0], p[1]) not in real] == []  # a real reply to that comment
+    assert rounds[1]["fine_tune"]["method"] == "dpo" and rounds[1]["fine_tune"]["final_reward_accuracy"] is not None
+    assert all(rounds[1][name] is not None for name in FIGURES)
 
 
 @pytest.mark.skipif(not DUMPS[0].exists(), reason="../shared/data/reddit is not there")
