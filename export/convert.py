@@ -95,12 +95,29 @@ def load_causal_lm(source: str) -> tuple[Any, Any]:
     return model, tokenizer
 
 
+def save_tokenizer(tokenizer: Any, folder: Path) -> None:
+    """Save a generator's tokenizer so that transformers 4 and 5 both load it as it was.
+
+    A tokenizer read from a GGUF saves as a `LlamaTokenizer`, which transformers 5 rebuilds with a
+    SentencePiece-style pre-tokenizer; a byte-level BPE (SmolLM2's, GPT-2's) is recorded as the
+    GPT2Tokenizer it is, as SmolLM2's own hub folder records it, which both load from tokenizer.json unchanged.
+    """
+    tokenizer.save_pretrained(folder)
+    config_path, vocab_path = Path(folder) / "tokenizer_config.json", Path(folder) / "tokenizer.json"
+    if not (config_path.is_file() and vocab_path.is_file()):
+        return
+    config = json.loads(config_path.read_text())
+    pre = json.loads(vocab_path.read_text()).get("pre_tokenizer") or {}
+    if str(config.get("tokenizer_class", "")).startswith("Llama") and pre.get("type") == "ByteLevel":
+        config_path.write_text(json.dumps({**config, "tokenizer_class": "GPT2Tokenizer"}, indent=2, ensure_ascii=False))
+
+
 def materialize_causal_lm(source: str, work_dir: Path) -> Checkpoint:
     """Load a causal LM from a hub id, folder or GGUF and save it as a plain safetensors folder."""
     model, tokenizer = load_causal_lm(source)
     folder = work_dir / "generator-hf"
     model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    save_tokenizer(tokenizer, folder)
     spec = Path(split_gguf(source)[0]) / GENERATOR_SPEC
     if spec.is_file():
         shutil.copy(spec, folder / GENERATOR_SPEC)

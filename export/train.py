@@ -26,7 +26,7 @@ import numpy as np
 from replyrank.bundle import DISCRIMINATOR, GENERATOR, SCORER_MAX_LENGTH, TRAINING_NGRAMS, UPVOTES
 from replyrank.filters import training_ngram_set
 
-from .convert import GENERATOR_SPEC, SCORER_SPEC, ExportError, default_template, load_causal_lm, split_gguf
+from .convert import GENERATOR_SPEC, SCORER_SPEC, ExportError, default_template, load_causal_lm, save_tokenizer, split_gguf
 from .folders import move_into_place
 
 CHECKPOINT = "checkpoint"
@@ -123,7 +123,7 @@ def train_loop(model, batches: list[Any], loss_fn, options: TrainOptions, stagin
 def _finish(model, tokenizer, staging: Path, out: Path, extra: dict[str, Any]) -> Path:
     shutil.rmtree(staging / CHECKPOINT, ignore_errors=True)
     model.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
+    save_tokenizer(tokenizer, staging)
     (staging / TRAINING_RECORD).write_text(json.dumps(extra, indent=2))
     out = Path(out).expanduser().resolve()
     move_into_place(staging, out)
