@@ -55,7 +55,7 @@ REALISM_THRESHOLD = 0.5  # a candidate is kept at realism >= this, until export 
 SCORER_MAX_LENGTH = 256  # tokens of a (comment, reply) pair, longest first truncated
 # GenerationOptions fields that belong to one call, not to a deployment: never written into a manifest
 PER_CALL_OPTIONS = ("seed", "deadline")
-TEXT_NORMALIZATIONS = ("dialogrpt",)  # see replyrank.dumps.normalize_text
+TEXT_NORMALIZATIONS = ("dialogrpt",)  # see replyrank.filters.normalize_text
 TRAINING_NGRAMS = "training_ngrams.npy"  # in the generator folder, see with_training_ngrams
 REEXPORT = "re-export it with `replyrank export` (the default bundle: `replyrank build-default --force`)"
 

@@ -3,7 +3,7 @@ diagnostics on stderr, a one-line error and a non-zero exit for anything the use
 
 from __future__ import annotations
 
-import importlib.metadata
+import importlib
 import json
 import os
 import sys
@@ -23,6 +23,8 @@ from .generate import GenerationOptions
 BUNDLE_HELP = "Bundle folder (default: $REPLYRANK_BUNDLE, else the default bundle in ~/.cache/replyrank)."
 # entry-point groups the build side (replyrank.export) registers in pyproject.toml
 COMMANDS = "replyrank.commands"
+# runtime commands whose modules are imported only when asked for: a reply never pays for them
+LAZY_COMMANDS = {"batch": "replyrank.batch", "serve": "replyrank.serve"}
 BUILDERS = "replyrank.builders"
 EXPORT_EXTRA = "pip install torch==2.13.0 'replyrank[export]'"
 BUNDLE_SAMPLING = "(default: the bundle's deployment setting)"
@@ -49,7 +51,9 @@ def _read_comment(comment: str) -> str:
     return sys.stdin.buffer.read().decode("utf-8", errors="replace")
 
 
-def _entry_points(group: str) -> dict[str, importlib.metadata.EntryPoint]:
+def _entry_points(group: str) -> dict[str, Any]:
+    import importlib.metadata  # ~30 ms of imports: only the build commands look their entry points up
+
     return {entry.name: entry for entry in importlib.metadata.entry_points(group=group)}
 
 
@@ -124,13 +128,17 @@ class Group(click.Group):
 
     The build side's commands come from the `replyrank.commands` entry points (replyrank.export's
     `cli.py`), loaded only when asked for: the runtime never imports the build side by name.
+    `batch` and `serve` (`LAZY_COMMANDS`) are imported only when asked for too.
     """
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted({*super().list_commands(ctx), *_entry_points(COMMANDS)})
+        return sorted({*super().list_commands(ctx), *LAZY_COMMANDS, *_entry_points(COMMANDS)})
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         command = super().get_command(ctx, name)
+        if command is None and name in LAZY_COMMANDS:
+            # each module imports without its extra, and its command then names the install command
+            return getattr(importlib.import_module(LAZY_COMMANDS[name]), name)
         entry = _entry_points(COMMANDS).get(name) if command is None else None
         if entry is None:
             return command
@@ -298,10 +306,3 @@ def eval_command(
 def _num(value: float | None) -> str:
     return f"{value:6.3f}" if value is not None else f"{'-':>6}"
 
-
-# `replyrank batch` (Ray Data); the module imports without the batch extra, and its help then names the install command
-main.add_command(importlib.import_module("replyrank.batch").batch)
-
-
-# `replyrank serve` (FastAPI + uvicorn); without the server extra it names the install command
-main.add_command(importlib.import_module("replyrank.serve").serve)

@@ -10,7 +10,8 @@ pairs by thread, because siblings share a parent and a split by row leaks.
 `sibling_pairs` builds the comparison set of DialogRPT (Gao et al., 2020,
 "Dialogue Response Ranking Training with Large-Scale Human Feedback Data"):
 replies to one parent, adjacent and close in time, whose scores differ;
-`normalize_text` is its text normalisation (links, quoted lines).
+`normalize_text` (in `replyrank.filters`, which the runtime imports without this module's
+decompressors) is its text normalisation (links, quoted lines).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from typing import Any, BinaryIO
 import zstandard
 
 from .errors import ReplyrankError
+from .filters import normalize_text  # noqa: F401  (the training side normalises its pairs with it, from here)
 
 log = logging.getLogger(__name__)
 
@@ -430,19 +432,3 @@ def sibling_pairs(
             found = random.Random(digest).sample(found, max_per_parent)
         result += found
     return result
-
-
-_MARKDOWN_LINK = re.compile(r"\[([^\]]*)\]\((?:https?://|www\.)[^)\s]*\)", re.IGNORECASE)
-_URL = re.compile(r"\S*(?:https?://|www\.)\S*", re.IGNORECASE)
-
-
-def normalize_text(text: str) -> str:
-    """DialogRPT's text normalisation: links become "(URL)", quoted lines ("> ...") go, whitespace is one space.
-
-    DialogRPT drops any text that quotes another (`>`); we drop the quoted lines and keep what the
-    author wrote. Applied alike to training pairs and to the texts a bundle scores.
-    """
-    text = _MARKDOWN_LINK.sub(lambda m: f"{m.group(1)} (URL)".strip(), text)
-    text = _URL.sub("(URL)", text)
-    lines = [line for line in text.splitlines() if not line.lstrip().startswith((">", "&gt;"))]
-    return " ".join(" ".join(lines).split())

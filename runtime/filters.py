@@ -11,6 +11,9 @@ written by `replyrank.bundle.with_training_ngrams`): 8 bytes per n-gram, no text
 binary search. A 64-bit hash makes a false match between distinct n-grams about as likely as
 2^-64 per pair: negligible. Words are lower-cased runs of letters and digits (apostrophes inside a
 word kept), so case, punctuation and spacing do not hide a copy.
+
+`normalize_text` is the text normalisation a scorer may have been trained on (DialogRPT's: links,
+quoted lines), applied to the pairs it scores (`replyrank.score`) and to its training pairs.
 """
 
 from __future__ import annotations
@@ -167,3 +170,19 @@ def _shared_run(text: str, comment: str, n: int) -> str | None:
         if tuple(text_words[i : i + n]) in grams:
             return " ".join(text_words[i : i + n])
     return None
+
+
+_MARKDOWN_LINK = re.compile(r"\[([^\]]*)\]\((?:https?://|www\.)[^)\s]*\)", re.IGNORECASE)
+_URL = re.compile(r"\S*(?:https?://|www\.)\S*", re.IGNORECASE)
+
+
+def normalize_text(text: str) -> str:
+    """DialogRPT's text normalisation: links become "(URL)", quoted lines ("> ...") go, whitespace is one space.
+
+    DialogRPT drops any text that quotes another (`>`); we drop the quoted lines and keep what the
+    author wrote. Applied alike to training pairs and to the texts a bundle scores.
+    """
+    text = _MARKDOWN_LINK.sub(lambda m: f"{m.group(1)} (URL)".strip(), text)
+    text = _URL.sub("(URL)", text)
+    lines = [line for line in text.splitlines() if not line.lstrip().startswith((">", "&gt;"))]
+    return " ".join(" ".join(lines).split())

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from .bundle import Bundle, ScorerSpec
-from .dumps import normalize_text
 from .errors import BundleError
+from .filters import normalize_text
 from .sessions import create_session, load_tokenizer
 
 
