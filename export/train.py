@@ -236,7 +236,7 @@ def train_generator(
 REFERENCE = "reference.pt"  # a preference run's reference log-probabilities, kept so a resumed run uses the same
 
 
-def _sequence_logps(model, batch: dict[str, Any], device: str):
+def sequence_logps(model, batch: dict[str, Any], device: str):
     """Sum of each row's reply-token log-probabilities (labels != -100)."""
     import torch
 
@@ -245,6 +245,16 @@ def _sequence_logps(model, batch: dict[str, Any], device: str):
     mask = labels != -100
     taken = torch.gather(logits.log_softmax(-1), 2, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
     return (taken * mask).sum(-1), mask.sum(-1)
+
+
+def reply_logps(model, tokenizer, template: str, pairs: Sequence[tuple[str, str]], max_length: int, device: str = "cpu") -> np.ndarray:
+    """log p(reply | prompt(comment)) of each (comment, reply), summed over the reply tokens, as DPO counts it."""
+    import torch
+
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    batches = _lm_batches(generator_examples(tokenizer, template, pairs, max_length), 16, pad, keep_order=True)
+    with torch.no_grad():
+        return np.concatenate([sequence_logps(model, batch, device)[0].cpu().numpy() for batch in batches]) if batches else np.zeros(0)
 
 
 def _preference_batches(chosen: list[tuple[list[int], int]], rejected: list[tuple[list[int], int]], batch_size: int, pad_id: int):
@@ -299,14 +309,14 @@ def train_preference(
     else:
         model.eval()
         with torch.no_grad():
-            reference = [_sequence_logps(model, batch, device)[0].cpu() for batch in batches]
+            reference = [sequence_logps(model, batch, device)[0].cpu() for batch in batches]
         torch.save(reference, reference_path)
     for batch, ref in zip(batches, reference):
         batch["reference"] = ref
     accuracies: list[float] = []
 
     def loss_fn(model, batch):
-        logps, counts = _sequence_logps(model, batch, device)
+        logps, counts = sequence_logps(model, batch, device)
         half = len(logps) // 2
         ratios = logps - batch["reference"].to(device)
         margin = beta * (ratios[:half] - ratios[half:])  # the implicit reward of chosen over rejected

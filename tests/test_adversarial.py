@@ -61,10 +61,8 @@ def test_dpo_prefers_each_comments_real_reply_over_its_least_human_candidate():
 
 
 def test_dpo_raises_the_chosen_replies_likelihood_over_the_rejected_against_its_reference(models, tmp_path):
-    import torch
-
     from replyrank.export.convert import load_causal_lm
-    from replyrank.export.train import TrainOptions, _lm_batches, _sequence_logps, generator_examples, train_preference
+    from replyrank.export.train import TrainOptions, reply_logps, train_preference
 
     triples = [("is a gap year worth it", "yes if you work and save", "I am an AI assistant here to help you"),
                ("how do I pick a major", "take intro classes first", "I am an AI assistant here to help you")] * 4
@@ -74,9 +72,7 @@ def test_dpo_raises_the_chosen_replies_likelihood_over_the_rejected_against_its_
         model, tokenizer = load_causal_lm(str(folder))
         model.eval()
         rows = [(c, good) for c, good, _ in triples[:2]] + [(c, bad) for c, _, bad in triples[:2]]
-        batch = _lm_batches(generator_examples(tokenizer, template, rows, 48), 4, tokenizer.eos_token_id, keep_order=True)[0]
-        with torch.no_grad():
-            logps = _sequence_logps(model, batch, "cpu")[0]
+        logps = reply_logps(model, tokenizer, template, rows, 48)
         return float((logps[:2] - logps[2:]).mean())
 
     options = TrainOptions(device="cpu", learning_rate=1e-3, batch_size=4, max_length=48, epochs=4, lora_rank=4)
