@@ -198,6 +198,17 @@ def pairs_perplexity(model, tokenizer, template: str, pairs: Sequence[tuple[str,
     return reply_perplexity(model, batches, torch_device(options)) if batches else None
 
 
+def _start_generator(base: str, out: str | Path, options: TrainOptions, template: str | None):
+    """What both generator trainers start from: (staging, model on its device, tokenizer, template, device, pad id)."""
+    _seed(options.seed)
+    staging = _staging(Path(out))
+    model, tokenizer = load_causal_lm(base)
+    device = torch_device(options)
+    model.to(device)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return staging, model, tokenizer, template or default_template(tokenizer), device, pad
+
+
 def train_generator(
     train: Sequence[tuple[str, str]], valid: Sequence[tuple[str, str]], base: str, out: str | Path,
     options: TrainOptions | None = None, template: str | None = None, adapter: str | Path | None = None,
@@ -208,13 +219,7 @@ def train_generator(
     over the same `base`), that adapter is trained further. Either way OUT/adapter holds it, and OUT the merged model.
     """
     options = options or TrainOptions(learning_rate=5e-5, batch_size=8)
-    _seed(options.seed)
-    staging = _staging(Path(out))
-    model, tokenizer = load_causal_lm(base)
-    template = template or default_template(tokenizer)
-    device = torch_device(options)
-    model.to(device)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    staging, model, tokenizer, template, device, pad = _start_generator(base, out, options, template)
     batches = _lm_batches(generator_examples(tokenizer, template, train, options.max_length), options.batch_size, pad)
     held_out = _lm_batches(generator_examples(tokenizer, template, valid, options.max_length), options.batch_size, pad)
     if not batches:
@@ -281,13 +286,7 @@ def train_preference(
     import torch
 
     options = options or TrainOptions(learning_rate=5e-6, batch_size=8)
-    _seed(options.seed)
-    staging = _staging(Path(out))
-    model, tokenizer = load_causal_lm(base)
-    template = template or default_template(tokenizer)
-    device = torch_device(options)
-    model.to(device)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    staging, model, tokenizer, template, device, pad = _start_generator(base, out, options, template)
     kept, chosen, rejected = [], [], []
     for comment, good, bad in triples:
         two = generator_examples(tokenizer, template, [(comment, good), (comment, bad)], options.max_length)
