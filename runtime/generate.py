@@ -310,19 +310,15 @@ class Generator:
         limit = min(room, options.max_comment_tokens)
         return Prompt(self.prefix_ids + comment_ids[:limit] + self.suffix_ids, len(comment_ids), cut or len(comment_ids) > limit)
 
-    def forward(
-        self, input_ids: np.ndarray, past_length: int, cache: dict[str, ort.OrtValue], binding: ort.IOBinding | None = None
-    ) -> tuple[np.ndarray, dict[str, ort.OrtValue]]:
+    def forward(self, input_ids: np.ndarray, past_length: int, cache: dict[str, ort.OrtValue]) -> tuple[np.ndarray, dict[str, ort.OrtValue]]:
         """One forward pass: logits (batch, length, vocab), or (batch, 1, vocab) from a graph whose head is pruned
         (`last_logits_only`), and the new cache, kept as OrtValues between steps.
 
         A cache with room beyond `past_length` (see `room_for`) is updated in place and returned as is.
-        `binding`: that cache's `bind_cache`, kept across decode steps, so that a step binds only its new inputs and logits.
         """
         batch, length = input_ids.shape
         in_place = self.in_place and cache[self.past_names[0]].shape()[2] >= past_length + length
-        bound = binding is not None and in_place
-        binding = binding if bound else self.session.io_binding()
+        binding = self.session.io_binding()
         feed = {
             "input_ids": input_ids,
             "attention_mask": np.ones((batch, past_length + length), dtype=np.int64),
@@ -337,7 +333,7 @@ class Generator:
             binding.bind_output("logits", "cpu", element_type=self.logits_dtype, shape=list(logits.shape), buffer_ptr=logits.ctypes.data)
         else:
             binding.bind_output("logits", "cpu")
-        for past, present in zip(self.past_names, self.present_names) if not bound else ():
+        for past, present in zip(self.past_names, self.present_names):
             binding.bind_ortvalue_input(past, cache[past])
             if in_place:
                 binding.bind_ortvalue_output(present, cache[past])
@@ -348,15 +344,6 @@ class Generator:
             return logits, cache
         output, *presents = binding.get_outputs()
         return output.numpy(), cache if in_place else dict(zip(self.past_names, presents))
-
-    def bind_cache(self, cache: dict[str, ort.OrtValue]) -> ort.IOBinding:
-        """A binding of an in-place `cache` as both past and present, for `forward`'s decode steps on it
-        (120 bindings for the default bundle, made once instead of every step)."""
-        binding = self.session.io_binding()
-        for past, present in zip(self.past_names, self.present_names):
-            binding.bind_ortvalue_input(past, cache[past])
-            binding.bind_ortvalue_output(present, cache[past])
-        return binding
 
     def empty_cache(self, batch: int) -> dict[str, ort.OrtValue]:
         empty = np.zeros((batch, self.kv_heads, 0, self.head_dim), dtype=self.cache_dtype)
@@ -424,7 +411,6 @@ class Generator:
         prefill_s = time.perf_counter() - start
         # share it: every candidate starts from the same prompt cache and next-token logits
         cache = self.room_for(cache, n, len(prompt_ids) + options.max_new_tokens)
-        binding = self.bind_cache(cache) if self.in_place else None
         logits = np.repeat(logits, n, axis=0)
         past_length = len(prompt_ids)
         rows = list(range(n))  # which candidate each batch row is
@@ -458,11 +444,10 @@ class Generator:
                 if not keep:
                     break
                 cache = self.keep_rows(cache, keep)
-                binding = self.bind_cache(cache) if self.in_place else None
                 rows = [rows[p] for p in keep]
                 picks = picks[keep]
             # decode: one step for the rows still running, past grows by one
-            logits, cache = self.forward(picks[:, None].astype(np.int64), past_length, cache, binding)
+            logits, cache = self.forward(picks[:, None].astype(np.int64), past_length, cache)
             logits = logits[:, -1]
             past_length += 1
         return [Generation(self._text(tokens[row], options.stop, finish[row]), tuple(tokens[row]), finish[row]) for row in range(n)], prefill_s
