@@ -25,7 +25,6 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -245,12 +244,7 @@ class Generator:
         self.eos_ids = np.array(spec.eos_token_ids, dtype=np.int64)
         self.eos_set = set(spec.eos_token_ids)  # looked up for every row of every step
         self.context_length = spec.context_length
-        # ONNX Runtime builds the session (mostly repacking the weights) outside the GIL, so the
-        # ~0.2 s tokenizer load runs beside it rather than before it
-        with ThreadPoolExecutor(1) as pool:
-            session = pool.submit(create_session, model_dir / "model.onnx", threads)
-            self.tokenizer = load_tokenizer(model_dir / "tokenizer.json")
-            self.session = session.result()
+        self.tokenizer = load_tokenizer(model_dir / "tokenizer.json")
         # The template's own markup (e.g. <|im_start|>) is parsed as special tokens, once, here;
         # after that the flag is set for good and a user's typed "<|endoftext|>" stays text.
         prefix, suffix = self.template.split("{comment}")
@@ -260,6 +254,7 @@ class Generator:
         if spec.bos_token_id is not None:
             self.prefix_ids = [spec.bos_token_id] + self.prefix_ids
 
+        self.session = create_session(model_dir / "model.onnx", threads)
         self.in_place = spec.kv_cache == "in-place"
         inputs = {i.name: i for i in self.session.get_inputs()}
         self.input_names = set(inputs)
