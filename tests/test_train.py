@@ -85,3 +85,21 @@ def test_interrupted_training_resumes_from_its_checkpoint(models, tmp_path):
     resumed: list[int] = []
     train_loop(model, batches, lambda m, b: resumed.append(1) or m(b).pow(2).mean(), options, staging, "test")
     assert len(resumed) == 4  # steps 5-8 only
+
+
+def test_a_byte_level_tokenizer_read_as_llama_is_saved_as_the_gpt2_tokenizer_it_is(models, tmp_path):
+    # a GGUF-read SmolLM2 tokenizer is a LlamaTokenizerFast over a byte-level BPE; transformers 5 would
+    # rebuild a saved LlamaTokenizer with a SentencePiece pre-tokenizer
+    from transformers import AutoTokenizer, LlamaTokenizerFast
+
+    from replyrank.export.convert import save_tokenizer
+
+    llama = LlamaTokenizerFast(tokenizer_file=str(models["gpt2"] / "tokenizer.json"), eos_token="<|im_end|>")
+    save_tokenizer(llama, tmp_path / "tok")
+    assert json.loads((tmp_path / "tok" / "tokenizer_config.json").read_text())["tokenizer_class"] == "GPT2Tokenizer"
+    text = "How do I pick a major?  I like   math\n\nand art"
+    again = AutoTokenizer.from_pretrained(tmp_path / "tok")
+    assert again(text, add_special_tokens=False).input_ids == llama(text, add_special_tokens=False).input_ids
+    assert again.eos_token == "<|im_end|>"
+    save_tokenizer(AutoTokenizer.from_pretrained(models["disc"]), tmp_path / "bert")  # anything else is saved as it is
+    assert json.loads((tmp_path / "bert" / "tokenizer_config.json").read_text())["tokenizer_class"] != "GPT2Tokenizer"
