@@ -39,7 +39,8 @@ import numpy as np
 
 import replyrank
 from replyrank.bundle import DISCRIMINATOR, Bundle
-from replyrank.dumps import Filters, Pair, load_pairs, normalize_text
+from replyrank.dumps import Filters, Pair, load_pairs
+from replyrank.filters import normalize_text
 from replyrank.metrics import roc_auc
 
 

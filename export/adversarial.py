@@ -443,10 +443,12 @@ def run_round(
     # 5. the next round's fine-tune data, ranked by this round's discriminator
     if not last:
         tune = [tuple(p) for p in samples["tune"]]
-        scores = upvotes.raw(tune) if upvotes is not None else None
-        scale = upvotes.pairwise_scale if upvotes is not None else None
-        picked = (preferences(tune, judge.raw(tune), tune_rows) if options.method == "dpo"
-                  else distill(tune, judge.raw(tune), scores, anchor_rows, data.copy_index, options, scale))
+        if options.method == "dpo":
+            picked = preferences(tune, judge.raw(tune), tune_rows)
+        else:
+            scores = upvotes.raw(tune) if upvotes is not None else None  # DPO's pairs take no upvote score
+            scale = upvotes.pairwise_scale if upvotes is not None else None
+            picked = distill(tune, judge.raw(tune), scores, anchor_rows, data.copy_index, options, scale)
         _write_json(staging / DISTILL, picked)
         figures["distilled"] = picked["stats"]
     figures["seconds"] = round(time.perf_counter() - started, 1)

@@ -302,7 +302,8 @@ def load_reddit(files: Sequence[str], seed: int = 0) -> dict[str, list]:
     """Pairs from Pushshift dumps with DialogRPT's text normalisation, split by thread (train / valid / test)."""
     from dataclasses import replace
 
-    from replyrank.dumps import Filters, load_pairs, normalize_text, split_by_thread
+    from replyrank.dumps import Filters, load_pairs, split_by_thread
+    from replyrank.filters import normalize_text
 
     pairs = []
     # long posts are kept (their first tokens are what the encoder sees), not dropped
@@ -371,7 +372,7 @@ def train_realism(
     import torch
     from tqdm.auto import tqdm
 
-    from replyrank.dumps import normalize_text
+    from replyrank.filters import normalize_text
     from replyrank.metrics import balanced_accuracy, roc_auc
 
     if min(len(real), len(fake)) < 8:

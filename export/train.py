@@ -193,9 +193,12 @@ def reply_perplexity(model, batches, device: str) -> float:
 
 def pairs_perplexity(model, tokenizer, template: str, pairs: Sequence[tuple[str, str]], options: TrainOptions) -> float | None:
     """Reply perplexity of `model` (already on its device) on (comment, reply) pairs, counted as training counts it; None without pairs."""
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    batches = _lm_batches(generator_examples(tokenizer, template, pairs, options.max_length), options.batch_size, pad)
+    batches = _lm_batches(generator_examples(tokenizer, template, pairs, options.max_length), options.batch_size, _pad_id(tokenizer))
     return reply_perplexity(model, batches, torch_device(options)) if batches else None
+
+
+def _pad_id(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
 def _start_generator(base: str, out: str | Path, options: TrainOptions, template: str | None):
@@ -205,8 +208,7 @@ def _start_generator(base: str, out: str | Path, options: TrainOptions, template
     model, tokenizer = load_causal_lm(base)
     device = torch_device(options)
     model.to(device)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return staging, model, tokenizer, template or default_template(tokenizer), device, pad
+    return staging, model, tokenizer, template or default_template(tokenizer), device, _pad_id(tokenizer)
 
 
 def train_generator(
@@ -256,8 +258,7 @@ def reply_logps(model, tokenizer, template: str, pairs: Sequence[tuple[str, str]
     """log p(reply | prompt(comment)) of each (comment, reply), summed over the reply tokens, as DPO counts it."""
     import torch
 
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    batches = _lm_batches(generator_examples(tokenizer, template, pairs, max_length), 16, pad, keep_order=True)
+    batches = _lm_batches(generator_examples(tokenizer, template, pairs, max_length), 16, _pad_id(tokenizer), keep_order=True)
     with torch.no_grad():
         return np.concatenate([sequence_logps(model, batch, device)[0].cpu().numpy() for batch in batches]) if batches else np.zeros(0)
 
@@ -326,7 +327,7 @@ def train_preference(
         return loss
 
     losses = train_loop(model, batches, loss_fn, options, staging, "train generator (DPO)")
-    metrics = {"objective": "dpo", "beta": beta, "nll_weight": nll_weight, "train_triples": len(kept), "train_pairs": len(kept),
+    metrics = {"objective": "dpo", "beta": beta, "nll_weight": nll_weight, "train_pairs": len(kept),
                "final_loss": float(np.mean(losses[-20:])) if losses else None,
                "final_reward_accuracy": float(np.mean(accuracies[-20:])) if accuracies else None}
     reference_path.unlink()

@@ -104,7 +104,7 @@ def scorer_vs_torch(model_dir: Path, spec: ScorerSpec, torch_folder: Path, pairs
 
 def pair_model_vs_torch(model_dir: Path, specs: dict[str, ScorerSpec], model, tokenizer, pairs: list[tuple[str, str]]) -> dict[str, dict]:
     """Each head of a two-head scorer graph (export.rankers) against the PyTorch model it came from."""
-    from replyrank.dumps import normalize_text
+    from replyrank.filters import normalize_text
 
     from .rankers import predict
 

@@ -10,8 +10,7 @@ pairs by thread, because siblings share a parent and a split by row leaks.
 `sibling_pairs` builds the comparison set of DialogRPT (Gao et al., 2020,
 "Dialogue Response Ranking Training with Large-Scale Human Feedback Data"):
 replies to one parent, adjacent and close in time, whose scores differ;
-`normalize_text` (in `replyrank.filters`, which the runtime imports without this module's
-decompressors) is its text normalisation (links, quoted lines).
+its text normalisation (links, quoted lines) is `replyrank.filters.normalize_text`.
 """
 
 from __future__ import annotations
@@ -23,7 +22,6 @@ import json
 import logging
 import lzma
 import random
-import re
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -33,7 +31,6 @@ from typing import Any, BinaryIO
 import zstandard
 
 from .errors import ReplyrankError
-from .filters import normalize_text  # noqa: F401  (the training side normalises its pairs with it, from here)
 
 log = logging.getLogger(__name__)
 

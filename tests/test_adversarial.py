@@ -77,7 +77,7 @@ def test_dpo_raises_the_chosen_replies_likelihood_over_the_rejected_against_its_
 
     options = TrainOptions(device="cpu", learning_rate=1e-3, batch_size=4, max_length=48, epochs=4, lora_rank=4)
     metrics = train_preference(triples, str(models["gpt2"]), tmp_path / "dpo", options, template, beta=0.5, nll_weight=0.1)
-    assert metrics["objective"] == "dpo" and metrics["train_triples"] == 8
+    assert metrics["objective"] == "dpo" and metrics["train_pairs"] == 8
     assert margin(tmp_path / "dpo") > margin(models["gpt2"]) + 0.5  # the reference is the model it started from
     assert (tmp_path / "dpo" / "adapter" / "adapter_config.json").is_file()
     assert not (tmp_path / "dpo" / "reference.pt").exists()

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from replyrank.dumps import Pair, load_pairs, normalize_text, sibling_pairs, split_by_thread
+from replyrank.dumps import Pair, load_pairs, sibling_pairs, split_by_thread
+from replyrank.filters import normalize_text
 
 REDDIT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "reddit"
 HOUR = 3600

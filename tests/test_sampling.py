@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from replyrank.generate import GenerationOptions, candidate_rngs, sample_next
+from replyrank.generate import GenerationOptions, candidate_rngs, sample_next, top_k
 
 SEEDS = range(200)
 
@@ -97,3 +97,15 @@ def test_candidate_rngs_spawn_from_the_seed(seed):
     if seed is not None:
         children = np.random.SeedSequence(seed).spawn(4)
         assert draws == [np.random.default_rng(child).random() for child in children]
+
+
+@pytest.mark.parametrize("vocab", [49_152, 1_000, 300, 40])
+def test_top_k_from_group_maxima_equals_a_full_stable_sort_ties_and_bans_included(vocab):
+    rng = np.random.default_rng(vocab)
+    logits = rng.normal(size=(8, vocab)).astype(np.float32).round(1)  # rounded: many equal logits
+    logits[1] = 0.0  # a row of ties only
+    logits[2, : vocab // 2] = -np.inf  # a banned half
+    logits[3, -5:] = 50.0  # the best tokens in the vocabulary's ungrouped tail
+    for k in (1, 2, 40, vocab):
+        expected = np.argsort(-logits, axis=-1, kind="stable")[:, :k]
+        assert np.array_equal(top_k(logits, k), expected), k
