@@ -174,7 +174,9 @@ def candidate_rngs(seed: int | None, candidates: int) -> list[np.random.Generato
 
 
 def top_k(logits: np.ndarray, k: int) -> np.ndarray:
-    """The ids of each row's `k` largest logits (rows, vocab), largest first, equal logits in id order.
+    """The ids of each row's `k` largest logits (rows, vocab), largest first, equal logits in id order
+    (except, where the row has fewer than TOP_K_GROUPS tokens or k is larger, which of the logits tied
+    at the k-th place are kept: argpartition's choice, as before this function).
 
     Exact, and about 3x faster than partitioning the whole vocabulary (0.4 against 1.4 ms for 8 rows
     of 49,152): split a row's tokens into TOP_K_GROUPS interleaved groups; the k-th largest group
@@ -182,8 +184,10 @@ def top_k(logits: np.ndarray, k: int) -> np.ndarray:
     only the few tokens at or above it can be among the k, and only those are sorted.
     """
     rows, vocab = logits.shape
-    if not k <= TOP_K_GROUPS <= vocab:  # too few groups for k: sort the whole row
-        return np.argsort(-logits, axis=-1, kind="stable")[:, :k]
+    if not k <= TOP_K_GROUPS <= vocab:  # too few groups for k: partition the whole row
+        ids = np.sort(np.argpartition(logits, -k, axis=-1)[:, -k:], axis=-1) if k < vocab else np.tile(np.arange(vocab), (rows, 1))
+        order = np.argsort(-np.take_along_axis(logits, ids, axis=-1), axis=-1, kind="stable")
+        return np.take_along_axis(ids, order, axis=-1)
     # group j holds tokens j, j + TOP_K_GROUPS, ... (a vocabulary's last vocab % TOP_K_GROUPS tokens are in none,
     # which only lowers the floor: they are still compared with it)
     grouped = logits[:, : vocab - vocab % TOP_K_GROUPS].reshape(rows, -1, TOP_K_GROUPS)

@@ -99,7 +99,7 @@ def test_candidate_rngs_spawn_from_the_seed(seed):
         assert draws == [np.random.default_rng(child).random() for child in children]
 
 
-@pytest.mark.parametrize("vocab", [49_152, 1_000, 300, 40])
+@pytest.mark.parametrize("vocab", [49_152, 1_000, 300])
 def test_top_k_from_group_maxima_equals_a_full_stable_sort_ties_and_bans_included(vocab):
     rng = np.random.default_rng(vocab)
     logits = rng.normal(size=(8, vocab)).astype(np.float32).round(1)  # rounded: many equal logits
