@@ -16,8 +16,10 @@ the negative. Then every round:
    runtime (`recipes.runtime_generator`, `recipes.real_and_fake`: the discriminator's fakes are
    sampled the same way as `replyrank train discriminator` samples them), or, on a GPU, with
    transformers' batched `generate` and the same prompt and options (`recipes.TorchSampler`);
-2. trains a *fresh* discriminator (`train_discriminator`, from the same base every round) on real
-   replies vs this round's fakes: its held-out AUC falls only if the replies got harder to tell;
+2. trains a *fresh* judge: a pair model (`train_discriminator`, from the same base every round) on
+   real replies vs this round's fakes, stacked with the reply's length (`Judge`) on rows it did not
+   train on, so a generator cannot pass with replies a length rule tells apart: its held-out AUC
+   falls only if the replies got harder to tell;
 3. measures on held-out threads (the `test` split of `dumps.split_by_thread`): that AUC, round 0's
    discriminator's AUC on this round's fakes, reply perplexity on real replies, distinct-2 of the
    candidates and of as many real replies (and of one candidate per comment against those comments'
@@ -55,6 +57,7 @@ from replyrank.bundle import REALISM_THRESHOLD
 from replyrank.bot import upvote_chance
 from replyrank.filters import COPY_WORDS, ngram_hashes, training_ngram_set, words
 from replyrank.generate import Generator
+from replyrank.metrics import roc_auc
 
 from . import rankers
 from .assemble import DEPLOYMENT
@@ -72,7 +75,9 @@ DISTILL = "distill.json"  # what the round's discriminator picked for the next r
 ROUNDS = "rounds.json"  # every round's figures, in the final model folder
 PLOT = "rounds.svg"
 SETTINGS = "settings.json"  # what the work folder was started with; a re-run must match it
+JUDGE = "judge.json"  # a round's judge: the weights stacking its pair model with reply length
 PERPLEXITY_PAIRS = 512
+CALIBRATION_SHARE = 0.2  # of the discriminator's training rows, held back from the pair model to fit the judge on
 METHODS = ("best-of-n", "dpo")
 
 
@@ -200,10 +205,74 @@ class PairScorer:
         return self.raw(pairs) * self.scale + self.offset
 
 
-def _auc(scorer: PairScorer, real: Sequence[tuple[str, str]], fake: Sequence[tuple[str, str]]) -> float:
-    from replyrank.metrics import roc_auc
+def length_features(pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+    """log(1 + characters) of each reply and its square: a reply can be too short as well as too long to pass for human."""
+    n = np.log1p(np.array([len(reply.strip()) for _, reply in pairs], dtype=np.float64))
+    return np.stack([n, n * n], axis=1)
 
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-2, steps: int = 30) -> np.ndarray:
+    """Weights (one per column of `x`, then the bias) of an L2-regularized logistic regression, by Newton's method."""
+    mean, std = x.mean(0), x.std(0) + 1e-9
+    z = np.hstack([(x - mean) / std, np.ones((len(x), 1))])  # standardized, so one l2 fits every column
+    w = np.zeros(z.shape[1])
+    penalty = l2 * np.r_[np.ones(len(w) - 1), 0.0]  # the bias is not shrunk
+    for _ in range(steps):
+        p = 1 / (1 + np.exp(-z @ w))
+        gradient = z.T @ (p - y) + penalty * w
+        hessian = (z * (p * (1 - p))[:, None]).T @ z + np.diag(penalty)
+        w = w - np.linalg.solve(hessian, gradient)
+    return np.r_[w[:-1] / std, w[-1] - (w[:-1] * mean / std).sum()]  # back to the raw columns
+
+
+def _logistic(x: np.ndarray, weights: Sequence[float]) -> np.ndarray:
+    w = np.asarray(weights, dtype=np.float64)
+    return 1 / (1 + np.exp(-(x @ w[:-1] + w[-1])))
+
+
+class Judge:
+    """A round's judge of how human a reply reads: its fresh pair model stacked with the reply's length.
+
+    A one-epoch pair model can miss what a length rule sees (the first DPO run's round 2: reply
+    length told its replies from real ones at AUC 0.682, the pair model at 0.599), so a generator
+    could pass it with replies no reader would take for human. P(human) is a logistic regression
+    on [logit of the pair model's P(human), `length_features`], fitted on discriminator training
+    rows the pair model never trained on (`CALIBRATION_SHARE` of them): never much weaker than either.
+    """
+
+    def __init__(self, pair: PairScorer, weights: Sequence[float]):
+        self.pair, self.weights = pair, list(weights)
+
+    def features(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+        p = np.clip(self.pair.raw(pairs), 1e-6, 1 - 1e-6)
+        return np.hstack([np.log(p / (1 - p))[:, None], length_features(pairs)])
+
+    def raw(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+        """P(human) of each (comment, reply)."""
+        return _logistic(self.features(pairs), self.weights) if pairs else np.zeros(0)
+
+    @classmethod
+    def fit(cls, pair: PairScorer, real: Sequence[tuple[str, str]], fake: Sequence[tuple[str, str]]) -> tuple[Judge, dict[str, Any]]:
+        """The judge, and its record: its weights and a length-only baseline's, fitted on the same rows."""
+        if min(len(real), len(fake)) < 2:
+            raise ExportError(f"too few held-back rows to fit the judge: {len(real)} real, {len(fake)} generated; give more --fakes")
+        rows, labels = list(real) + list(fake), np.r_[np.ones(len(real)), np.zeros(len(fake))]
+        judge = cls(pair, fit_logistic(cls(pair, []).features(rows), labels).tolist())
+        record = {"weights": judge.weights, "features": ["pair model logit", "log1p(chars)", "log1p(chars)^2"],
+                  "length_weights": fit_logistic(length_features(rows), labels).tolist(), "real": len(real), "generated": len(fake)}
+        return judge, record
+
+
+def _auc(scorer: PairScorer | Judge, real: Sequence[tuple[str, str]], fake: Sequence[tuple[str, str]]) -> float:
     return roc_auc([1] * len(real) + [0] * len(fake), scorer.raw(list(real) + list(fake)))
+
+
+def _hold_back(rows: Sequence[tuple[str, str]], share: float) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(the first 1 - share of rows, the rest), cut where the comment changes: a comment's replies stay on one side."""
+    cut = round(len(rows) * (1 - share))
+    while 0 < cut < len(rows) and rows[cut][0] == rows[cut - 1][0]:
+        cut += 1
+    return list(rows[:cut]), list(rows[cut:])
 
 
 def distill(
@@ -398,18 +467,27 @@ def run_round(
     real_test = [tuple(p) for p in samples["real_test"]]
     fake_test = [tuple(p) for p in samples["fake_test"]]
 
-    # 3. a fresh discriminator on real replies vs these fakes
+    # 3. a fresh judge: a pair model on real replies vs these fakes, then stacked with reply length on rows it did not see
     disc_dir = staging / "discriminator"
+    real_train, real_held = _hold_back([tuple(p) for p in samples["real_train"]], CALIBRATION_SHARE)
+    fake_train, fake_held = _hold_back([tuple(p) for p in samples["fake_train"]], CALIBRATION_SHARE)
     if (disc_dir / "config.json").is_file():
         disc_metrics = (training_record(disc_dir) or {})["metrics"]
     else:
-        disc_metrics = train_discriminator(samples["real_train"], samples["fake_train"], real_test, fake_test, discriminator_base,
-                                           disc_dir, options.discriminator)
+        disc_metrics = train_discriminator(real_train, fake_train, real_test, fake_test, discriminator_base, disc_dir, options.discriminator)
+    pair = PairScorer(disc_dir, options.discriminator)
+    if (staging / JUDGE).is_file():
+        judge_record = json.loads((staging / JUDGE).read_text())
+        judge = Judge(pair, judge_record["weights"])
+    else:
+        judge, judge_record = Judge.fit(pair, real_held, fake_held)
+        _write_json(staging / JUDGE, judge_record)
 
     # 4. the figures, on held-out threads
-    judge = PairScorer(disc_dir, options.discriminator)
     realism = judge.raw(fake_test)
-    first = judge if k == 0 else PairScorer(work / "round-0" / "discriminator", options.discriminator)
+    first = judge if k == 0 else Judge(PairScorer(work / "round-0" / "discriminator", options.discriminator),
+                                       json.loads((work / "round-0" / JUDGE).read_text())["weights"])
+    test_labels = np.r_[np.ones(len(real_test)), np.zeros(len(fake_test))]
     model, tokenizer = load_causal_lm(source)
     model.to(torch_device(options.generator)).eval()
     perplexity_pairs = data.test[options.held_out_comments :][:PERPLEXITY_PAIRS]
@@ -420,9 +498,11 @@ def run_round(
     figures: dict[str, Any] = {
         "round": k,
         "generator": str(work / f"round-{k}" / "generator") if k > 0 else generator,  # where it lies once the round is in place
-        "fresh_discriminator_auc": disc_metrics["roc_auc"],
-        "fresh_discriminator_balanced_accuracy": disc_metrics["balanced_accuracy"],
-        "round0_discriminator_auc": disc_metrics["roc_auc"] if k == 0 else _auc(first, real_test, fake_test),
+        "fresh_discriminator_auc": _auc(judge, real_test, fake_test),  # the judge: pair model and length
+        "fresh_pair_model_auc": disc_metrics["roc_auc"],  # the pair model alone
+        "fresh_pair_model_balanced_accuracy": disc_metrics["balanced_accuracy"],
+        "length_baseline_auc": roc_auc(test_labels, _logistic(length_features(real_test + fake_test), judge_record["length_weights"])),
+        "round0_discriminator_auc": _auc(first, real_test, fake_test),
         "reply_perplexity": perplexity,
         "distinct2_candidates": distinct_n(replies),
         "distinct2_real": distinct_n([reply for _, reply in real_test]),
@@ -435,6 +515,7 @@ def run_round(
         "held_out": {"comments": len({c for c, _ in fake_test}), "candidates": len(fake_test), "real_replies": len(real_test),
                      "perplexity_pairs": len(perplexity_pairs)},
         "discriminator_train_examples": disc_metrics["train_examples"],
+        "judge": judge_record,
         "fine_tune": fine_tune,
         "sampler": samples.get("sampler"),
         "distilled": None,
@@ -513,7 +594,8 @@ def adversarial_rounds(
 # --- plot ----------------------------------------------------------------------------------
 
 PANELS = (  # title, (figure key, legend) per line
-    ("discriminator ROC-AUC (held-out)", (("fresh_discriminator_auc", "fresh"), ("round0_discriminator_auc", "round 0's"))),
+    ("judge ROC-AUC (held-out)", (("fresh_discriminator_auc", "fresh"), ("round0_discriminator_auc", "round 0's"))),
+    ("fresh judge's parts: ROC-AUC", (("fresh_pair_model_auc", "pair model"), ("length_baseline_auc", "length alone"))),
     ("reply perplexity (real held-out)", (("reply_perplexity", "perplexity"),)),
     ("distinct-2", (("distinct2_candidates", "candidates"), ("distinct2_real", "real replies"))),
     ("distinct-2, one reply per comment", (("distinct2_one_per_comment", "candidate"), ("distinct2_real_same_comments", "its real reply"))),

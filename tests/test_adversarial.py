@@ -15,12 +15,14 @@ from tiny import REDDIT
 import replyrank
 from replyrank.cli import main
 from replyrank.export import adversarial
-from replyrank.export.adversarial import AdversarialOptions, CopyIndex, distill, distinct_n, preferences
+from replyrank.export.adversarial import AdversarialOptions, CopyIndex, Judge, distill, distinct_n, fit_logistic, preferences
+from replyrank.metrics import roc_auc
 
 DUMPS = [REDDIT / "college" / "RS_CollegeAdvice.zst", REDDIT / "college" / "RC_CollegeAdvice.zst"]
 FIGURES = (
     "fresh_discriminator_auc", "round0_discriminator_auc", "reply_perplexity", "distinct2_candidates", "distinct2_real",
     "copy_share", "mean_predicted_upvotes", "share_kept", "distinct2_one_per_comment", "distinct2_real_same_comments",
+    "fresh_pair_model_auc", "length_baseline_auc", "judge",
 )
 
 
@@ -35,6 +37,38 @@ def test_a_copy_shares_eight_consecutive_words_with_a_training_reply():
     assert index.copies("I agree: the best thing you can do is talk to your advisor first")
     assert not index.copies("the best thing you can do is sleep")  # 7 words in a row of the reply's
     assert not index.copies("Honestly")  # shorter than 8 words: copies nothing
+
+
+def test_logistic_regression_recovers_the_weights_it_was_drawn_from():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4000, 2)) * [1.0, 5.0] + [0.0, 3.0]  # unstandardized columns
+    y = (rng.random(4000) < 1 / (1 + np.exp(-(x @ [2.0, -0.4] + 0.5)))).astype(float)
+    assert fit_logistic(x, y, l2=0.0) == pytest.approx([2.0, -0.4, 0.5], abs=0.15)
+
+
+class NoisePairModel:
+    """A pair model that cannot tell anything: P(human) is noise."""
+
+    def raw(self, pairs):
+        return np.random.default_rng(len(pairs)).uniform(0.2, 0.8, len(pairs))
+
+
+def test_the_judge_sees_what_length_sees_where_its_pair_model_is_blind():
+    rng = np.random.default_rng(1)
+
+    def replies(mean_words, count):
+        return [("a comment", " ".join(["word"] * max(1, int(n)))) for n in rng.normal(mean_words, 2, count)]
+
+    # real replies are mid-length; the generator's are too short or too long, which no linear rule on length tells
+    real, fake = replies(12, 300), replies(3, 150) + replies(30, 150)
+    judge, record = Judge.fit(NoisePairModel(), real[:200], fake[:100] + fake[150:250])
+    test_real, test_fake = real[200:], fake[100:150] + fake[250:]
+    labels = [1] * len(test_real) + [0] * len(test_fake)
+    assert roc_auc(labels, judge.raw(test_real + test_fake)) > 0.95
+    assert roc_auc(labels, NoisePairModel().raw(test_real + test_fake)) < 0.65
+    assert record["real"] == 200 and record["generated"] == 200 and len(record["length_weights"]) == 3
+    with pytest.raises(replyrank.export.convert.ExportError, match="too few held-back rows"):
+        Judge.fit(NoisePairModel(), real[:1], fake[:5])
 
 
 def test_best_of_n_keeps_the_most_realistic_candidate_per_comment_but_never_a_copy():
@@ -163,7 +197,7 @@ def test_two_rounds_interrupted_in_round_2_resume_there_and_reach_the_bundle(mod
     assert rounds[0]["distilled"]["distilled"] > 0 and rounds[2]["distilled"] is None
     assert set(report["targets"]) >= {"fresh_discriminator_auc", "copy_share", "perplexity_ratio_to_round0"}
     plot = ElementTree.parse(out / "rounds.svg").getroot()
-    assert len(plot.findall("{http://www.w3.org/2000/svg}polyline")) == 11  # every figure's line
+    assert len(plot.findall("{http://www.w3.org/2000/svg}polyline")) == 13  # every figure's line
 
     # `replyrank export` puts the rounds into the bundle's training entry
     bundle = tmp_path / "bundle"
@@ -174,7 +208,7 @@ def test_two_rounds_interrupted_in_round_2_resume_there_and_reach_the_bundle(mod
     assert exported.exit_code == 0, exported.output
     training = replyrank.load(bundle).bundle.training
     assert [r["round"] for r in training["generator"]["adversarial"]["rounds"]] == [0, 1, 2]
-    assert training["discriminator"]["metrics"]["roc_auc"] == rounds[2]["fresh_discriminator_auc"]
+    assert training["discriminator"]["metrics"]["roc_auc"] == rounds[2]["fresh_pair_model_auc"]
 
 
 @pytest.mark.skipif(not DUMPS[0].exists(), reason="../shared/data/reddit is not there")
