@@ -1,6 +1,6 @@
-"""Training the three models with PyTorch and transformers: a plain torch loop each, seeded,
-with progress bars, checkpoints that let an interrupted run resume, and outputs moved into
-place only when complete.
+"""Training the three models with PyTorch and transformers: each loss runs in transformers' `Trainer`,
+seeded, with checkpoints that let an interrupted run resume, and outputs moved into place only when
+complete.
 
 - generator: a causal LM fine-tuned on `prompt(comment) + reply + EOS`; the loss counts the
   reply tokens only; the prompt template is saved beside the model and used unchanged by the runtime.
@@ -79,43 +79,55 @@ def _staging(out: Path) -> Path:
 
 
 def train_loop(model, batches: list[Any], loss_fn, options: TrainOptions, staging: Path, desc: str) -> list[float]:
-    """The training loop shared by all three models: AdamW, linear warm-up/decay, checkpoint and resume."""
+    """The training loop shared by all three models: transformers' `Trainer` over pre-built batches, one a step.
+
+    `loss_fn(model, batch)` is the loss. AdamW (weight decay 0.01), linear schedule with 5% warm-up,
+    gradient norm clipped at 1.0; the batches in an order fixed by `options.seed`. A checkpoint every
+    `options.save_every` steps goes to STAGING/checkpoint/checkpoint-N, and a re-run resumes from the
+    newest complete one. Returns the loss of each step this call ran.
+    """
+    import contextlib
+
     import torch
-    from tqdm.auto import tqdm
-    from transformers import get_linear_schedule_with_warmup
+    from transformers import Trainer, TrainerCallback, TrainingArguments
 
     total = max(1, int(len(batches) * options.epochs))
     if options.max_steps:
         total = min(total, options.max_steps)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=options.learning_rate, weight_decay=0.01)
-    schedule = get_linear_schedule_with_warmup(optimizer, max(1, total // 20), total)
-    start = 0
-    state_path = staging / CHECKPOINT / "state.pt"
-    if state_path.is_file():
-        state = torch.load(state_path, map_location="cpu", weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        start = state["step"]
-        print(f"resuming {desc} from step {start}", file=sys.stderr)
-    model.train()
-    losses = []
     order = np.random.default_rng(options.seed).permutation(max(total, len(batches))) % len(batches)
-    for step in tqdm(range(start, total), desc=desc, file=sys.stderr, initial=start, total=total):
-        loss = loss_fn(model, batches[order[step]])
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-        if (step + 1) % options.save_every == 0 and step + 1 < total:
-            state_path.parent.mkdir(exist_ok=True)
-            torch.save(
-                {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "step": step + 1},
-                state_path.with_suffix(".tmp"),
-            )
-            state_path.with_suffix(".tmp").replace(state_path)
+    losses: list[float] = []
+
+    class BatchTrainer(Trainer):
+        def _get_train_sampler(self, train_dataset=None):
+            return torch.utils.data.SequentialSampler(self.train_dataset)  # the seeded order above; Trainer would shuffle
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            loss = loss_fn(model, inputs)
+            losses.append(loss.item())
+            return loss
+
+    class NoFinalCheckpoint(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step >= state.max_steps:
+                control.should_save = False  # Trainer saves at the end; the callers save the model themselves
+
+    folder = staging / CHECKPOINT
+    args = TrainingArguments(
+        output_dir=str(folder), max_steps=total, per_device_train_batch_size=1, learning_rate=options.learning_rate,
+        weight_decay=0.01, lr_scheduler_type="linear", warmup_steps=max(1, total // 20), max_grad_norm=1.0,
+        optim="adamw_torch", save_strategy="steps", save_steps=options.save_every, save_total_limit=1,
+        seed=options.seed, use_cpu=torch_device(options) == "cpu", report_to="none", remove_unused_columns=False,
+        dataloader_pin_memory=False,
+    )
+    # each batch is one dataset item, and the collator hands it on as it is
+    trainer = BatchTrainer(model=model, args=args, train_dataset=[batches[i] for i in order[:total]],
+                           data_collator=lambda items: items[0], callbacks=[NoFinalCheckpoint()])
+    # trainer_state.json is the last file a checkpoint writes: a folder without it was cut off mid-save
+    done = sorted((c for c in folder.glob("checkpoint-*") if (c / "trainer_state.json").is_file()), key=lambda c: int(c.name.split("-")[1]))
+    resume = str(done[-1]) if done else None
+    print(f"{desc}: {total} steps" + (f", resuming from {done[-1].name}" if done else ""), file=sys.stderr)
+    with contextlib.redirect_stdout(sys.stderr):  # Trainer prints its logs; stdout is for the commands' data
+        trainer.train(resume_from_checkpoint=resume)
     model.eval()
     return losses
 

@@ -61,30 +61,42 @@ def test_upvote_target_is_symmetric_log():
     assert upvote_target(1000) < 7.0
 
 
-def test_interrupted_training_resumes_from_its_checkpoint(models, tmp_path):
+def test_interrupted_training_resumes_from_its_checkpoint(tmp_path):
     import torch
 
     from replyrank.export.train import CHECKPOINT, train_loop
 
+    batches = [{"x": torch.full((1, 2), float(i))} for i in range(8)]
+    options = TrainOptions(max_steps=8, save_every=2, seed=0, device="cpu")
+
+    def run(staging, seen, stop_after=None):
+        def loss_fn(m, batch):
+            if len(seen) == stop_after:
+                raise KeyboardInterrupt  # the run dies during a step
+            seen.append(int(batch["x"][0, 0]))
+            return (m(batch["x"]) - 1).pow(2).mean()
+
+        return train_loop(model, batches, loss_fn, options, staging, "test")
+
+    torch.manual_seed(0)
     model = torch.nn.Linear(2, 1)
-    batches = [torch.ones(1, 2)] * 8
-    staging = tmp_path / ".out.partial"
-    staging.mkdir()
-    options = TrainOptions(max_steps=8, save_every=2, seed=0)
-    steps: list[int] = []
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    straight: list[int] = []
+    run(tmp_path / ".straight.partial", straight)
+    unstopped = {k: v.clone() for k, v in model.state_dict().items()}
+    assert sorted(straight) == list(range(8))  # every batch once, in the seeded order
+    assert not (tmp_path / ".straight.partial" / CHECKPOINT / "checkpoint-8").exists()  # the callers save the final model
 
-    def interrupted(m, batch):
-        if len(steps) == 5:
-            raise KeyboardInterrupt  # the run dies after step 5; the last checkpoint is at step 4
-        steps.append(1)
-        return m(batch).pow(2).mean()
-
+    model.load_state_dict(start)
+    staging, before, after = tmp_path / ".out.partial", [], []
     with pytest.raises(KeyboardInterrupt):
-        train_loop(model, batches, interrupted, options, staging, "test")
-    assert torch.load(staging / CHECKPOINT / "state.pt", weights_only=False)["step"] == 4
-    resumed: list[int] = []
-    train_loop(model, batches, lambda m, b: resumed.append(1) or m(b).pow(2).mean(), options, staging, "test")
-    assert len(resumed) == 4  # steps 5-8 only
+        run(staging, before, stop_after=5)  # dies in step 6; the last checkpoint is at step 4
+    assert [c.name for c in (staging / CHECKPOINT).iterdir()] == ["checkpoint-4"]
+    model.load_state_dict(start)  # a new process: the weights come from the checkpoint
+    losses = run(staging, after)
+    assert after == straight[4:] and len(losses) == 4  # steps 5-8 only, the same batches the straight run had
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(value, unstopped[name])  # and the same weights at the end
 
 
 def test_a_byte_level_tokenizer_read_as_llama_is_saved_as_the_gpt2_tokenizer_it_is(models, tmp_path):
