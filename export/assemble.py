@@ -1,8 +1,8 @@
 """`export_bundle`: three trained models → one validated, quantized bundle folder, written atomically.
 
 Steps: (1) the generator becomes a fused KV-cache graph (onnxruntime-genai's model builder:
-GroupQueryAttention with rotary embedding, for the Llama family) or optimum's
-`text-generation-with-past` graph (GPT-2 and every other causal LM); (2) both scorers go
+GroupQueryAttention with rotary embedding, for the Llama family; export.gpt2's graph of the same
+ops for GPT-2) or optimum's `text-generation-with-past` graph (every other causal LM); (2) both scorers go
 through optimum's `text-classification` export, or one two-head scorer (export.rankers: realism and
 upvotes over one encoder) goes through torch.onnx as one graph with two outputs; (3) MatMuls are quantized to block-wise int8
 (or int4); (4) parity and quality are measured and gated; (5) the realism threshold is
@@ -35,7 +35,7 @@ from replyrank.generate import GenerationOptions
 from .convert import SCORER_SPEC, Checkpoint, ExportError, check_scorer, export_onnx, generator_spec, materialize_causal_lm, split_gguf
 from .folders import move_into_place
 from .quantize import BITS, optimize_offline, prune_lm_head, quantize_model, quantize_scorer
-from . import rankers
+from . import gpt2, rankers
 from .validate import GATES, generator_quantized_vs_fp32, generator_vs_torch, pair_model_vs_torch, scorer_vs_torch
 
 # Causal LMs that onnxruntime-genai's builder turns into a fused graph; others go through optimum.
@@ -119,7 +119,9 @@ def export_generator(
     """One generator part folder (graph, tokenizer, config) and its spec; fp32 graph left in `work`."""
     checkpoint = materialize_causal_lm(source, work)
     spec = generator_spec(checkpoint, prompt_template, sampling)
-    fused = fused and _fused_export(checkpoint, work / "generator-fp32", work)
+    genai = fused and _fused_export(checkpoint, work / "generator-fp32", work)
+    # GPT-2, which the genai builder does not build: the same fused graph from export.gpt2, checked against PyTorch
+    fused = genai or (fused and gpt2.build(checkpoint.folder, work / "generator-fp32"))
     if not fused:
         export_onnx(checkpoint, work / "generator-fp32", "text-generation-with-past")
     _finish_part(work / "generator-fp32", part_dir, quantize)
@@ -128,7 +130,8 @@ def export_generator(
         shutil.copy(ngrams, part_dir / TRAINING_NGRAMS)
         spec = replace(spec, training_ngrams=TRAINING_NGRAMS, training_ngram_words=COPY_WORDS)
     # GroupQueryAttention appends to a past buffer that has room; optimum's attention concatenates
-    graph, kv_cache = ("fused (onnxruntime-genai builder)", "in-place") if fused else ("optimum text-generation-with-past", "concat")
+    graph = "fused (onnxruntime-genai builder)" if genai else "fused (export.gpt2: GroupQueryAttention)" if fused else "optimum text-generation-with-past"
+    kv_cache = "in-place" if fused else "concat"
     return replace(spec, graph=graph, kv_cache=kv_cache), checkpoint
 
 
