@@ -54,8 +54,9 @@ def load(name: str, args: dict[str, Any]) -> System:
 
     disc, upv = pair_scorers(args, args["threads"], clock)
     config = json.loads((hf_folder(args) / "config.json").read_text())
-    width, heads = config["hidden_size"], config["num_attention_heads"]
-    kv = config["num_hidden_layers"] * 2 * config.get("num_key_value_heads", heads) * (width // heads) * 4
+    # GPT-2's config names them n_embd, n_head, n_layer
+    width, heads = config.get("hidden_size", config.get("n_embd")), config.get("num_attention_heads", config.get("n_head"))
+    kv = config.get("num_hidden_layers", config.get("n_layer")) * 2 * config.get("num_key_value_heads", heads) * (width // heads) * 4
     model_bytes = (folder / "model.bin").stat().st_size
     step_bytes = StepBytes(model_bytes, kv, f"model.bin {model_bytes / 1e6:.1f} MB, embedding included (an upper bound); KV cache fp32")
     notes = [f"generator: TransformersConverter int8, cached in {folder}", "prefill at batch N (N prompt copies)",
