@@ -83,7 +83,10 @@ METHODS = ("best-of-n", "dpo")
 
 @dataclass
 class AdversarialOptions:
-    rounds: int = 3  # fine-tuning rounds; round 0 measures the generator as given
+    rounds: int = 3  # fine-tuning rounds, at most; round 0 measures the generator as given
+    # stop after the first fine-tuning round whose fresh judge's held-out AUC is at most this: the
+    # discriminator can no longer tell (None: run every round)
+    until_auc: float | None = None
     candidates: int = DEPLOYMENT.candidates  # N of best-of-N, per training comment
     tune_comments: int = 1000  # training comments per round whose best candidates are distilled
     fakes: int = 1000  # generated replies each round's discriminator trains on
@@ -577,12 +580,16 @@ def adversarial_rounds(
             rounds.append(json.loads(done.read_text()))
         else:
             rounds.append(run_round(k, work, data, generator, discriminator_base, scorer, options))
+        if k and options.until_auc is not None and rounds[-1]["fresh_discriminator_auc"] <= options.until_auc:
+            print(f"round {k}: the fresh judge's AUC {rounds[-1]['fresh_discriminator_auc']:.3f} <= {options.until_auc}: stopping", file=sys.stderr)
+            break
+    last = rounds[-1]["round"]
 
-    summary = {"settings": settings, "rounds": rounds, "targets": targets(rounds),
-               "discriminator": str(work / f"round-{options.rounds}" / "discriminator")}
+    summary = {"settings": settings, "rounds": rounds, "targets": targets(rounds), "stopped_at": last,
+               "discriminator": str(work / f"round-{last}" / "discriminator")}
     staging = out.with_name(f".{out.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(work / f"round-{options.rounds}" / "generator", staging)
+    shutil.copytree(work / f"round-{last}" / "generator", staging)
     _write_json(staging / ROUNDS, summary)
     (staging / PLOT).write_text(plot_rounds(rounds))
     record = training_record(staging) or {}

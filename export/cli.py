@@ -231,6 +231,10 @@ def train_all_command(
 @click.option("--generator", "generator_source", required=True, help="Causal LM to improve (folder, .gguf or hub id): round 0's generator.")
 @click.option("--discriminator-base", required=True, help="BERT-family model every round's fresh discriminator starts from.")
 @click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True, help="Fine-tuning rounds (round 0 measures the generator as given).")
+@click.option("--until-auc", type=click.FloatRange(0, 1), default=None,
+              help="Stop after the first fine-tuning round whose fresh judge's held-out AUC is at most this (default: run every round).")
+@click.option("--discriminator-epochs", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Epochs of each round's fresh pair model (default: --epochs, else 1).")
 @click.option("--upvotes", "upvotes_model", type=click.Path(exists=True, file_okay=False), default=None,
               help="Upvote model (`train upvotes` OUT): ranks candidates with realism, and gives mean predicted upvotes.")
 @click.option("--work", type=click.Path(), default=None, help="Where the rounds go (default: OUT.rounds); a re-run resumes there.")
@@ -253,7 +257,7 @@ def train_adversarial_command(
     data: tuple[str, ...], out: str, generator_source: str, discriminator_base: str, upvotes_model: str | None, work: str | None,
     held_out_data: tuple[str, ...],
     learning_rate: float | None, max_length: int | None, lora_rank: int | None, epochs: float | None, batch_size: int | None,
-    max_steps: int | None, device: str | None, seed: int, **counts: Any,
+    max_steps: int | None, device: str | None, seed: int, discriminator_epochs: float | None, **counts: Any,
 ) -> None:
     """Adversarial rounds: fine-tune the generator on its best-of-N candidates as judged by a fresh discriminator each round.
 
@@ -275,7 +279,7 @@ def train_adversarial_command(
     options = AdversarialOptions(
         **given(**counts), seed=seed,
         generator=replace(defaults.generator, **shared, **given(learning_rate=learning_rate, max_length=max_length, lora_rank=lora_rank)),
-        discriminator=replace(defaults.discriminator, **shared),
+        discriminator=replace(defaults.discriminator, **shared, **given(epochs=discriminator_epochs)),
     )
     held_out = _files(held_out_data) if held_out_data else ()
     emit_json(adversarial_rounds(_files(data), generator_source, discriminator_base, out, options, upvotes_model, work, held_out))

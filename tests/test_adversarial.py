@@ -239,3 +239,20 @@ def test_a_work_folder_refuses_other_settings(models, tmp_path):
     with pytest.raises(replyrank.ReplyrankError, match="other settings"):
         adversarial.adversarial_rounds([str(d) for d in DUMPS], str(models["gpt2"]), str(models["disc"]), tmp_path / "out",
                                        AdversarialOptions(rounds=1), work=work)
+
+
+@pytest.mark.skipif(not DUMPS[0].exists(), reason="../shared/data/reddit is not there")
+def test_rounds_stop_once_the_fresh_judge_can_no_longer_tell(models, tmp_path):
+    out = tmp_path / "gen"
+    args = ["train", "adversarial", "--generator", str(models["gpt2"]), "--discriminator-base", str(models["disc"]),
+            "--rounds", "3", "--until-auc", "1.0", "--discriminator-epochs", "2", "--out", str(out), "--fakes", "16",
+            "--tune-comments", "8", "--held-out-comments", "6", "--candidates", "2", "--max-steps", "2", "--batch-size", "4",
+            "--max-length", "48", "--device", "cpu", "--lora-rank", "4"]
+    for dump in DUMPS:
+        args += ["--data", str(dump)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert [r["round"] for r in report["rounds"]] == [0, 1] and report["stopped_at"] == 1  # any AUC is <= 1.0
+    assert report["discriminator"].endswith("round-1/discriminator") and not (tmp_path / "gen.rounds" / "round-2").exists()
+    assert report["settings"]["until_auc"] == 1.0 and report["settings"]["discriminator"]["epochs"] == 2
