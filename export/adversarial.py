@@ -487,7 +487,8 @@ def run_round(
         _write_json(staging / JUDGE, judge_record)
 
     # 4. the figures, on held-out threads
-    realism = judge.raw(fake_test)
+    test_realism = judge.raw(real_test + fake_test)  # held-out real replies, then this round's candidates
+    realism = test_realism[len(real_test):]
     first = judge if k == 0 else Judge(PairScorer(work / "round-0" / "discriminator", options.discriminator),
                                        json.loads((work / "round-0" / JUDGE).read_text())["weights"])
     test_labels = np.r_[np.ones(len(real_test)), np.zeros(len(fake_test))]
@@ -501,7 +502,7 @@ def run_round(
     figures: dict[str, Any] = {
         "round": k,
         "generator": str(work / f"round-{k}" / "generator") if k > 0 else generator,  # where it lies once the round is in place
-        "fresh_discriminator_auc": _auc(judge, real_test, fake_test),  # the judge: pair model and length
+        "fresh_discriminator_auc": roc_auc(test_labels, test_realism),  # the judge: pair model and length
         "fresh_pair_model_auc": disc_metrics["roc_auc"],  # the pair model alone
         "fresh_pair_model_balanced_accuracy": disc_metrics["balanced_accuracy"],
         "length_baseline_auc": roc_auc(test_labels, _logistic(length_features(real_test + fake_test), judge_record["length_weights"])),

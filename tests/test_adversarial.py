@@ -26,6 +26,16 @@ FIGURES = (
 )
 
 
+def tiny_rounds(models, out, *extra: str) -> list[str]:
+    """`train adversarial` of the tiny models on the CollegeAdvice slice, a few steps a round."""
+    args = ["train", "adversarial", "--generator", str(models["gpt2"]), "--discriminator-base", str(models["disc"]), "--out", str(out),
+            "--fakes", "16", "--tune-comments", "8", "--held-out-comments", "6", "--candidates", "2", "--max-steps", "2",
+            "--batch-size", "4", "--max-length", "48", "--device", "cpu", "--lora-rank", "4", *extra]
+    for dump in DUMPS:
+        args += ["--data", str(dump)]
+    return args
+
+
 def test_distinct_2_counts_distinct_word_bigrams():
     assert distinct_n(["a b a b"]) == pytest.approx(2 / 3)  # (a b), (b a), (a b)
     assert distinct_n(["a b", "a b"]) == 0.5
@@ -214,12 +224,7 @@ def test_two_rounds_interrupted_in_round_2_resume_there_and_reach_the_bundle(mod
 @pytest.mark.skipif(not DUMPS[0].exists(), reason="../shared/data/reddit is not there")
 def test_a_dpo_round_trains_on_real_replies_preferred_over_the_least_human_candidates(models, tmp_path):
     out = tmp_path / "gen"
-    args = ["train", "adversarial", "--generator", str(models["gpt2"]), "--discriminator-base", str(models["disc"]),
-            "--upvotes", str(models["upv"]), "--rounds", "1", "--method", "dpo", "--dpo-beta", "0.2", "--out", str(out), "--fakes", "16", "--tune-comments", "8",
-            "--held-out-comments", "6", "--candidates", "2", "--max-steps", "2", "--batch-size", "4", "--max-length", "48",
-            "--device", "cpu", "--lora-rank", "4"]
-    for dump in DUMPS:
-        args += ["--data", str(dump)]
+    args = tiny_rounds(models, out, "--upvotes", str(models["upv"]), "--rounds", "1", "--method", "dpo", "--dpo-beta", "0.2")
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     rounds = json.loads((out / "rounds.json").read_text())["rounds"]
@@ -244,13 +249,7 @@ def test_a_work_folder_refuses_other_settings(models, tmp_path):
 @pytest.mark.skipif(not DUMPS[0].exists(), reason="../shared/data/reddit is not there")
 def test_rounds_stop_once_the_fresh_judge_can_no_longer_tell(models, tmp_path):
     out = tmp_path / "gen"
-    args = ["train", "adversarial", "--generator", str(models["gpt2"]), "--discriminator-base", str(models["disc"]),
-            "--rounds", "3", "--until-auc", "1.0", "--discriminator-epochs", "2", "--out", str(out), "--fakes", "16",
-            "--tune-comments", "8", "--held-out-comments", "6", "--candidates", "2", "--max-steps", "2", "--batch-size", "4",
-            "--max-length", "48", "--device", "cpu", "--lora-rank", "4"]
-    for dump in DUMPS:
-        args += ["--data", str(dump)]
-    result = CliRunner().invoke(main, args)
+    result = CliRunner().invoke(main, tiny_rounds(models, out, "--rounds", "3", "--until-auc", "1.0", "--discriminator-epochs", "2"))
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert [r["round"] for r in report["rounds"]] == [0, 1] and report["stopped_at"] == 1  # any AUC is <= 1.0

@@ -11,10 +11,10 @@ D = Path(".device/data")
 train = [str(D / f"{k}_{s}.jsonl.xz") for s in ("ApplyingToCollege", "College", "CollegeAdvice", "CollegeMajors") for k in ("RS", "RC")]
 held = [str(D / f"{k}_{s}.jsonl.xz") for s in ("GradSchool", "CollegeRant") for k in ("RS", "RC")]
 options = AdversarialOptions(
-    rounds=rounds, candidates=8, tune_comments=2000, fakes=2000, held_out_comments=200, keep=1, max_reply_tokens=40,
+    rounds=rounds, candidates=8, tune_comments=2000, fakes=2500, until_auc=0.65, held_out_comments=200, keep=1, max_reply_tokens=40,
     method="dpo", dpo_beta=beta, dpo_nll=nll,
     generator=TrainOptions(learning_rate=lr, batch_size=16, max_length=256, lora_rank=16),
-    discriminator=TrainOptions(learning_rate=3e-5, batch_size=16, max_length=128),
+    discriminator=TrainOptions(epochs=2, learning_rate=3e-5, batch_size=16, max_length=128),
 )
 result = adversarial_rounds(train, "/root/rr/base", "/root/rr/minilm", f"{work}/out", options, upvotes="/root/rr/upvotes",
                             work=f"{work}/rounds", held_out=held)
