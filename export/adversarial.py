@@ -104,6 +104,7 @@ class AdversarialOptions:
     method: str = "best-of-n"
     dpo_beta: float = 0.1  # DPO's beta: how far from the reference the policy may move
     dpo_nll: float = 0.0  # weight of the chosen reply's NLL added to the DPO loss (RPO)
+    dpo_length_normalized: bool = False  # compare per-token log-ratios (Tulu 3's length-normalized DPO; `train.dpo_margin`)
     threads: int | None = None  # ONNX Runtime threads for sampling (None: the runtime's default)
     # keep only pairs whose reply the deployment could write, at most this many generator tokens
     # (None: every reply): a generator cut at max_new_tokens is otherwise told apart by its length alone
@@ -438,7 +439,8 @@ def run_round(
             picked = json.loads((work / f"round-{k - 1}" / DISTILL).read_text())
             if options.method == "dpo":
                 train_preference([tuple(t) for t in picked["preferences"]], base, staging / "generator", options.generator,
-                                 _stored_template(base), adapter=adapter, beta=options.dpo_beta, nll_weight=options.dpo_nll)
+                                 _stored_template(base), adapter=adapter, beta=options.dpo_beta, nll_weight=options.dpo_nll,
+                                 length_normalized=options.dpo_length_normalized)
             else:
                 pairs = [(comment, reply) for comment, reply in picked["pairs"] + picked["real"]]
                 if not pairs:
@@ -448,7 +450,7 @@ def run_round(
         metrics = (training_record(staging / "generator") or {}).get("metrics", {})
         fine_tune = {"method": options.method, "from": base, "adapter_from": str(adapter) if adapter else None,
                      "train_pairs": metrics.get("train_pairs"), "final_loss": metrics.get("final_loss"),
-                     "final_reward_accuracy": metrics.get("final_reward_accuracy")}
+                     "final_reward_accuracy": metrics.get("final_reward_accuracy"), "length_normalized": metrics.get("length_normalized")}
 
     # 2. its replies, through replyrank's own runtime with the deployment's settings
     samples_path = staging / SAMPLES

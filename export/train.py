@@ -285,16 +285,33 @@ def _preference_batches(chosen: list[tuple[list[int], int]], rejected: list[tupl
     return batches
 
 
+def dpo_margin(logps, reference, counts, beta: float, length_normalized: bool = False):
+    """DPO's implicit reward of each chosen reply over its rejected one; rows are [chosen..., rejected...].
+
+    Summed log-ratios let a reply's length carry the preference: a long rejected reply is pushed
+    down by every one of its tokens. Length-normalized DPO (Tulu 3, Lambert et al., 2024; SimPO's
+    normalization) compares per-token log-ratios instead, so beta is about the reply's length times
+    larger for the same pull (Tulu 3 used 5).
+    """
+    ratios = logps - reference
+    if length_normalized:
+        ratios = ratios / counts.clamp(min=1)
+    half = len(ratios) // 2
+    return beta * (ratios[:half] - ratios[half:])
+
+
 def train_preference(
     triples: Sequence[tuple[str, str, str]], base: str, out: str | Path, options: TrainOptions | None = None,
     template: str | None = None, adapter: str | Path | None = None, beta: float = 0.1, nll_weight: float = 0.0,
+    length_normalized: bool = False,
 ) -> dict[str, Any]:
     """DPO (Rafailov et al., 2023) on (comment, chosen, rejected) triples; writes a generator folder as `train_generator` does.
 
     The reference is the policy as loaded (`base`, with `adapter` where given): its log-probabilities
     are computed once before the first step, as TRL's `precompute_ref_log_probs` does, so no second
     model is held. Loss per pair: -log sigmoid(beta * ((log pi(c) - log ref(c)) - (log pi(r) - log ref(r)))),
-    plus `nll_weight` times the chosen reply's mean token NLL (RPO, Pang et al., 2024).
+    plus `nll_weight` times the chosen reply's mean token NLL (RPO, Pang et al., 2024). With
+    `length_normalized`, each log-ratio is divided by its reply's token count (`dpo_margin`).
     """
     import torch
 
@@ -330,8 +347,7 @@ def train_preference(
     def loss_fn(model, batch):
         logps, counts = sequence_logps(model, batch, device)
         half = len(logps) // 2
-        ratios = logps - batch["reference"].to(device)
-        margin = beta * (ratios[:half] - ratios[half:])  # the implicit reward of chosen over rejected
+        margin = dpo_margin(logps, batch["reference"].to(device), counts, beta, length_normalized)
         accuracies.append(float((margin > 0).float().mean()))
         loss = -torch.nn.functional.logsigmoid(margin).mean()
         if nll_weight:
@@ -339,7 +355,7 @@ def train_preference(
         return loss
 
     losses = train_loop(model, batches, loss_fn, options, staging, "train generator (DPO)")
-    metrics = {"objective": "dpo", "beta": beta, "nll_weight": nll_weight, "train_pairs": len(kept),
+    metrics = {"objective": "dpo", "beta": beta, "nll_weight": nll_weight, "length_normalized": length_normalized, "train_pairs": len(kept),
                "final_loss": float(np.mean(losses[-20:])) if losses else None,
                "final_reward_accuracy": float(np.mean(accuracies[-20:])) if accuracies else None}
     reference_path.unlink()

@@ -129,6 +129,17 @@ def test_dpo_raises_the_chosen_replies_likelihood_over_the_rejected_against_its_
         train_preference([("c", "same", "same")], str(models["gpt2"]), tmp_path / "none", options, template)
 
 
+def test_length_normalized_dpo_compares_per_token_log_ratios():
+    import torch
+    from replyrank.export.train import dpo_margin
+
+    # rows: [chosen, rejected]; the rejected reply is 10x as long, with the same per-token log-ratio
+    logps, reference, counts = torch.tensor([-10.0, -100.0]), torch.tensor([-12.0, -120.0]), torch.tensor([5.0, 50.0])
+    assert float(dpo_margin(logps, reference, counts, 0.1)[0]) == pytest.approx(0.1 * (2 - 20))  # length carries it
+    assert float(dpo_margin(logps, reference, counts, 2.0, length_normalized=True)[0]) == pytest.approx(0.0)
+    assert float(dpo_margin(torch.tensor([-9.0, -100.0]), reference, counts, 2.0, True)[0]) == pytest.approx(2.0 * (3 / 5 - 20 / 50))
+
+
 def test_the_upvote_model_may_be_a_two_head_scorer(models, tmp_path):
     from replyrank.export import rankers
     from replyrank.export.train import TrainOptions
@@ -224,7 +235,8 @@ def test_two_rounds_interrupted_in_round_2_resume_there_and_reach_the_bundle(mod
 @pytest.mark.skipif(not DUMPS[0].exists(), reason="../shared/data/reddit is not there")
 def test_a_dpo_round_trains_on_real_replies_preferred_over_the_least_human_candidates(models, tmp_path):
     out = tmp_path / "gen"
-    args = tiny_rounds(models, out, "--upvotes", str(models["upv"]), "--rounds", "1", "--method", "dpo", "--dpo-beta", "0.2")
+    args = tiny_rounds(models, out, "--upvotes", str(models["upv"]), "--rounds", "1", "--method", "dpo", "--dpo-beta", "2",
+                       "--dpo-length-normalized")
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     rounds = json.loads((out / "rounds.json").read_text())["rounds"]
@@ -233,6 +245,7 @@ def test_a_dpo_round_trains_on_real_replies_preferred_over_the_least_human_candi
     real = set(adversarial.RoundData.load([str(d) for d in DUMPS], AdversarialOptions()).train)
     assert [p for p in picked["preferences"] if (p[0], p[1]) not in real] == []  # a real reply to that comment
     assert rounds[1]["fine_tune"]["method"] == "dpo" and rounds[1]["fine_tune"]["final_reward_accuracy"] is not None
+    assert rounds[1]["fine_tune"]["length_normalized"] is True
     assert all(rounds[1][name] is not None for name in FIGURES)
 
 
