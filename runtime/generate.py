@@ -200,12 +200,16 @@ def top_k(logits: np.ndarray, k: int) -> np.ndarray:
 
 
 def sample_next(
-    logits: np.ndarray, history: list[list[int]], options: GenerationOptions, rngs: list[np.random.Generator], ban: np.ndarray | None
+    logits: np.ndarray, history: list[list[int]], options: GenerationOptions, rngs: list[np.random.Generator], ban: np.ndarray | None,
+    overwrite: bool = False,
 ) -> np.ndarray:
-    """Pick one token per row of `logits` (rows, vocab); row i draws only from `rngs[i]`."""
-    # a copy only where the logits are changed below: they may be the caller's buffer
+    """Pick one token per row of `logits` (rows, vocab); row i draws only from `rngs[i]`.
+
+    `overwrite=True`: the logits are a float32 buffer the caller no longer needs, changed in place (no copy).
+    """
+    # a copy only where the logits are changed below and they are not ours to change
     changed = ban is not None or options.repetition_penalty != 1.0
-    logits = logits.astype(np.float32, copy=changed)
+    logits = logits.astype(np.float32, copy=changed and not overwrite)
     # forbid tokens that may not come yet (EOS before min_new_tokens)
     if ban is not None:
         logits[:, ban] = -np.inf
@@ -307,15 +311,22 @@ class Generator:
         limit = min(room, options.max_comment_tokens)
         return Prompt(self.prefix_ids + comment_ids[:limit] + self.suffix_ids, len(comment_ids), cut or len(comment_ids) > limit)
 
-    def forward(self, input_ids: np.ndarray, past_length: int, cache: dict[str, ort.OrtValue]) -> tuple[np.ndarray, dict[str, ort.OrtValue]]:
+    def forward(
+        self, input_ids: np.ndarray, past_length: int, cache: dict[str, ort.OrtValue],
+        binding: ort.IOBinding | None = None, out: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, dict[str, ort.OrtValue]]:
         """One forward pass: logits (batch, length, vocab), or (batch, 1, vocab) from a graph whose head is pruned
         (`last_logits_only`), and the new cache, kept as OrtValues between steps.
 
         A cache with room beyond `past_length` (see `room_for`) is updated in place and returned as is.
+        `binding`: one from `bind_cache(cache)`, which a decode loop reuses step after step (the cache stays
+        bound; only the inputs and the logits are bound again). `out`: a buffer of ours for the logits of an
+        in-place step, (batch, 1, vocab) of `logits_dtype`, returned instead of a new array.
         """
         batch, length = input_ids.shape
         in_place = self.in_place and cache[self.past_names[0]].shape()[2] >= past_length + length
-        binding = self.session.io_binding()
+        if binding is None:
+            binding = self.bind_cache(cache) if in_place else self.session.io_binding()
         feed = {
             "input_ids": input_ids,
             "attention_mask": np.ones((batch, past_length + length), dtype=np.int64),
@@ -326,21 +337,28 @@ class Generator:
                 binding.bind_cpu_input(name, value)
         logits = None
         if in_place and self.vocab is not None and self.logits_dtype is not None:
-            logits = np.empty((batch, 1 if self.last_logits_only else length, self.vocab), dtype=self.logits_dtype)
+            shape = (batch, 1 if self.last_logits_only else length, self.vocab)
+            logits = out if out is not None and out.shape == shape else np.empty(shape, dtype=self.logits_dtype)
             binding.bind_output("logits", "cpu", element_type=self.logits_dtype, shape=list(logits.shape), buffer_ptr=logits.ctypes.data)
         else:
             binding.bind_output("logits", "cpu")
-        for past, present in zip(self.past_names, self.present_names):
-            binding.bind_ortvalue_input(past, cache[past])
-            if in_place:
-                binding.bind_ortvalue_output(present, cache[past])
-            else:
+        if not in_place:
+            for past, present in zip(self.past_names, self.present_names):
+                binding.bind_ortvalue_input(past, cache[past])
                 binding.bind_output(present, "cpu")
         self.session.run_with_iobinding(binding)
         if logits is not None:  # written into our buffer, the cache into its own: nothing to fetch
             return logits, cache
         output, *presents = binding.get_outputs()
         return output.numpy(), cache if in_place else dict(zip(self.past_names, presents))
+
+    def bind_cache(self, cache: dict[str, ort.OrtValue]) -> ort.IOBinding:
+        """A binding with each of `cache`'s buffers bound as both the past and the present of its layer (in-place graphs)."""
+        binding = self.session.io_binding()
+        for past, present in zip(self.past_names, self.present_names):
+            binding.bind_ortvalue_input(past, cache[past])
+            binding.bind_ortvalue_output(present, cache[past])
+        return binding
 
     def empty_cache(self, batch: int) -> dict[str, ort.OrtValue]:
         empty = np.zeros((batch, self.kv_heads, 0, self.head_dim), dtype=self.cache_dtype)
@@ -397,6 +415,9 @@ class Generator:
         # share it: every candidate starts from the same prompt cache and next-token logits
         cache = self.room_for(cache, n, len(prompt_ids) + options.max_new_tokens)
         logits = np.repeat(logits, n, axis=0)
+        # in-place graphs: the cache stays bound from step to step, and every step writes its logits into one buffer
+        binding = self.bind_cache(cache) if self.in_place else None
+        buffer = np.empty((n, 1, self.vocab), dtype=self.logits_dtype) if self.in_place and self.vocab and self.logits_dtype else None
         past_length = len(prompt_ids)
         rows = list(range(n))  # which candidate each batch row is
         tokens: list[list[int]] = [[] for _ in range(n)]
@@ -409,7 +430,7 @@ class Generator:
             # sample the next token of every unfinished candidate
             ban = self.eos_ids if step < options.min_new_tokens else None
             history = [prompt_ids + tokens[row] for row in rows] if options.repetition_penalty != 1.0 else []
-            picks = sample_next(logits, history, options, [rngs[row] for row in rows], ban)
+            picks = sample_next(logits, history, options, [rngs[row] for row in rows], ban, overwrite=True)  # the logits are ours
             # append it, and mark candidates that hit EOS or a stop string
             done = []
             for position, (row, token) in enumerate(zip(rows, picks.tolist())):
@@ -429,10 +450,12 @@ class Generator:
                 if not keep:
                     break
                 cache = {name: ort.OrtValue.ortvalue_from_numpy(value.numpy()[keep]) for name, value in cache.items()}
+                binding = self.bind_cache(cache) if self.in_place else None
                 rows = [rows[p] for p in keep]
                 picks = picks[keep]
             # decode: one step for the rows still running, past grows by one
-            logits, cache = self.forward(picks[:, None].astype(np.int64), past_length, cache)
+            out = buffer[: len(rows)] if buffer is not None else None
+            logits, cache = self.forward(picks[:, None].astype(np.int64), past_length, cache, binding, out)
             logits = logits[:, -1]
             past_length += 1
         return [Generation(self._text(tokens[row], options.stop, finish[row]), tuple(tokens[row]), finish[row]) for row in range(n)], prefill_s

@@ -22,20 +22,30 @@ def default_threads() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
-def create_session(model_path: str | Path, threads: int | None = None, spin: bool = False) -> ort.InferenceSession:
+# How long an idle worker spins before it sleeps. A decode step is ~300 small operators, and on
+# the 2-vCPU VM waking a sleeping worker for each cost more than the operators themselves (ORT
+# profile at N = 8: SkipSimplifiedLayerNormalization 1.8 ms a step asleep, 0.8 ms spinning). Measured
+# on the reply job (N = 8 x 32 tokens; benchmarks/results/round5): no spinning 934 ms, 5 us 838, 20 us
+# 798, unbounded 774-784; with a busy loop on one of the two cores: 1,201 / 1,215 / 1,468 / 1,593.
+# 5 us keeps most of the gain and costs nothing under load: the gaps inside a run are shorter, the
+# gaps between runs (sampling in Python) and a contended core's gaps are longer.
+SPIN_US = 5
+
+
+def create_session(model_path: str | Path, threads: int | None = None, spin: bool = True) -> ort.InferenceSession:
     """Open `model_path` on the CPU with all graph optimizations and `threads` intra-op threads.
 
-    `spin`: workers spin between the operators of a run instead of sleeping, and stop as the run
-    returns (`session.force_spinning_stop`), so they never burn a core while another session runs.
+    `spin`: workers spin up to SPIN_US between the operators of a run instead of going to sleep,
+    and stop as the run returns (`session.force_spinning_stop`), so they never burn a core while
+    another session runs; False: they always sleep.
     """
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads or default_threads()
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    # Workers sleep instead of spinning between calls: three sessions on two cores
-    # must not burn each other's time while the other one runs.
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    options.add_session_config_entry("session.intra_op.spin_duration_us", str(SPIN_US))
     options.add_session_config_entry("session.force_spinning_stop", "1")
     # Shapes change every decode step and every batch; the arena would keep the largest
     # of each forever, so memory would grow with the variety of inputs seen.

@@ -1,0 +1,56 @@
+"""The decode loop's fast path (the cache bound once, the logits written into one buffer and the EOS ban
+applied in place) gives the tokens of the plain loop: a fresh binding and a fresh logits array every step."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import replyrank
+from replyrank.generate import GenerationOptions, candidate_rngs, sample_next
+
+COMMENT = "has anyone tried the pasta place near campus"
+GREEDY = GenerationOptions(candidates=3, max_new_tokens=12, min_new_tokens=12, temperature=0)
+SEEDED = GenerationOptions(candidates=5, max_new_tokens=12, min_new_tokens=12, temperature=1.3, top_k=20)
+
+
+@pytest.fixture(scope="module", params=["gpt2_bundle", "llama_bundle"])
+def generator(request):
+    return replyrank.load(request.getfixturevalue(request.param), realism_threshold=0.0).generator
+
+
+def plain_loop(generator, prompt: list[int], options: GenerationOptions, seed: int) -> list[tuple[int, ...]]:
+    """The decode as it ran before: every step binds the whole cache again and returns new logits; the ban copies them."""
+    n, rngs = options.candidates, candidate_rngs(seed, options.candidates)
+    logits, cache = generator.forward(np.array([prompt]), 0, generator.empty_cache(1))
+    cache = generator.room_for(cache, n, len(prompt) + options.max_new_tokens)
+    logits = np.repeat(logits[:, -1], n, axis=0)
+    tokens: list[list[int]] = [[] for _ in range(n)]
+    for step in range(options.max_new_tokens):
+        picks = sample_next(logits, [], options, rngs, generator.eos_ids)  # min_new_tokens = max_new_tokens: EOS banned throughout
+        for row, token in enumerate(picks.tolist()):
+            tokens[row].append(token)
+        logits, cache = generator.forward(picks[:, None].astype(np.int64), len(prompt) + step, cache)
+        logits = logits[:, -1]
+    return [tuple(t) for t in tokens]
+
+
+@pytest.mark.parametrize("options", [GREEDY, SEEDED], ids=["greedy", "seeded"])
+def test_generate_gives_the_plain_loops_tokens(generator, options) -> None:
+    assert generator.in_place
+    prompt = generator.encode_prompt(COMMENT, options).ids
+    for seed in (0, 1):
+        fast, _ = generator.generate(prompt, options, candidate_rngs(seed, options.candidates), reuse_prefix=False)
+        assert [g.token_ids for g in fast] == plain_loop(generator, prompt, options, seed)
+
+
+def test_overwrite_picks_the_same_and_changes_only_the_callers_buffer_when_asked() -> None:
+    logits = np.random.default_rng(0).standard_normal((4, 600)).astype(np.float32)
+    logits[:, 7] = 10.0  # the banned token would win every row
+    options, ban = GenerationOptions(temperature=0.8, top_k=30), np.array([7])
+    kept = logits.copy()
+    copied = sample_next(logits, [], options, candidate_rngs(3, 4), ban)
+    assert np.array_equal(logits, kept)  # not asked: the caller's logits stay as they were
+    overwritten = sample_next(logits, [], options, candidate_rngs(3, 4), ban, overwrite=True)
+    assert np.array_equal(copied, overwritten) and 7 not in copied
+    assert np.all(logits[:, 7] == -np.inf)  # asked: the ban was written into the buffer itself
