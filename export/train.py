@@ -13,7 +13,6 @@ complete.
 from __future__ import annotations
 
 import json
-import math
 import random
 import shutil
 import sys
@@ -23,10 +22,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from replyrank.bundle import DISCRIMINATOR, GENERATOR, SCORER_MAX_LENGTH, TRAINING_NGRAMS, UPVOTES
+from replyrank.bundle import DISCRIMINATOR, GENERATOR, SCORER_MAX_LENGTH, TRAINING_NGRAMS
 from replyrank.filters import training_ngram_set
 
-from .convert import GENERATOR_SPEC, SCORER_SPEC, ExportError, default_template, load_causal_lm, save_tokenizer, split_gguf
+from .convert import GENERATOR_SPEC, ExportError, default_template, load_causal_lm, save_tokenizer, split_gguf
 from .folders import move_into_place
 
 CHECKPOINT = "checkpoint"
@@ -46,11 +45,6 @@ class TrainOptions:
     save_every: int = 200  # optimizer steps between checkpoints
     max_steps: int | None = None
     lora_rank: int | None = None  # generator only: train a LoRA adapter (peft) instead of every weight
-
-
-def upvote_target(score: float) -> float:
-    """Reddit scores are heavy-tailed and can be negative: sign(s) * log1p(|s|)."""
-    return math.copysign(math.log1p(abs(score)), score)
 
 
 def torch_device(options: TrainOptions) -> str:
@@ -489,62 +483,4 @@ def train_discriminator(
         metrics.update(test_examples=len(labels), roc_auc=roc_auc(labels, probs), balanced_accuracy=balanced_accuracy(labels, probs))
     model.to("cpu")
     _finish(model, tokenizer, staging, Path(out), {"model": DISCRIMINATOR, "base": base, "metrics": metrics})
-    return metrics
-
-
-def train_upvotes(
-    train: Sequence[tuple[str, str, float]], test: Sequence[tuple[str, str, float]], base: str, out: str | Path,
-    options: TrainOptions | None = None, sibling_train: Sequence[tuple[tuple[str, str], tuple[str, str]]] = (),
-    sibling_tests: dict[str, Sequence[tuple[tuple[str, str], tuple[str, str]]]] | None = None,
-) -> dict[str, Any]:
-    """Regress the target (already transformed) of each (comment, reply); with `sibling_train`, DialogRPT's pairwise loss."""
-    import torch
-
-    from replyrank.metrics import pairwise_accuracy, spearman
-
-    options = options or TrainOptions(learning_rate=3e-5, batch_size=16, max_length=128)
-    if len(train) < 8 and len(sibling_train) < 8:
-        raise ExportError(f"too few examples to train the upvote model: {len(train)} (need 8)")
-    _seed(options.seed)
-    staging = _staging(Path(out))
-    model, tokenizer = _load_scorer(base, 1)
-    device = torch_device(options)
-    model.to(device)
-    if sibling_train:
-        # each batch holds the better replies then the worse ones, so one forward pass scores both
-        rows = [(c, r, 0.0) for hi, lo in sibling_train for c, r in (hi, lo)]
-        half = max(1, options.batch_size // 2)
-        batches = _pair_batches(tokenizer, rows, half * 2, options.max_length)
-
-        def loss_fn(m, b):
-            scores = m(**{k: v.to(device) for k, v in b.items() if k != "labels"}).logits[:, 0]
-            return -torch.nn.functional.logsigmoid(scores[0::2] - scores[1::2]).mean()
-    else:
-        # standardized targets train well from a fresh head; the bundle maps outputs back with the scale
-        targets = np.array([y for _, _, y in train], dtype=np.float64)
-        offset, scale = float(targets.mean()), float(targets.std() or 1.0)
-        rows = [(c, r, (y - offset) / scale) for c, r, y in train]
-        random.Random(options.seed).shuffle(rows)
-        batches = _pair_batches(tokenizer, rows, options.batch_size, options.max_length)
-        for b in batches:
-            b["labels"] = b["labels"].float()
-
-        def loss_fn(m, b):
-            return m(**{k: v.to(device) for k, v in b.items()}).loss
-
-    train_loop(model, batches, loss_fn, options, staging, "train upvote model")
-    if not sibling_train:
-        (staging / SCORER_SPEC).write_text(json.dumps({"output_scale": scale, "output_offset": offset}))
-    metrics: dict[str, Any] = {"train_examples": len(rows), "objective": "pairwise" if sibling_train else "regression"}
-    if len(test) > 2:
-        predicted = predict(model, tokenizer, [(c, r) for c, r, _ in test], device, options.max_length)
-        metrics.update(test_examples=len(test), spearman=spearman(predicted, [y for _, _, y in test]))
-    for name, pairs in (sibling_tests or {}).items():
-        if pairs:
-            hi = predict(model, tokenizer, [p[0] for p in pairs], device, options.max_length)
-            lo = predict(model, tokenizer, [p[1] for p in pairs], device, options.max_length)
-            metrics[f"pairwise_accuracy_{name}"] = pairwise_accuracy(hi, lo)
-            metrics[f"sibling_pairs_{name}"] = len(pairs)
-    model.to("cpu")
-    _finish(model, tokenizer, staging, Path(out), {"model": UPVOTES, "base": base, "metrics": metrics})
     return metrics
