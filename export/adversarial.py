@@ -105,6 +105,7 @@ class AdversarialOptions:
     dpo_beta: float = 0.1  # DPO's beta: how far from the reference the policy may move
     dpo_nll: float = 0.0  # weight of the chosen reply's NLL added to the DPO loss (RPO)
     dpo_length_normalized: bool = False  # compare per-token log-ratios (Tulu 3's length-normalized DPO; `train.dpo_margin`)
+    dpo_replay: int = 0  # also train on the DPO pairs of this many rounds before the last (a replay buffer of old negatives)
     threads: int | None = None  # ONNX Runtime threads for sampling (None: the runtime's default)
     # keep only pairs whose reply the deployment could write, at most this many generator tokens
     # (None: every reply): a generator cut at max_new_tokens is otherwise told apart by its length alone
@@ -416,6 +417,11 @@ def _sampler(source: str, work: Path, options: AdversarialOptions) -> Generator 
     return runtime_generator(source, work, DEPLOYMENT, options.threads)
 
 
+def _replayed(k: int, options: AdversarialOptions) -> list[int]:
+    """The rounds whose DPO pairs round k trains on: k-1 and the `dpo_replay` rounds before it."""
+    return list(range(max(0, k - 1 - options.dpo_replay), k))
+
+
 def run_round(
     k: int, work: Path, data: RoundData, generator: str, discriminator_base: str, upvotes: PairScorer | None, options: AdversarialOptions,
 ) -> dict[str, Any]:
@@ -438,7 +444,10 @@ def run_round(
         if not (staging / "generator" / "config.json").is_file():
             picked = json.loads((work / f"round-{k - 1}" / DISTILL).read_text())
             if options.method == "dpo":
-                train_preference([tuple(t) for t in picked["preferences"]], base, staging / "generator", options.generator,
+                # round k-1's pairs, then those of the dpo_replay rounds before it: negatives an earlier judge picked stay
+                # dispreferred, so a round cannot answer the last judge's complaint by bringing an older tell back
+                triples = [tuple(t) for j in _replayed(k, options) for t in json.loads((work / f"round-{j}" / DISTILL).read_text())["preferences"]]
+                train_preference(triples, base, staging / "generator", options.generator,
                                  _stored_template(base), adapter=adapter, beta=options.dpo_beta, nll_weight=options.dpo_nll,
                                  length_normalized=options.dpo_length_normalized)
             else:
@@ -450,7 +459,8 @@ def run_round(
         metrics = (training_record(staging / "generator") or {}).get("metrics", {})
         fine_tune = {"method": options.method, "from": base, "adapter_from": str(adapter) if adapter else None,
                      "train_pairs": metrics.get("train_pairs"), "final_loss": metrics.get("final_loss"),
-                     "final_reward_accuracy": metrics.get("final_reward_accuracy"), "length_normalized": metrics.get("length_normalized")}
+                     "final_reward_accuracy": metrics.get("final_reward_accuracy"), "length_normalized": metrics.get("length_normalized"),
+                     "pairs_of_rounds": _replayed(k, options) if options.method == "dpo" else [k - 1]}
 
     # 2. its replies, through replyrank's own runtime with the deployment's settings
     samples_path = staging / SAMPLES

@@ -233,10 +233,10 @@ def test_two_rounds_interrupted_in_round_2_resume_there_and_reach_the_bundle(mod
 
 
 @pytest.mark.skipif(not DUMPS[0].exists(), reason="../shared/data/reddit is not there")
-def test_a_dpo_round_trains_on_real_replies_preferred_over_the_least_human_candidates(models, tmp_path):
+def test_dpo_rounds_train_on_real_replies_preferred_over_the_least_human_candidates(models, tmp_path):
     out = tmp_path / "gen"
-    args = tiny_rounds(models, out, "--upvotes", str(models["upv"]), "--rounds", "1", "--method", "dpo", "--dpo-beta", "2",
-                       "--dpo-length-normalized")
+    args = tiny_rounds(models, out, "--upvotes", str(models["upv"]), "--rounds", "2", "--method", "dpo", "--dpo-beta", "2",
+                       "--dpo-length-normalized", "--dpo-replay", "1")
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     rounds = json.loads((out / "rounds.json").read_text())["rounds"]
@@ -247,6 +247,9 @@ def test_a_dpo_round_trains_on_real_replies_preferred_over_the_least_human_candi
     assert rounds[1]["fine_tune"]["method"] == "dpo" and rounds[1]["fine_tune"]["final_reward_accuracy"] is not None
     assert rounds[1]["fine_tune"]["length_normalized"] is True
     assert all(rounds[1][name] is not None for name in FIGURES)
+    # with --dpo-replay 1, round 2 trains on round 1's pairs and round 0's again
+    assert rounds[1]["fine_tune"]["pairs_of_rounds"] == [0] and rounds[2]["fine_tune"]["pairs_of_rounds"] == [0, 1]
+    assert rounds[2]["fine_tune"]["train_pairs"] > rounds[1]["fine_tune"]["train_pairs"]
 
 
 @pytest.mark.skipif(not DUMPS[0].exists(), reason="../shared/data/reddit is not there")
