@@ -86,7 +86,7 @@ def build_default_command(out: str | None, force: bool, untuned: bool, adapter: 
 
 @click.group(name="train")
 def train_group() -> None:
-    """Train the generator, the discriminator and the upvote model from Pushshift dumps."""
+    """Train the generator, its scorers (the two-head scorer, or a discriminator) and adversarial rounds from Pushshift dumps."""
 
 
 def _train_options(**kw: Any) -> Any:

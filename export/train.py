@@ -1,13 +1,14 @@
-"""Training the three models with PyTorch and transformers: each loss runs in transformers' `Trainer`,
-seeded, with checkpoints that let an interrupted run resume, and outputs moved into place only when
-complete.
+"""Training the generator and the discriminator with PyTorch and transformers: each loss runs in
+transformers' `Trainer`, seeded, with checkpoints that let an interrupted run resume, and outputs
+moved into place only when complete.
 
 - generator: a causal LM fine-tuned on `prompt(comment) + reply + EOS`; the loss counts the
-  reply tokens only; the prompt template is saved beside the model and used unchanged by the runtime.
+  reply tokens only; the prompt template is saved beside the model and used unchanged by the runtime;
+  or DPO on (comment, chosen, rejected) triples (`train_preference`, the adversarial rounds').
 - discriminator: a (comment, reply) pair classifier, label 1 = written by a human, 0 = written by
   the generator (sampled by replyrank's own runtime with the deployment settings), classes balanced.
-- upvote model: a (comment, reply) pair regressor on a transform of the score, or, with sibling
-  pairs, trained with DialogRPT's pairwise loss: -log sigmoid(f(better) - f(worse)).
+
+The upvote head and the two-head scorer are `rankers`'.
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def _staging(out: Path) -> Path:
 
 
 def train_loop(model, batches: list[Any], loss_fn, options: TrainOptions, staging: Path, desc: str) -> list[float]:
-    """The training loop shared by all three models: transformers' `Trainer` over pre-built batches, one a step.
+    """The training loop shared by every fine-tune here: transformers' `Trainer` over pre-built batches, one a step.
 
     `loss_fn(model, batch)` is the loss. AdamW (weight decay 0.01), linear schedule with 5% warm-up,
     gradient norm clipped at 1.0; the batches in an order fixed by `options.seed`. A checkpoint every
