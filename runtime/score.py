@@ -1,14 +1,18 @@
 """Sentence-pair scorers: BERT-family sequence classifiers over (comment, reply), exported to ONNX.
 
-A `PairGraph` is one graph and its tokenizer: all pairs go through it in one batched call,
-padded to the batch's longest pair, and it returns the outputs asked for. The feed holds only the
+A `PairGraph` is one graph and its tokenizer: the pairs are tokenized in one call and run one
+pair per run, unpadded, and it returns the outputs asked for. One run per pair keeps a pair's
+scores independent of the pairs beside it: a dynamically quantized graph quantizes a run's
+activations with one scale, so in a shared batch a candidate's realism moved by up to 0.064 and its
+upvote logit by up to 0.086 with its siblings (the default bundle, 8 candidates, measured), for a
+cost of about 6 ms per 8 pairs (36 against 31 ms). The feed holds only the
 inputs the graph declares (BERT has `token_type_ids`, RoBERTa and DistilBERT do not), always as
 int64, as fastembed builds it. A `ScorerSpec` says which output a score is read from and how
 (`read_score`).
 
 `Scorers` holds the bundle's two scorers. When their specs name the same part folder (one
-graph with two heads), it opens ONE session and runs each batch of pairs ONCE, reading both
-outputs from that run; otherwise each scorer has its own graph.
+graph with two heads), it opens ONE session and runs each pair ONCE, reading both outputs from
+that run; otherwise each scorer has its own graph.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ class PairGraph:
         # A user's "[SEP]" or "[CLS]" is text, not markup: only the post-processor adds specials.
         self.tokenizer.encode_special_tokens = True
         self.tokenizer.enable_truncation(spec.max_length, strategy="longest_first")
-        self.tokenizer.enable_padding(pad_id=spec.pad_token_id, pad_token=self.tokenizer.id_to_token(spec.pad_token_id) or "[PAD]")
+        self.tokenizer.no_padding()  # each pair runs alone (the module's docstring says why)
         self.normalize = spec.text_normalization == "dialogrpt"  # the text the scorer was trained on
         self.session = create_session(model_dir / "model.onnx", threads)
         self.input_names = {i.name for i in self.session.get_inputs()}
@@ -55,18 +59,19 @@ class PairGraph:
             raise BundleError(f"scorer {model_dir.name}'s tokenizer has {vocab} tokens, its model {spec.vocab_size}; re-export the bundle")
 
     def run(self, pairs: Sequence[tuple[str, str]], outputs: Sequence[str]) -> dict[str, np.ndarray]:
-        """The named outputs for every (comment, reply) pair, from one batched run, as float64."""
+        """The named outputs for every (comment, reply) pair, one run per pair, as float64 (pairs, width)."""
         if self.normalize:
             pairs = [(normalize_text(comment), normalize_text(reply)) for comment, reply in pairs]
-        encodings = self.tokenizer.encode_batch(list(pairs))
-        feed = {
-            "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
-            "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
-            "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
-        }
         names = list(dict.fromkeys(outputs))
-        values = self.session.run(names, {k: v for k, v in feed.items() if k in self.input_names})
-        return {name: value.astype(np.float64) for name, value in zip(names, values)}
+        runs = []
+        for e in self.tokenizer.encode_batch(list(pairs)):
+            feed = {
+                "input_ids": np.array([e.ids], dtype=np.int64),
+                "attention_mask": np.array([e.attention_mask], dtype=np.int64),
+                "token_type_ids": np.array([e.type_ids], dtype=np.int64),
+            }
+            runs.append(self.session.run(names, {k: v for k, v in feed.items() if k in self.input_names}))
+        return {name: np.concatenate([values[i] for values in runs]).astype(np.float64) for i, name in enumerate(names)}
 
 
 def read_score(spec: ScorerSpec, output: np.ndarray) -> np.ndarray:
@@ -79,7 +84,7 @@ def read_score(spec: ScorerSpec, output: np.ndarray) -> np.ndarray:
 
 
 def score_pairs(graph: PairGraph, specs: Sequence[ScorerSpec], pairs: Sequence[tuple[str, str]]) -> list[np.ndarray]:
-    """Each spec's scores of `pairs`, all read from ONE run of `graph`."""
+    """Each spec's scores of `pairs`, all read from the same runs of `graph` (one per pair)."""
     if not pairs:
         return [np.zeros(0) for _ in specs]
     outputs = graph.run(pairs, [spec.output for spec in specs])
@@ -111,7 +116,7 @@ class Scorers:
         return self.graphs[self.specs[name].path]
 
     def score(self, pairs: Sequence[tuple[str, str]], names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
-        """Scores of `pairs` by scorer name (all scorers, or `names`); one run per graph."""
+        """Scores of `pairs` by scorer name (all scorers, or `names`); each graph runs once per pair, for all its scorers."""
         wanted = list(names or self.specs)
         scores: dict[str, np.ndarray] = {}
         for path, graph in self.graphs.items():

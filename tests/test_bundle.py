@@ -169,13 +169,13 @@ def test_two_scorers_on_one_graph_open_one_session_and_run_once(tmp_path):
     graph.session = CountingSession(graph.session)
     replies = ["yes", "no maybe", "pasta pasta yes"]
     scores = scorers("pasta", replies)
-    assert graph.session.runs == 1
+    assert graph.session.runs == len(replies)  # one run per pair, both heads read from it
     # by hand: ids [CLS]=2 pasta=7 [SEP]=3 <reply ids> [SEP]=3, s = 0.01 * their sum
     s = np.array([0.01 * (2 + 7 + 3 + sum(VOCAB[w] for w in reply.split()) + 3) for reply in replies])
     np.testing.assert_allclose(scores[DISCRIMINATOR], 1 / (1 + np.exp(-2 * s)), rtol=1e-6)  # softmax(-s, s)[1]
     np.testing.assert_allclose(scores[UPVOTES], 2 * s + 1, rtol=1e-6)
     alone = scorers("pasta", replies, names=[UPVOTES])
-    assert set(alone) == {UPVOTES} and graph.session.runs == 2
+    assert set(alone) == {UPVOTES} and graph.session.runs == 2 * len(replies)
     np.testing.assert_allclose(alone[UPVOTES], scores[UPVOTES])
 
 

@@ -79,7 +79,7 @@ def test_two_head_graph_matches_pytorch_for_both_heads(two_head_bundle: Path, pa
     run = graph.session.run
     graph.session.run = lambda *a, **k: runs.append(1) or run(*a, **k)
     scores = bot.scorers(comment, replies)
-    assert len(runs) == 1  # both heads from one encoder pass
+    assert len(runs) == len(replies)  # both heads from one encoder pass per pair
     assert np.allclose(scores[DISCRIMINATOR], realism, atol=1e-5) and np.allclose(scores[UPVOTES], upvotes, atol=1e-4)
     result = bot.score(comment, replies)
     assert result.best is not None and result.why

@@ -102,6 +102,16 @@ def test_top_k_one_is_greedy(bot):
     assert {c.text for c in greedy.candidates} == {c.text for c in top1.candidates}
 
 
+def test_a_replys_scores_do_not_depend_on_the_replies_beside_it(bot):
+    # the int8 scorers quantize a run's activations with one scale: pairs sharing a run would move each other
+    replies = ["the pasta place is great", "no", "I went there last week and the portions were huge, worth the walk"]
+    together = bot.scorers(COMMENT, replies)
+    for i, reply in enumerate(replies):
+        alone = bot.scorers(COMMENT, [reply])
+        for name, scores in together.items():
+            assert alone[name][0] == scores[i]
+
+
 def test_scores_are_in_range_and_sorted(bot):
     result = bot.reply(COMMENT, candidates=6, max_new_tokens=10, seed=1)
     assert len(result.candidates) == 6
