@@ -23,12 +23,12 @@ def default_threads() -> int:
 
 
 # How long an idle worker spins before it sleeps. A decode step is ~300 small operators, and on
-# the 2-vCPU VM waking a sleeping worker for each cost more than the operators themselves (ORT
-# profile at N = 8: SkipSimplifiedLayerNormalization 1.8 ms a step asleep, 0.8 ms spinning). Measured
-# on the reply job (N = 8 x 32 tokens; benchmarks/results/round5): no spinning 934 ms, 5 us 838, 20 us
-# 798, unbounded 774-784; with a busy loop on one of the two cores: 1,201 / 1,215 / 1,468 / 1,593.
-# 5 us keeps most of the gain and costs nothing under load: the gaps inside a run are shorter, the
-# gaps between runs (sampling in Python) and a contended core's gaps are longer.
+# a 2-vCPU VM waking a sleeping worker for each costs more than the operators themselves (ORT
+# profile at N = 8: SkipSimplifiedLayerNormalization 1.8 ms a step asleep, 0.8 ms spinning). The reply
+# job (N = 8 x 32 tokens, benchmarks/session_options.py, benchmarks/results/round5): no spinning
+# 972 ms, 5 us 881, 20 us 809, unbounded 803; beside a busy loop on one of the two cores 1,211 /
+# 1,145 / 1,413 / 1,736. 5 us keeps half the gain and loses nothing under load: the gaps inside a
+# run are shorter, the gaps between runs (sampling in Python) and a contended core's are longer.
 SPIN_US = 5
 
 
