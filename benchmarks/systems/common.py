@@ -171,15 +171,28 @@ def check_architecture(folder: Path, system: str, unsupported: set[str]) -> None
 def pair_scorers(
     args: dict[str, Any], threads: int, clock: KernelClock | None = None
 ) -> tuple[Callable[[list[str]], Any], Callable[[list[str]], Any]]:
-    """The bundle's two scorers on ONNX Runtime, as replyrank runs them (for peers with no encoder API), each timed alone."""
+    """The bundle's two scorers on ONNX Runtime, as replyrank runs them (for peers with no encoder API).
+
+    A bundle whose two heads share one graph runs it once for both: the first call scores both
+    heads and the second reads the same run, so a peer pays for the encoder once, as replyrank does.
+    """
     from replyrank.bundle import DISCRIMINATOR, UPVOTES, Bundle
     from replyrank.score import Scorers
 
     scorers = Scorers(Bundle.read(args["bundle"], verify_hashes=False), threads)
     if clock is not None:
         clock_sessions(clock, [graph.session for graph in scorers.graphs.values()])
-    comment = args["comment"]
-    return (lambda texts: scorers(comment, texts, [DISCRIMINATOR])), (lambda texts: scorers(comment, texts, [UPVOTES]))
+    comment, last = args["comment"], {}
+
+    def head(name: str) -> Callable[[list[str]], Any]:
+        def score(texts: list[str]) -> Any:
+            if last.get("texts") != texts:
+                last.update(texts=list(texts), scores=scorers(comment, texts))  # every head, one run of each graph
+            return last["scores"][name]
+
+        return score
+
+    return head(DISCRIMINATOR), head(UPVOTES)
 
 
 def scorer_max_length(args: dict[str, Any]) -> int:
