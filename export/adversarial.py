@@ -106,6 +106,9 @@ class AdversarialOptions:
     dpo_nll: float = 0.0  # weight of the chosen reply's NLL added to the DPO loss (RPO)
     dpo_length_normalized: bool = False  # compare per-token log-ratios (Tulu 3's length-normalized DPO; `train.dpo_margin`)
     dpo_replay: int = 0  # also train on the DPO pairs of this many rounds before the last (a replay buffer of old negatives)
+    # rank the next fine-tune's candidates by every round's judge so far (the mean of their logits), not the
+    # latest alone: a candidate showing a tell an earlier judge caught still counts as less human
+    judge_history: bool = False
     threads: int | None = None  # ONNX Runtime threads for sampling (None: the runtime's default)
     # keep only pairs whose reply the deployment could write, at most this many generator tokens
     # (None: every reply): a generator cut at max_new_tokens is otherwise told apart by its length alone
@@ -422,6 +425,24 @@ def _replayed(k: int, options: AdversarialOptions) -> list[int]:
     return list(range(max(0, k - 1 - options.dpo_replay), k))
 
 
+def _judge_of(folder: Path, options: AdversarialOptions) -> Judge:
+    return Judge(PairScorer(folder / "discriminator", options.discriminator), json.loads((folder / JUDGE).read_text())["weights"])
+
+
+def _ranking_realism(k: int, work: Path, judge: Judge, pairs: Sequence[tuple[str, str]], options: AdversarialOptions) -> np.ndarray:
+    """P(human) that ranks the next fine-tune's candidates: round k's judge, or with `judge_history` every judge of rounds 0..k.
+
+    The judges' probabilities are averaged as logits (each judge is a calibrated logistic), so one
+    judge's confident complaint is not washed out by another's shrug.
+    """
+    p = judge.raw(pairs)
+    if not options.judge_history or k == 0:
+        return p
+    logits = [np.log(np.clip(q, 1e-6, 1 - 1e-6) / (1 - np.clip(q, 1e-6, 1 - 1e-6)))
+              for q in [p] + [_judge_of(work / f"round-{j}", options).raw(pairs) for j in range(k)]]
+    return 1 / (1 + np.exp(-np.mean(logits, axis=0)))
+
+
 def run_round(
     k: int, work: Path, data: RoundData, generator: str, discriminator_base: str, upvotes: PairScorer | None, options: AdversarialOptions,
 ) -> dict[str, Any]:
@@ -501,8 +522,7 @@ def run_round(
     # 4. the figures, on held-out threads
     test_realism = judge.raw(real_test + fake_test)  # held-out real replies, then this round's candidates
     realism = test_realism[len(real_test):]
-    first = judge if k == 0 else Judge(PairScorer(work / "round-0" / "discriminator", options.discriminator),
-                                       json.loads((work / "round-0" / JUDGE).read_text())["weights"])
+    first = judge if k == 0 else _judge_of(work / "round-0", options)
     test_labels = np.r_[np.ones(len(real_test)), np.zeros(len(fake_test))]
     model, tokenizer = load_causal_lm(source)
     model.to(torch_device(options.generator)).eval()
@@ -540,12 +560,14 @@ def run_round(
     # 5. the next round's fine-tune data, ranked by this round's discriminator
     if not last:
         tune = [tuple(p) for p in samples["tune"]]
+        tune_realism = _ranking_realism(k, work, judge, tune, options)
         if options.method == "dpo":
-            picked = preferences(tune, judge.raw(tune), tune_rows)
+            picked = preferences(tune, tune_realism, tune_rows)
         else:
             scores = upvotes.raw(tune) if upvotes is not None else None  # DPO's pairs take no upvote score
             scale = upvotes.pairwise_scale if upvotes is not None else None
-            picked = distill(tune, judge.raw(tune), scores, anchor_rows, data.copy_index, options, scale)
+            picked = distill(tune, tune_realism, scores, anchor_rows, data.copy_index, options, scale)
+        picked["stats"]["ranked_by_rounds"] = list(range(k + 1)) if options.judge_history else [k]
         _write_json(staging / DISTILL, picked)
         figures["distilled"] = picked["stats"]
     figures["seconds"] = round(time.perf_counter() - started, 1)

@@ -260,6 +260,8 @@ def train_all_command(
               help="Compare per-token log-ratios (Tulu 3's length-normalized DPO), so a reply's length does not carry the preference; use a beta about the reply length times larger (e.g. 2-5).")
 @click.option("--dpo-replay", type=click.IntRange(min=0), default=None,
               help="Also train each DPO round on the pairs of this many earlier rounds, so old negatives stay dispreferred (default: 0).")
+@click.option("--judge-history", is_flag=True, default=None,
+              help="Rank each round's fine-tune candidates by every round's judge so far (mean logit), not the latest alone, so old tells stay penalized.")
 @click.option("--threads", type=int, default=None, help="ONNX Runtime threads for sampling.")
 def train_adversarial_command(
     data: tuple[str, ...], out: str, generator_source: str, discriminator_base: str, upvotes_model: str | None, work: str | None,

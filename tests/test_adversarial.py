@@ -236,7 +236,7 @@ def test_two_rounds_interrupted_in_round_2_resume_there_and_reach_the_bundle(mod
 def test_dpo_rounds_train_on_real_replies_preferred_over_the_least_human_candidates(models, tmp_path):
     out = tmp_path / "gen"
     args = tiny_rounds(models, out, "--upvotes", str(models["upv"]), "--rounds", "2", "--method", "dpo", "--dpo-beta", "2",
-                       "--dpo-length-normalized", "--dpo-replay", "1")
+                       "--dpo-length-normalized", "--dpo-replay", "1", "--judge-history")
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     rounds = json.loads((out / "rounds.json").read_text())["rounds"]
@@ -250,6 +250,19 @@ def test_dpo_rounds_train_on_real_replies_preferred_over_the_least_human_candida
     # with --dpo-replay 1, round 2 trains on round 1's pairs and round 0's again
     assert rounds[1]["fine_tune"]["pairs_of_rounds"] == [0] and rounds[2]["fine_tune"]["pairs_of_rounds"] == [0, 1]
     assert rounds[2]["fine_tune"]["train_pairs"] > rounds[1]["fine_tune"]["train_pairs"]
+    # with --judge-history, round 1's negatives are the least human under the mean logit of round 0's and round 1's judges
+    work = tmp_path / "gen.rounds"
+    history = json.loads((work / "round-1" / adversarial.DISTILL).read_text())
+    assert history["stats"]["ranked_by_rounds"] == [0, 1] and picked["stats"]["ranked_by_rounds"] == [0]
+    tune = [tuple(p) for p in json.loads((work / "round-1" / adversarial.SAMPLES).read_text())["tune"]]
+    options = AdversarialOptions(discriminator=replace(AdversarialOptions().discriminator, device="cpu"))
+    logit = sum(np.log(q / (1 - q)) for q in (adversarial._judge_of(work / f"round-{j}", options).raw(tune) for j in (0, 1))) / 2
+    own, worst = {p[0]: p[1].strip() for p in history["preferences"]}, {}
+    for i, (comment, reply) in enumerate(tune):
+        if comment in own and reply.strip() and reply.strip() != own[comment]:
+            if comment not in worst or logit[i] < logit[worst[comment]]:
+                worst[comment] = i
+    assert sorted(p[2] for p in history["preferences"]) == sorted(tune[worst[p[0]]][1] for p in history["preferences"])
 
 
 @pytest.mark.skipif(not DUMPS[0].exists(), reason="../shared/data/reddit is not there")
