@@ -27,6 +27,7 @@ from pathlib import Path
 import onnx
 
 from replyrank.bundle import GeneratorSpec
+from replyrank.export.assemble import DEPLOYMENT
 from replyrank.export.chitchat import load_turns
 from replyrank.export.default import PROMPT, _split
 from replyrank.export.quantize import fold_transposed_weights, optimize_offline
@@ -108,7 +109,7 @@ def main() -> None:
         start = time.perf_counter()
         eight = quantize(args.fp32, out, plan, int(block), algo)
         took = time.perf_counter() - start
-        quality = generator_quantized_vs_fp32(args.fp32, out, spec, pairs)
+        quality = generator_quantized_vs_fp32(args.fp32, out, spec, pairs, DEPLOYMENT)
         size = sum(p.stat().st_size for p in out.glob("model.onnx*"))
         print(json.dumps({"plan": plan, "block": int(block), "algo": algo, "eight_bit_matmuls": eight, "model_mb": round(size / 1e6, 1),
                           **quality, "quantize_s": round(took, 1)}), flush=True)

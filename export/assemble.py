@@ -34,7 +34,7 @@ from replyrank.generate import GenerationOptions
 
 from .convert import SCORER_SPEC, Checkpoint, ExportError, check_scorer, export_onnx, generator_spec, materialize_causal_lm, split_gguf
 from .folders import move_into_place
-from .quantize import BITS, optimize_offline, prune_lm_head, quantize_model, quantize_scorer
+from .quantize import BITS, BLOCK_SIZE, optimize_offline, prune_lm_head, quantize_model, quantize_scorer
 from . import gpt2, rankers
 from .validate import GATES, generator_quantized_vs_fp32, generator_vs_torch, pair_model_vs_torch, scorer_vs_torch
 
@@ -51,6 +51,7 @@ DEPLOYMENT = GenerationOptions()
 @dataclass
 class ExportOptions:
     quantize: str = "int8"  # int8 | int4 | none
+    block_size: int = BLOCK_SIZE  # the generator's MatMulNBits block (export.quantize: smaller is nearer fp32, and slower)
     prompt_template: str | None = None
     fused: bool = True  # use onnxruntime-genai's fused graph where the architecture allows it
     quality_gate: bool = True
@@ -93,7 +94,7 @@ def _fused_export(checkpoint: Checkpoint, out_dir: Path, work: Path) -> bool:
     return True
 
 
-def _finish_part(fp32_dir: Path, part_dir: Path, scheme: str, scorer: bool = False) -> None:
+def _finish_part(fp32_dir: Path, part_dir: Path, scheme: str, scorer: bool = False, block_size: int = BLOCK_SIZE) -> None:
     """Quantize (or copy) the fp32 graph into the bundle, with only the files the runtime and optimum need."""
     part_dir.mkdir(parents=True)
     if scheme == "none":
@@ -103,7 +104,7 @@ def _finish_part(fp32_dir: Path, part_dir: Path, scheme: str, scorer: bool = Fal
         quantize_scorer(fp32_dir / "model.onnx", part_dir / "model.onnx")
         optimize_offline(part_dir / "model.onnx")
     else:
-        quantize_model(fp32_dir / "model.onnx", part_dir / "model.onnx", scheme)
+        quantize_model(fp32_dir / "model.onnx", part_dir / "model.onnx", scheme, block_size)
         optimize_offline(part_dir / "model.onnx")
     if not scorer:
         prune_lm_head(part_dir / "model.onnx")  # a prefill needs the last position's logits only
@@ -114,7 +115,7 @@ def _finish_part(fp32_dir: Path, part_dir: Path, scheme: str, scorer: bool = Fal
 
 def export_generator(
     source: str, part_dir: Path, work: Path, quantize: str = "int8", prompt_template: str | None = None, fused: bool = True,
-    sampling: GenerationOptions = DEPLOYMENT,
+    sampling: GenerationOptions = DEPLOYMENT, block_size: int = BLOCK_SIZE,
 ) -> tuple[GeneratorSpec, Checkpoint]:
     """One generator part folder (graph, tokenizer, config) and its spec; fp32 graph left in `work`."""
     checkpoint = materialize_causal_lm(source, work)
@@ -124,7 +125,7 @@ def export_generator(
     fused = genai or (fused and gpt2.build(checkpoint.folder, work / "generator-fp32"))
     if not fused:
         export_onnx(checkpoint, work / "generator-fp32", "text-generation-with-past")
-    _finish_part(work / "generator-fp32", part_dir, quantize)
+    _finish_part(work / "generator-fp32", part_dir, quantize, block_size=block_size)
     ngrams = Path(split_gguf(source)[0]) / TRAINING_NGRAMS  # train_generator's: its training replies' n-gram hashes
     if ngrams.is_file():
         shutil.copy(ngrams, part_dir / TRAINING_NGRAMS)
@@ -223,7 +224,8 @@ def export_bundle(
         with tempfile.TemporaryDirectory(prefix="replyrank-export-") as tmp:
             work = Path(tmp)
             spec, gen = export_generator(
-                generator, staging / GENERATOR, work, options.quantize, options.prompt_template, options.fused, options.sampling
+                generator, staging / GENERATOR, work, options.quantize, options.prompt_template, options.fused, options.sampling,
+                options.block_size,
             )
             advance("generator exported")
             if pair_model:
@@ -240,12 +242,12 @@ def export_bundle(
                     _finish_part(work / f"{name}-fp32", staging / name, options.quantize, scorer=True)
                 advance(f"quantized ({options.quantize})")
                 scorers = {name: scorer_spec(name, checkpoints[name], options.scores[name]) for name in SCORERS}
-            validation: dict[str, Any] = {"pairs": len(validation_pairs), "gates": GATES}
+            validation: dict[str, Any] = {"pairs": len(validation_pairs), "gates": GATES, "generator_block_size": options.block_size}
             validation["generator_fp32_vs_torch"] = generator_vs_torch(work / "generator-fp32", spec, gen.folder, validation_pairs)
             advance("generator parity")
             if options.quantize != "none":
                 validation["generator_quantized_vs_fp32"] = generator_quantized_vs_fp32(
-                    work / "generator-fp32", staging / GENERATOR, spec, validation_pairs
+                    work / "generator-fp32", staging / GENERATOR, spec, validation_pairs, options.sampling
                 )
             advance("generator quality")
             if pair_model:
@@ -306,8 +308,8 @@ def validation_pairs(dumps: list[str], count: int = 32) -> list[tuple[str, str]]
 def _gate_failures(validation: dict[str, Any]) -> list[str]:
     failures = []
     quantized = validation.get("generator_quantized_vs_fp32")
-    if quantized and quantized["top1_agreement"] < GATES["generator_top1_agreement"]:
-        failures.append(f"generator top-1 agreement {quantized['top1_agreement']:.3f} < {GATES['generator_top1_agreement']}")
+    if quantized and quantized["sampling_agreement"] < GATES["generator_sampling_agreement"]:
+        failures.append(f"generator sampling agreement {quantized['sampling_agreement']:.3f} < {GATES['generator_sampling_agreement']}")
     if quantized and quantized["mean_kl"] > GATES["generator_mean_kl"]:
         failures.append(f"generator mean KL {quantized['mean_kl']:.4f} > {GATES['generator_mean_kl']}")
     for part in (f"{name}_vs_torch" for name in SCORERS):

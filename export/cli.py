@@ -39,12 +39,14 @@ from .rankers import REALISM_RECIPE, UPVOTE_RECIPE  # noqa: E402 (after the chec
 @click.option("--upvotes", default=None, help="1-output sequence regressor, with --discriminator.")
 @click.option("--out", required=True, type=click.Path(), help="Bundle folder to write.")
 @click.option("--quantize", type=click.Choice(["int8", "int4", "none"]), default="int8", show_default=True)
+@click.option("--block-size", type=click.Choice(["16", "32", "64", "128", "256"]), default="64", show_default=True,
+              help="The generator's MatMulNBits block: smaller is nearer fp32 and decodes slower.")
 @click.option("--validation-data", multiple=True, type=click.Path(), help="Pushshift dumps with real pairs (default: chitchat-dataset).")
 @click.option("--prompt-template", default=None, help="Prompt with {comment} (default: stored with the model, or its chat template).")
 @click.option("--no-quality-gate", is_flag=True, help="Write the bundle even if a quantized part misses the gate.")
 @click.option("--threshold", type=float, default=None, help="Realism threshold (default: calibrated).")
 def export_command(
-    generator: str, scorer: str | None, discriminator: str | None, upvotes: str | None, out: str, quantize: str,
+    generator: str, scorer: str | None, discriminator: str | None, upvotes: str | None, out: str, quantize: str, block_size: str,
     validation_data: tuple[str, ...], prompt_template: str | None, no_quality_gate: bool, threshold: float | None,
 ) -> None:
     """Export a generator and its scorers (one two-head scorer, or a discriminator and an upvote model) into one quantized, validated bundle."""
@@ -58,7 +60,7 @@ def export_command(
     pairs = validation_pairs(list(validation_data))
     # what replyrank's trainers recorded in each part's folder (metrics, a generator's adversarial rounds)
     records = {name: training_record(source) for name, source in (("generator", generator), ("discriminator", discriminator), ("upvotes", upvotes))}
-    options = ExportOptions(quantize=quantize, prompt_template=prompt_template, quality_gate=not no_quality_gate, realism_threshold=threshold,
+    options = ExportOptions(quantize=quantize, block_size=int(block_size), prompt_template=prompt_template, quality_gate=not no_quality_gate, realism_threshold=threshold,
                             training={name: record for name, record in records.items() if record} or None)
     bundle = export_bundle(generator, discriminator, upvotes, out, pairs, options)
     emit_json({"path": str(bundle.root), "validation": dict(bundle.validation), "realism_threshold": bundle.realism_threshold})

@@ -44,6 +44,7 @@ PROMPT = (
 
 
 SHIPPED_GENERATOR = Path(__file__).with_name("weights") / "reddit-generator"
+GENERATOR_BLOCK_SIZE = 64  # the generator's MatMulNBits block (export.quantize)
 
 
 def package_file(package: str, pattern: str) -> str:
@@ -78,7 +79,9 @@ def _split(turns: list[ChatTurn], test_share: float = 0.1) -> tuple[list[ChatTur
     return [t for t in turns if not is_test(t)], [t for t in turns if is_test(t)]
 
 
-def build_default_bundle(out: Path, force: bool = False, fake_comments: int = 360, adapter: Path | None = SHIPPED_GENERATOR) -> Path:
+def build_default_bundle(
+    out: Path, force: bool = False, fake_comments: int = 360, adapter: Path | None = SHIPPED_GENERATOR, block_size: int = GENERATOR_BLOCK_SIZE,
+) -> Path:
     """Train the two scorers and export the default bundle into `out` (skipped if it is there, unless `force`);
     `adapter=None` builds it with the untuned generator."""
     out = Path(out).expanduser()
@@ -116,7 +119,7 @@ def build_default_bundle(out: Path, force: bool = False, fake_comments: int = 36
             GENERATOR: (training_record(adapter) if adapter else None) or {"data": "not fine-tuned"},
             "build_seconds_before_export": round(time.perf_counter() - started, 1),
         }
-        export_options = ExportOptions(quantize="int8", prompt_template=PROMPT, scores=scores, training=training)
+        export_options = ExportOptions(quantize="int8", block_size=block_size, prompt_template=PROMPT, scores=scores, training=training)
         export_bundle(generator, str(work / "scorer"), str(work / "scorer"), out, validation, export_options)
     print(f"default bundle built in {time.perf_counter() - started:.0f} s: {out}", file=sys.stderr)
     return out

@@ -2,9 +2,12 @@
 
 - generator, fp32 ONNX vs PyTorch: max abs logit difference for the prefill and for one decode
   step that reads the cache;
-- generator, quantized vs fp32 ONNX: next-token top-1 agreement and mean KL(fp32 || quantized)
-  over every position of real (comment, reply) texts, teacher-forced (a bundle's graph returns the
-  last position's logits only, so it is fed one token at a time, as a decode runs it);
+- generator, quantized vs fp32 ONNX, over every position of real (comment, reply) texts,
+  teacher-forced (a bundle's graph returns the last position's logits only, so it is fed one token
+  at a time, as a decode runs it): mean KL(fp32 || quantized), the agreement of the two sampling
+  distributions under the bundle's deployment settings (1 - total variation: the share of draws
+  on which the two agree under the best coupling; with greedy decoding, top-1 agreement), and
+  next-token top-1 agreement;
 - each scorer, quantized ONNX vs PyTorch: Pearson correlation and max abs difference of scores.
 """
 
@@ -15,15 +18,18 @@ from pathlib import Path
 import numpy as np
 
 from replyrank.bundle import GeneratorSpec, ScorerSpec
-from replyrank.generate import GenerationOptions, Generator
+from replyrank.generate import GenerationOptions, Generator, sampling_distribution
 from replyrank.score import PairGraph, score_pairs
 
 # Quality gates: a quantized part below these fails the export unless the user overrides it.
-# Measured on SmolLM2-135M over 624 teacher-forced positions of real chat text: 8-bit MatMulNBits
-# with int8 activations (the fast kernel) agreed on 0.94 of next tokens with a mean KL of 0.006
-# nats; the same weights with fp32 activations agreed on 0.98 but decoded 7x slower. Top-1 alone
-# is noisy where the model hesitates between near-ties, so the gate holds the KL too.
-GATES = {"generator_top1_agreement": 0.92, "generator_mean_kl": 0.02, "scorer_correlation": 0.95}
+# The generator's gate is on what a user gets: the mean KL, and the agreement of the distributions
+# that the deployment settings draw from. Top-1 agreement is reported, not gated: it is the greedy
+# case, and it mostly measures how flat a model's next-token distributions are. A DPO-tuned
+# SmolLM2-135M with 8-bit MatMulNBits weights agreed on 0.872 of top-1 tokens at a mean KL of only
+# 0.0074 nats, and on 0.932 even with fp32 compute in every layer (benchmarks/results/adversarial/
+# length-norm): its flips are near-ties, which sampling at temperature 0.7 over the top 40 draws
+# either way.
+GATES = {"generator_sampling_agreement": 0.95, "generator_mean_kl": 0.02, "scorer_correlation": 0.95}
 # A scorer passes with correlation >= scorer_correlation, or, when its scores barely vary, with a
 # max abs difference within its tolerance (reported beside it).
 
@@ -69,19 +75,41 @@ def generator_vs_torch(model_dir: Path, spec: GeneratorSpec, torch_folder: Path,
     return {"prefill_max_abs_logit_diff": prefill, "decode_max_abs_logit_diff": decode}
 
 
-def generator_quantized_vs_fp32(fp32_dir: Path, quantized_dir: Path, spec: GeneratorSpec, pairs: list[tuple[str, str]]) -> dict:
-    """Next-token top-1 agreement and mean KL of the quantized generator against fp32, teacher-forced."""
+def sampling_agreement(p_logits: np.ndarray, q_logits: np.ndarray, sampling: GenerationOptions) -> np.ndarray:
+    """Per row: sum over tokens of min(p, q), p and q what `sampling` draws from for each set of logits (1 - total variation)."""
+    p_ids, p = sampling_distribution(p_logits, sampling)
+    q_ids, q = sampling_distribution(q_logits, sampling)
+    p, q = p / p.sum(-1, keepdims=True), q / q.sum(-1, keepdims=True)
+    rows = []
+    for row in range(len(p)):
+        _, in_p, in_q = np.intersect1d(p_ids[row], q_ids[row], return_indices=True)
+        rows.append(np.minimum(p[row, in_p], q[row, in_q]).sum())
+    return np.array(rows)
+
+
+def generator_quantized_vs_fp32(
+    fp32_dir: Path, quantized_dir: Path, spec: GeneratorSpec, pairs: list[tuple[str, str]], sampling: GenerationOptions
+) -> dict:
+    """Mean KL, agreement under `sampling` and top-1 agreement of the quantized generator against fp32, teacher-forced."""
     reference, quantized = Generator(fp32_dir, spec), Generator(quantized_dir, spec)
-    agree, kl, positions = 0, 0.0, 0
+    agree, sampled, kl, positions = 0, 0.0, 0.0, 0
     for ids in _texts(reference, pairs):
-        p_logits = teacher_forced_logits(reference, ids).astype(np.float64)
-        q_logits = teacher_forced_logits(quantized, ids).astype(np.float64)
+        p_logits = teacher_forced_logits(reference, ids)
+        q_logits = teacher_forced_logits(quantized, ids)
         agree += int((p_logits.argmax(-1) == q_logits.argmax(-1)).sum())
+        sampled += float(sampling_agreement(p_logits, q_logits, sampling).sum())
+        p_logits, q_logits = p_logits.astype(np.float64), q_logits.astype(np.float64)
         log_p = p_logits - np.logaddexp.reduce(p_logits, axis=-1, keepdims=True)
         log_q = q_logits - np.logaddexp.reduce(q_logits, axis=-1, keepdims=True)
         kl += float((np.exp(log_p) * (log_p - log_q)).sum())
         positions += len(ids)
-    return {"top1_agreement": agree / positions, "mean_kl": kl / positions, "positions": positions}
+    return {
+        "sampling_agreement": sampled / positions,
+        "sampling": {"temperature": sampling.temperature, "top_k": sampling.top_k, "top_p": sampling.top_p},
+        "mean_kl": kl / positions,
+        "top1_agreement": agree / positions,
+        "positions": positions,
+    }
 
 
 def scorer_vs_torch(model_dir: Path, spec: ScorerSpec, torch_folder: Path, pairs: list[tuple[str, str]]) -> dict:

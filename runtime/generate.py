@@ -222,6 +222,19 @@ def sample_next(
     # greedy: the most likely token, and no random draw at all
     if options.temperature == 0:
         return logits.argmax(axis=-1)
+    token_ids, probs = sampling_distribution(logits, options)
+    # sample: one uniform draw per row from that row's own generator, inverted through the CDF
+    draws = np.array([rng.random() for rng in rngs])
+    cdf = np.cumsum(probs, axis=-1)
+    picks = np.minimum((cdf < draws[:, None] * cdf[:, -1:]).sum(axis=-1), token_ids.shape[-1] - 1)
+    return token_ids[np.arange(len(token_ids)), picks]
+
+
+def sampling_distribution(logits: np.ndarray, options: GenerationOptions) -> tuple[np.ndarray, np.ndarray]:
+    """What a draw chooses from, per row of `logits` (rows, vocab): token ids, most likely first, and their weights
+    (float64; they sum to 1 unless top-p cut tokens to 0). Greedy (temperature 0): the most likely token alone."""
+    if options.temperature == 0:
+        return logits.argmax(axis=-1)[:, None], np.ones((len(logits), 1))
     # top-k: keep the k most likely tokens of each row, most likely first (all tokens when k is 0)
     k = options.top_k if 0 < options.top_k < logits.shape[-1] else logits.shape[-1]
     token_ids = top_k(logits, k)
@@ -232,11 +245,7 @@ def sample_next(
     # top-p: keep the smallest prefix of tokens whose probability reaches p (the top token always stays)
     if options.top_p < 1.0:
         probs[np.cumsum(probs, axis=-1) - probs >= options.top_p] = 0.0
-    # sample: one uniform draw per row from that row's own generator, inverted through the CDF
-    draws = np.array([rng.random() for rng in rngs])
-    cdf = np.cumsum(probs, axis=-1)
-    picks = np.minimum((cdf < draws[:, None] * cdf[:, -1:]).sum(axis=-1), k - 1)
-    return token_ids[np.arange(len(token_ids)), picks]
+    return token_ids, probs
 
 
 class Generator:

@@ -85,6 +85,7 @@ def test_quantized_generator_tracks_fp32(gpt2_bundle, llama_bundle):
         quantized = validation["generator_quantized_vs_fp32"]
         # tiny random models have near-ties everywhere; the real bundle is gated at GATES
         assert quantized["top1_agreement"] >= 0.85 and quantized["mean_kl"] < 0.05
+        assert 0.85 <= quantized["sampling_agreement"] <= 1 and quantized["sampling"]["temperature"] == 0.7
         for scorer in (validation["discriminator_vs_torch"], validation["upvotes_vs_torch"]):
             # tiny random scorers barely vary, so their gate is the absolute error
             assert scorer["correlation"] > 0.95 or scorer["max_abs_diff"] <= scorer["tolerance"]
@@ -152,13 +153,19 @@ def test_export_cli_writes_a_bundle_and_reports_json(models, tmp_path):
     if not dumps[0].exists():
         pytest.skip("../shared/data/reddit is not there")
     args = ["export", "--generator", str(models["gpt2"]), "--discriminator", str(models["disc"]), "--upvotes", str(models["upv"]),
-            "--out", str(tmp_path / "b"), "--no-quality-gate"]
+            "--out", str(tmp_path / "b"), "--no-quality-gate", "--block-size", "32"]
     for dump in dumps:
         args += ["--validation-data", str(dump)]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["validation"]["pairs"] == 32 and 0 <= report["realism_threshold"] <= 1
+    assert report["validation"]["generator_block_size"] == 32
+    import onnx
+
+    graph = onnx.load(str(tmp_path / "b" / "generator" / "model.onnx"), load_external_data=False).graph
+    blocks = {a.i for n in graph.node if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "block_size"}
+    assert blocks == {32}
     assert replyrank.load(tmp_path / "b").reply("hello there", candidates=2, max_new_tokens=4).candidates
 
 
@@ -187,3 +194,24 @@ def test_verified_stamp_never_hides_a_changed_file(gpt2_bundle, tmp_path):
     (copy / STAMP).write_text(json.dumps(stamp))
     result = CliRunner().invoke(main, ["info", "--bundle", str(copy)])
     assert result.exit_code == 1 and "sha256" in result.stderr
+
+
+def test_sampling_agreement_is_one_minus_total_variation():
+    from replyrank.export.validate import sampling_agreement
+    from replyrank.generate import GenerationOptions
+
+    rng = np.random.default_rng(0)
+    p = rng.normal(size=(6, 300)).astype(np.float32)
+    q = p + rng.normal(scale=0.3, size=p.shape).astype(np.float32)
+    sampled = GenerationOptions(temperature=0.7, top_k=40)
+    assert np.allclose(sampling_agreement(p, p, sampled), 1.0)
+    # greedy: the share of rows whose most likely token is the same
+    greedy = sampling_agreement(p, q, GenerationOptions(temperature=0))
+    assert np.array_equal(greedy, (p.argmax(-1) == q.argmax(-1)).astype(float))
+    # with every token kept it is 1 - TV of the two tempered softmaxes, computed directly
+    full = GenerationOptions(temperature=0.7, top_k=0)
+    soft = lambda x: np.exp(x / 0.7 - np.logaddexp.reduce(x / 0.7, axis=-1, keepdims=True))
+    assert np.allclose(sampling_agreement(p, q, full), 1 - 0.5 * np.abs(soft(p.astype(np.float64)) - soft(q.astype(np.float64))).sum(-1))
+    # disjoint top-k sets share nothing
+    shifted = np.roll(p, 150, axis=-1) - 100 * (np.arange(300) < 150)
+    assert np.allclose(sampling_agreement(p - 100 * (np.arange(300) >= 150), shifted, GenerationOptions(temperature=0.7, top_k=5)), 0.0)
