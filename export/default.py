@@ -29,7 +29,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from replyrank.bundle import DISCRIMINATOR, GENERATOR, MANIFEST, UPVOTES, Score
+from replyrank.bundle import DEFAULT_RECIPE, DISCRIMINATOR, GENERATOR, MANIFEST, UPVOTES, Score
 from replyrank.errors import ReplyrankError
 
 from . import rankers
@@ -121,6 +121,7 @@ def build_default_bundle(
             UPVOTES: {k: v for k, v in info.items() if k not in ("heads", "evaluation")} | {"head": info["heads"]["upvotes"]},
             GENERATOR: (training_record(adapter) if adapter else None) or {"data": "not fine-tuned"},
             "build_seconds_before_export": round(time.perf_counter() - started, 1),
+            "default_recipe": DEFAULT_RECIPE if adapter == SHIPPED_GENERATOR and block_size == GENERATOR_BLOCK_SIZE else "custom",
         }
         export_options = ExportOptions(quantize="int8", block_size=block_size, prompt_template=PROMPT, scores=scores, training=training)
         export_bundle(generator, str(work / "scorer"), str(work / "scorer"), out, validation, export_options)

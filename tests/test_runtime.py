@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -274,3 +275,28 @@ def test_cli_bad_input_is_one_line_without_traceback(gpt2_bundle, args, message)
     assert result.exit_code != 0
     assert message in result.stderr and "Traceback" not in result.output
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_default_bundle_from_an_earlier_recipe_says_how_to_rebuild(gpt2_bundle, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from replyrank.bundle import DEFAULT_RECIPE, MANIFEST
+    from replyrank.cli import main
+
+    cached = tmp_path / "cache" / "replyrank" / "default-bundle"
+    shutil.copytree(gpt2_bundle, cached)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("REPLYRANK_BUNDLE", raising=False)
+    args = ["reply", "hello there", "--candidates", "2", "--max-new-tokens", "3", "--json"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "earlier recipe" in result.stderr and "build-default --force" in result.stderr
+    with pytest.warns(UserWarning, match="build-default --force"):
+        replyrank.load()
+    json.loads(result.stdout)  # the reply itself is unchanged: data on stdout, the note on stderr
+    manifest = json.loads((cached / MANIFEST).read_text())
+    manifest["training"] = {**(manifest.get("training") or {}), "default_recipe": DEFAULT_RECIPE}
+    (cached / MANIFEST).write_text(json.dumps(manifest))
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "earlier recipe" not in result.stderr
