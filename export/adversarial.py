@@ -438,9 +438,8 @@ def _ranking_realism(k: int, work: Path, judge: Judge, pairs: Sequence[tuple[str
     p = judge.raw(pairs)
     if not options.judge_history or k == 0:
         return p
-    logits = [np.log(np.clip(q, 1e-6, 1 - 1e-6) / (1 - np.clip(q, 1e-6, 1 - 1e-6)))
-              for q in [p] + [_judge_of(work / f"round-{j}", options).raw(pairs) for j in range(k)]]
-    return 1 / (1 + np.exp(-np.mean(logits, axis=0)))
+    judged = np.clip([p] + [_judge_of(work / f"round-{j}", options).raw(pairs) for j in range(k)], 1e-6, 1 - 1e-6)
+    return 1 / (1 + np.exp(-np.mean(np.log(judged) - np.log1p(-judged), axis=0)))
 
 
 def run_round(

@@ -21,7 +21,6 @@ k (an engagement regressor, a version-1 bundle) is treated the same way.
 
 from __future__ import annotations
 
-import os
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -284,6 +283,6 @@ def load(
     from .bundle import default_bundle_dir, stale_default
 
     bot = Bot(bundle_dir if bundle_dir is not None else default_bundle_dir(), threads, realism_threshold, strict, filters)
-    if bundle_dir is None and not os.environ.get("REPLYRANK_BUNDLE") and (why := stale_default(bot.bundle)):
+    if bundle_dir is None and (why := stale_default(bot.bundle)):
         warnings.warn(why, stacklevel=2)
     return bot

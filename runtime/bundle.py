@@ -407,7 +407,10 @@ DEFAULT_RECIPE = 2
 
 
 def stale_default(bundle: Bundle) -> str | None:
-    """Why a cached default bundle is older than this version's recipe, or None when it is current."""
+    """Why the cached default bundle (loaded because no bundle was named) is older than this version's recipe, or None
+    when it is current or `$REPLYRANK_BUNDLE` chose it."""
+    if os.environ.get("REPLYRANK_BUNDLE"):
+        return None
     built = (bundle.training or {}).get("default_recipe", 1)
     if built in (DEFAULT_RECIPE, "custom"):
         return None

@@ -93,7 +93,7 @@ def _load(
         click.echo(f"no default bundle yet: building it in {path} (once, about 10 minutes)", err=True)
         _build_default_bundle(path)
     bot = Bot(path, threads=threads, realism_threshold=threshold, strict=strict, filters=filters)
-    if bundle is None and not os.environ.get("REPLYRANK_BUNDLE") and (why := stale_default(bot.bundle)):
+    if bundle is None and (why := stale_default(bot.bundle)):
         click.echo(f"note: {why}", err=True)
     return bot
 

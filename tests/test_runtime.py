@@ -291,9 +291,12 @@ def test_a_default_bundle_from_an_earlier_recipe_says_how_to_rebuild(gpt2_bundle
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     assert "earlier recipe" in result.stderr and "build-default --force" in result.stderr
+    json.loads(result.stdout)  # the reply itself is unchanged: data on stdout, the note on stderr
     with pytest.warns(UserWarning, match="build-default --force"):
         replyrank.load()
-    json.loads(result.stdout)  # the reply itself is unchanged: data on stdout, the note on stderr
+    monkeypatch.setenv("REPLYRANK_BUNDLE", str(cached))  # a bundle the user named is theirs: no note
+    assert "earlier recipe" not in CliRunner().invoke(main, args).stderr
+    monkeypatch.delenv("REPLYRANK_BUNDLE")
     manifest = json.loads((cached / MANIFEST).read_text())
     manifest["training"] = {**(manifest.get("training") or {}), "default_recipe": DEFAULT_RECIPE}
     (cached / MANIFEST).write_text(json.dumps(manifest))
