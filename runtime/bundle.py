@@ -401,9 +401,9 @@ def _scorer_spec(entry: Mapping[str, Any], name: str) -> ScorerSpec:
 
 # The default bundle's recipe: raised whenever what `replyrank build-default` builds changes (its adapter, block, heads),
 # written into the bundle's `training` by the build, so a bundle cached by an earlier version can be told apart.
-# 2: the DPO-replay generator adapter at MatMulNBits block 32 (2026-12-03); 1 (or none recorded): earlier builds;
+# 3: round 6 of the DPO-replay run (2026-12-03, later); 2: its round 4, both at MatMulNBits block 32; 1 (or none): earlier builds;
 # "custom": built with another adapter or block (`build-default --adapter/--untuned`), which is the user's choice.
-DEFAULT_RECIPE = 2
+DEFAULT_RECIPE = 3
 
 
 def stale_default(bundle: Bundle) -> str | None:
