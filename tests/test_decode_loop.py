@@ -4,6 +4,7 @@ applied in place) gives the tokens of the plain loop: a fresh binding and a fres
 from __future__ import annotations
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 
 import replyrank
@@ -54,3 +55,20 @@ def test_overwrite_picks_the_same_and_changes_only_the_callers_buffer_when_asked
     overwritten = sample_next(logits, [], options, candidate_rngs(3, 4), ban, overwrite=True)
     assert np.array_equal(copied, overwritten) and 7 not in copied
     assert np.all(logits[:, 7] == -np.inf)  # asked: the ban was written into the buffer itself
+
+
+def test_candidates_that_end_early_leave_the_batch_without_changing_the_others(generator, monkeypatch) -> None:
+    """In-place graphs drop a finished row by moving the later rows up inside the cache buffers; the tokens
+    and finishes are those of copying the kept rows into fresh buffers (how it was done before)."""
+    options = GenerationOptions(candidates=5, max_new_tokens=12, min_new_tokens=0, temperature=1.3, top_k=20)
+    prompt = generator.encode_prompt(COMMENT, options).ids
+    full, _ = generator.generate(prompt, options, candidate_rngs(0, 5), reuse_prefix=False)
+    # make two tokens the rows sampled "EOS", so rows end at different steps
+    monkeypatch.setattr(generator, "eos_set", set(generator.eos_set) | {full[0].token_ids[3], full[2].token_ids[6]})
+    moved, _ = generator.generate(prompt, options, candidate_rngs(0, 5), reuse_prefix=False)
+    finishes = [g.finish_reason for g in moved]
+    assert "eos" in finishes and "length" in finishes, finishes  # rows left mid-run, others ran on
+    copied = lambda cache, buffers, keep: {n: ort.OrtValue.ortvalue_from_numpy(v.numpy()[keep]) for n, v in cache.items()}  # noqa: E731
+    monkeypatch.setattr(generator, "drop_rows", copied)
+    again, _ = generator.generate(prompt, options, candidate_rngs(0, 5), reuse_prefix=False)
+    assert [(g.token_ids, g.finish_reason) for g in moved] == [(g.token_ids, g.finish_reason) for g in again]
