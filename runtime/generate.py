@@ -23,6 +23,7 @@ its buffer is exactly the prefix long, so no graph writes into it (see `forward`
 from __future__ import annotations
 
 import re
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -41,6 +42,9 @@ if TYPE_CHECKING:  # bundle.py records GenerationOptions in its specs, so it imp
     from .bundle import GeneratorSpec
 
 _ONNX_FLOAT = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+# The most cache buffer memory a generator keeps between replies for the next one (`Generator.keep_spare`): the
+# default bundle's 8 candidates of a ~100-token prompt take 49 MB; larger decodes free theirs.
+SPARE_BYTES = 64 << 20
 TOP_K_GROUPS = 256  # see top_k: a top-k of up to this many tokens is taken from the groups' maxima
 
 # The most one call may ask for, so that no request can exhaust the machine. `Bot`, the CLI and
@@ -271,6 +275,9 @@ class Generator:
 
         self.session = create_session(model_dir / "model.onnx", threads)
         self.in_place = spec.kv_cache == "in-place"
+        # the cache buffers of the last finished `generate`, for the next one (in-place graphs; see `grown`)
+        self.spare: dict[str, np.ndarray] | None = None
+        self.spare_lock = threading.Lock()
         inputs = {i.name: i for i in self.session.get_inputs()}
         self.input_names = set(inputs)
         self.past_names = [name for name in inputs if name.startswith("past_key_values.")]
@@ -378,21 +385,40 @@ class Generator:
         return {name: ort.OrtValue.ortvalue_from_numpy(buffer) for name, buffer in self.grown(cache, rows, length).items()}
 
     def grown(self, cache: dict[str, ort.OrtValue], rows: int, length: int) -> dict[str, np.ndarray]:
-        """`room_for`'s arrays, which own the memory its OrtValues point to.
+        """`room_for`'s arrays, which hold the memory its OrtValues point to.
 
-        One array a layer: a single block for all layers fills 3x faster (huge pages) but raised the
-        benchmark's peak RSS from 385 to 418-431 MB.
+        In-place graphs take the spare buffers a finished `generate` left (`keep_spare`) when they have
+        at least `rows` rows and `length` positions: the batch is their first rows, and a longer buffer
+        only means positions the attention never reads. Fresh buffers cost ~10 ms a reply in page faults
+        (35-49 MB), 1% of it. One array a layer: a single block for all layers fills 3x faster (huge
+        pages) but raised the benchmark's peak RSS from 385 to 418-431 MB.
         """
+        spare = self.take_spare(rows, length) if self.in_place else None
         grown = {}
         for name, value in cache.items():
             prompt = value.numpy()
             if self.in_place:
-                buffer = np.zeros((rows, self.kv_heads, length, self.head_dim), dtype=prompt.dtype)
+                buffer = spare[name][:rows] if spare else np.zeros((rows, self.kv_heads, length, self.head_dim), dtype=prompt.dtype)
                 buffer[:, :, : prompt.shape[2]] = prompt
             else:
                 buffer = np.repeat(prompt, rows, axis=0)
             grown[name] = buffer
         return grown
+
+    def take_spare(self, rows: int, length: int) -> dict[str, np.ndarray] | None:
+        """The spare buffers, if they hold `rows` x `length`; either way there is no spare after this."""
+        with self.spare_lock:
+            spare, self.spare = self.spare, None
+        first = next(iter(spare.values())) if spare else None
+        return spare if first is not None and first.shape[0] >= rows and first.shape[2] >= length else None
+
+    def keep_spare(self, buffers: dict[str, np.ndarray]) -> None:
+        """Keep a finished decode's cache buffers (`grown`'s, or the spare they are the first rows of) for the next
+        one, when they are at most SPARE_BYTES: what stays allocated between replies is bounded."""
+        owners = {name: buffer if buffer.base is None else buffer.base for name, buffer in buffers.items()}
+        if sum(owner.nbytes for owner in owners.values()) <= SPARE_BYTES:
+            with self.spare_lock:
+                self.spare = owners
 
     def drop_rows(self, cache: dict[str, ort.OrtValue], buffers: dict[str, np.ndarray], keep: list[int]) -> dict[str, ort.OrtValue]:
         """The cache of the batch rows `keep` (ascending) alone.
@@ -441,8 +467,21 @@ class Generator:
         logits = logits[:, -1]
         prefill_s = time.perf_counter() - start
         # share it: every candidate starts from the same prompt cache and next-token logits
-        buffers = self.grown(cache, n, len(prompt_ids) + options.max_new_tokens)  # own the memory the cache points to
+        buffers = self.grown(cache, n, len(prompt_ids) + options.max_new_tokens)  # hold the memory the cache points to
         cache = {name: ort.OrtValue.ortvalue_from_numpy(buffer) for name, buffer in buffers.items()}
+        try:
+            generations = self.decode(prompt_ids, options, rngs, logits, cache, buffers)
+        finally:
+            if self.in_place:
+                self.keep_spare(buffers)
+        return generations, prefill_s
+
+    def decode(
+        self, prompt_ids: list[int], options: GenerationOptions, rngs: list[np.random.Generator], logits: np.ndarray,
+        cache: dict[str, ort.OrtValue], buffers: dict[str, np.ndarray],
+    ) -> list[Generation]:
+        """`generate`'s decode loop, from the prompt's next-token logits and cache for each of the len(rngs) rows."""
+        n = len(rngs)
         logits = np.repeat(logits, n, axis=0)
         # in-place graphs: the cache stays bound from step to step, and every step writes its logits into one buffer
         binding = self.bind_cache(cache) if self.in_place else None
@@ -487,7 +526,7 @@ class Generator:
             logits, cache = self.forward(picks[:, None].astype(np.int64), past_length, cache, binding, out)
             logits = logits[:, -1]
             past_length += 1
-        return [Generation(self._text(tokens[row], options.stop, finish[row]), tuple(tokens[row]), finish[row]) for row in range(n)], prefill_s
+        return [Generation(self._text(tokens[row], options.stop, finish[row]), tuple(tokens[row]), finish[row]) for row in range(n)]
 
     def _text(self, token_ids: list[int], stop: tuple[str, ...], finish: str) -> str:
         text = self.tokenizer.decode(token_ids, skip_special_tokens=True)

@@ -8,7 +8,7 @@ import onnxruntime as ort
 import pytest
 
 import replyrank
-from replyrank.generate import GenerationOptions, candidate_rngs, sample_next
+from replyrank.generate import SPARE_BYTES, GenerationOptions, candidate_rngs, sample_next
 
 COMMENT = "has anyone tried the pasta place near campus"
 GREEDY = GenerationOptions(candidates=3, max_new_tokens=12, min_new_tokens=12, temperature=0)
@@ -72,3 +72,20 @@ def test_candidates_that_end_early_leave_the_batch_without_changing_the_others(g
     monkeypatch.setattr(generator, "drop_rows", copied)
     again, _ = generator.generate(prompt, options, candidate_rngs(0, 5), reuse_prefix=False)
     assert [(g.token_ids, g.finish_reason) for g in moved] == [(g.token_ids, g.finish_reason) for g in again]
+
+
+def test_a_reply_on_the_last_replys_spare_buffers_gives_the_tokens_of_fresh_ones(generator) -> None:
+    """A decode keeps its cache buffers for the next one; a shorter prompt then runs in longer, used buffers,
+    with the tokens of new zeroed ones. Buffers over SPARE_BYTES are not kept."""
+    options = GenerationOptions(candidates=4, max_new_tokens=10, min_new_tokens=10, temperature=1.3, top_k=20)
+    short = generator.encode_prompt("pasta?", options).ids
+    generator.spare = None
+    fresh, _ = generator.generate(short, options, candidate_rngs(2, 4), reuse_prefix=False)
+    generator.generate(generator.encode_prompt(COMMENT * 3, options).ids, options, candidate_rngs(5, 4), reuse_prefix=False)
+    spare = generator.spare
+    assert spare is not None and next(iter(spare.values())).shape[2] > len(short) + options.max_new_tokens
+    reused, _ = generator.generate(short, options, candidate_rngs(2, 4), reuse_prefix=False)
+    assert [g.token_ids for g in reused] == [g.token_ids for g in fresh]
+    assert all(a is b for a, b in zip(generator.spare.values(), spare.values()))  # the same buffers, kept again
+    generator.keep_spare({name: np.zeros(SPARE_BYTES // len(spare) + 1, np.uint8) for name in spare})
+    assert all(a is b for a, b in zip(generator.spare.values(), spare.values()))  # too large: not kept
