@@ -35,7 +35,7 @@ from replyrank.errors import ReplyrankError
 from . import rankers
 from .assemble import DEPLOYMENT, ExportOptions, export_bundle
 from .chitchat import ChatTurn, load_turns
-from .recipes import real_and_fake
+from .recipes import real_and_fake, runtime_generator
 from .train import training_record
 
 PROMPT = (
@@ -102,7 +102,8 @@ def build_default_bundle(
         # 1. the generator writes fakes to real messages, through the runtime, with the deployment's sampling;
         # 2. discriminator: real replies to other messages vs the generator's replies, balanced
         train_pairs, test_pairs = [(t.message, t.reply) for t in train_turns], [(t.message, t.reply) for t in test_turns]
-        sets = real_and_fake(generator, train_pairs, test_pairs, fake_comments, fake_comments // 4, work, DEPLOYMENT, seed=0)
+        sampler = runtime_generator(generator, work, DEPLOYMENT, block_size=block_size)  # the int8 layout the bundle ships
+        sets = real_and_fake(sampler, train_pairs, test_pairs, fake_comments, fake_comments // 4, work, DEPLOYMENT, seed=0)
         # 3. one encoder, two heads: the shipped upvote head, and a realism head fitted to these fakes
         model, tokenizer, info = rankers.load(rankers.SHIPPED_UPVOTES, base=minilm)
         options = replace(rankers.REALISM_RECIPE, device="cpu")

@@ -22,6 +22,7 @@ from replyrank.generate import GenerationOptions, Generator, whole_sentences
 
 from . import rankers
 from .assemble import DEPLOYMENT, ExportOptions, export_bundle, export_generator
+from .quantize import BLOCK_SIZE
 from .train import TrainOptions, train_discriminator, train_generator
 
 FAKES_PER_COMMENT = 2  # generated replies per real comment in the discriminator's training data
@@ -39,16 +40,19 @@ def _sample(pairs: list[Pair], count: int | None, seed: int) -> list[Pair]:
     return random.Random(seed).sample(pairs, count)
 
 
-def runtime_generator(generator: str, work: Path, options: GenerationOptions = DEPLOYMENT, threads: int | None = None) -> Generator:
+def runtime_generator(
+    generator: str, work: Path, options: GenerationOptions = DEPLOYMENT, threads: int | None = None, block_size: int = BLOCK_SIZE,
+) -> Generator:
     """replyrank's own ONNX runtime generator for `generator`.
 
     `generator` is a bundle folder (its generator is used as is) or a causal LM (hub id, folder,
-    GGUF), which is first exported into `work` the way a bundle exports it, so its replies are the deployment's own.
+    GGUF), which is first exported into `work` the way a bundle exports it (int8 at MatMulNBits
+    `block_size`: give the bundle's), so its replies are the deployment's own.
     """
     if (Path(generator) / MANIFEST).is_file():
         bundle = Bundle.read(generator)
         return Generator(bundle.folder(bundle.generator), bundle.generator, threads)
-    spec, _ = export_generator(generator, work / "fake-generator", work, sampling=options)
+    spec, _ = export_generator(generator, work / "fake-generator", work, sampling=options, block_size=block_size)
     return Generator(work / "fake-generator", spec, threads)
 
 
