@@ -5,7 +5,8 @@ GroupQueryAttention with rotary embedding, for the Llama family; export.gpt2's g
 ops for GPT-2) or optimum's `text-generation-with-past` graph (every other causal LM); (2) both scorers go
 through optimum's `text-classification` export, or one two-head scorer (export.rankers: realism and
 upvotes over one encoder) goes through torch.onnx as one graph with two outputs; (3) MatMuls are quantized to block-wise int8
-(or int4); (4) parity and quality are measured and gated; (5) the realism threshold is
+(or int4), with the generator's norm-fed projections smoothed to dynamic int8 where calibration texts are given
+(export.quantize), and the template prefix's KV cache computed by the fp32 graph; (4) parity and quality are measured and gated; (5) the realism threshold is
 calibrated on the bundle's own candidates; (6) the manifest is written and the finished folder
 is moved into place, so an interrupted export never leaves a half-written bundle behind.
 """
@@ -26,17 +27,17 @@ import numpy as np
 import replyrank
 from replyrank.bundle import (
     DEFAULT_SCORES, DISCRIMINATOR, GENERATOR, MANIFEST, REALISM_THRESHOLD, SCORERS, TRAINING_NGRAMS, UPVOTES, Bundle, GeneratorSpec, Score,
-    ScorerSpec,
+    ScorerSpec, with_prefix_cache,
 )
 from replyrank.errors import ReplyrankError
 from replyrank.filters import COPY_WORDS
-from replyrank.generate import GenerationOptions
+from replyrank.generate import GenerationOptions, Generator
 
 from .convert import SCORER_SPEC, Checkpoint, ExportError, check_scorer, export_onnx, generator_spec, materialize_causal_lm, split_gguf
 from .folders import move_into_place
-from .quantize import BITS, BLOCK_SIZE, optimize_offline, prune_lm_head, quantize_model, quantize_scorer
+from .quantize import BITS, BLOCK_SIZE, Calibration, optimize_offline, prune_lm_head, quantize_model, quantize_scorer
 from . import gpt2, rankers
-from .validate import GATES, generator_quantized_vs_fp32, generator_vs_torch, pair_model_vs_torch, scorer_vs_torch
+from .validate import GATES, generator_quantized_vs_fp32, generator_vs_torch, pair_model_vs_torch, scorer_vs_torch, token_sequences
 
 # Causal LMs that onnxruntime-genai's builder turns into a fused graph; others go through optimum.
 FUSED_ARCHITECTURES = {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "Phi3ForCausalLM"}
@@ -94,9 +95,12 @@ def _fused_export(checkpoint: Checkpoint, out_dir: Path, work: Path) -> bool:
     return True
 
 
-def _finish_part(fp32_dir: Path, part_dir: Path, scheme: str, scorer: bool = False, block_size: int = BLOCK_SIZE) -> None:
-    """Quantize (or copy) the fp32 graph into the bundle, with only the files the runtime and optimum need."""
+def _finish_part(
+    fp32_dir: Path, part_dir: Path, scheme: str, scorer: bool = False, block_size: int = BLOCK_SIZE, calibration: Calibration | None = None,
+) -> dict | None:
+    """Quantize (or copy) the fp32 graph into the bundle, with only the files the runtime and optimum need; a generator's layout."""
     part_dir.mkdir(parents=True)
+    layout = None
     if scheme == "none":
         for path in fp32_dir.glob("model.onnx*"):
             shutil.copy(path, part_dir / path.name)
@@ -104,20 +108,24 @@ def _finish_part(fp32_dir: Path, part_dir: Path, scheme: str, scorer: bool = Fal
         quantize_scorer(fp32_dir / "model.onnx", part_dir / "model.onnx")
         optimize_offline(part_dir / "model.onnx")
     else:
-        quantize_model(fp32_dir / "model.onnx", part_dir / "model.onnx", scheme, block_size)
+        layout = quantize_model(fp32_dir / "model.onnx", part_dir / "model.onnx", scheme, block_size, calibration)
         optimize_offline(part_dir / "model.onnx")
     if not scorer:
         prune_lm_head(part_dir / "model.onnx")  # a prefill needs the last position's logits only
     for name in PART_FILES:
         if (fp32_dir / name).is_file():
             shutil.copy(fp32_dir / name, part_dir / name)
+    return layout
 
 
 def export_generator(
     source: str, part_dir: Path, work: Path, quantize: str = "int8", prompt_template: str | None = None, fused: bool = True,
-    sampling: GenerationOptions = DEPLOYMENT, block_size: int = BLOCK_SIZE,
-) -> tuple[GeneratorSpec, Checkpoint]:
-    """One generator part folder (graph, tokenizer, config) and its spec; fp32 graph left in `work`."""
+    sampling: GenerationOptions = DEPLOYMENT, block_size: int = BLOCK_SIZE, calibration_pairs: list[tuple[str, str]] | None = None,
+) -> tuple[GeneratorSpec, Checkpoint, dict | None]:
+    """One generator part folder (graph, tokenizer, config, prefix cache), its spec and its quantization layout; fp32 graph left in `work`.
+
+    `calibration_pairs`: real (comment, reply) pairs, other than the validation pairs, whose activations fit the int8 smoothing.
+    """
     checkpoint = materialize_causal_lm(source, work)
     spec = generator_spec(checkpoint, prompt_template, sampling)
     genai = fused and _fused_export(checkpoint, work / "generator-fp32", work)
@@ -125,15 +133,22 @@ def export_generator(
     fused = genai or (fused and gpt2.build(checkpoint.folder, work / "generator-fp32"))
     if not fused:
         export_onnx(checkpoint, work / "generator-fp32", "text-generation-with-past")
-    _finish_part(work / "generator-fp32", part_dir, quantize, block_size=block_size)
+    # GroupQueryAttention appends to a past buffer that has room; optimum's attention concatenates
+    graph = "fused (onnxruntime-genai builder)" if genai else "fused (export.gpt2: GroupQueryAttention)" if fused else "optimum text-generation-with-past"
+    spec = replace(spec, graph=graph, kv_cache="in-place" if fused else "concat")
+    reference = Generator(work / "generator-fp32", spec)  # fp32: the calibration texts' tokens and the prefix's cache
+    calibration = None
+    if calibration_pairs and quantize == "int8":
+        calibration = Calibration(token_sequences(reference, calibration_pairs, limit=len(calibration_pairs)), skip=len(reference.prefix_ids))
+    layout = _finish_part(work / "generator-fp32", part_dir, quantize, block_size=block_size, calibration=calibration)
+    if reference.prefix_cache is not None:
+        spec = with_prefix_cache(spec, part_dir, reference.prefix_ids, {name: value.numpy() for name, value in reference.prefix_cache.items()})
+    del reference
     ngrams = Path(split_gguf(source)[0]) / TRAINING_NGRAMS  # train_generator's: its training replies' n-gram hashes
     if ngrams.is_file():
         shutil.copy(ngrams, part_dir / TRAINING_NGRAMS)
         spec = replace(spec, training_ngrams=TRAINING_NGRAMS, training_ngram_words=COPY_WORDS)
-    # GroupQueryAttention appends to a past buffer that has room; optimum's attention concatenates
-    graph = "fused (onnxruntime-genai builder)" if genai else "fused (export.gpt2: GroupQueryAttention)" if fused else "optimum text-generation-with-past"
-    kv_cache = "in-place" if fused else "concat"
-    return replace(spec, graph=graph, kv_cache=kv_cache), checkpoint
+    return spec, checkpoint, layout
 
 
 def scorer_spec(name: str, source: Checkpoint, score: Score) -> ScorerSpec:
@@ -203,8 +218,12 @@ def export_bundle(
     out: str | Path,
     validation_pairs: list[tuple[str, str]],
     options: ExportOptions | None = None,
+    calibration_pairs: list[tuple[str, str]] | None = None,
 ) -> Bundle:
-    """Export, quantize, validate and calibrate three models into the bundle folder `out`; returns the bundle written."""
+    """Export, quantize, validate and calibrate three models into the bundle folder `out`; returns the bundle written.
+
+    `calibration_pairs` (real pairs other than `validation_pairs`) fit the generator's int8 smoothing; without them
+    every generator MatMul is MatMulNBits (export.quantize)."""
     options = options or ExportOptions()
     if options.quantize not in (*BITS, "none"):
         raise ExportError(f"unknown quantization {options.quantize!r}; use int8, int4 or none")
@@ -223,9 +242,9 @@ def export_bundle(
     try:
         with tempfile.TemporaryDirectory(prefix="replyrank-export-") as tmp:
             work = Path(tmp)
-            spec, gen = export_generator(
+            spec, gen, layout = export_generator(
                 generator, staging / GENERATOR, work, options.quantize, options.prompt_template, options.fused, options.sampling,
-                options.block_size,
+                options.block_size, calibration_pairs,
             )
             advance("generator exported")
             if pair_model:
@@ -242,7 +261,9 @@ def export_bundle(
                     _finish_part(work / f"{name}-fp32", staging / name, options.quantize, scorer=True)
                 advance(f"quantized ({options.quantize})")
                 scorers = {name: scorer_spec(name, checkpoints[name], options.scores[name]) for name in SCORERS}
-            validation: dict[str, Any] = {"pairs": len(validation_pairs), "gates": GATES, "generator_block_size": options.block_size}
+            validation: dict[str, Any] = {
+                "pairs": len(validation_pairs), "gates": GATES, "generator_block_size": options.block_size, "generator_layout": layout,
+            }
             validation["generator_fp32_vs_torch"] = generator_vs_torch(work / "generator-fp32", spec, gen.folder, validation_pairs)
             advance("generator parity")
             if options.quantize != "none":
@@ -287,22 +308,24 @@ def export_bundle(
     return replace(bundle, root=out)
 
 
-def validation_pairs(dumps: list[str], count: int = 32) -> list[tuple[str, str]]:
-    """Real (comment, reply) pairs for validation: from Pushshift dumps if given, else from chitchat-dataset."""
+def validation_pairs(dumps: list[str], count: int = 32, offset: float = 0.0) -> list[tuple[str, str]]:
+    """`count` real (comment, reply) pairs spread evenly through Pushshift dumps if given, else chitchat-dataset.
+
+    `offset` (0-1) moves every pick within its stretch: 0.5 gives calibration texts beside the validation pairs (0).
+    """
     if dumps:
         from replyrank.dumps import load_pairs
 
-        pairs = load_pairs(dumps, limit=20000)
-        step = max(1, len(pairs) // count)
-        return [(p.parent, p.reply) for p in pairs[::step][:count]]
-    from .chitchat import load_turns
+        found = [(p.parent, p.reply) for p in load_pairs(dumps, limit=20000)]
+    else:
+        from .chitchat import load_turns
 
-    try:
-        turns = load_turns()
-    except ReplyrankError as error:
-        raise ExportError(f"{error}; or give --validation-data with Pushshift dumps") from None
-    step = max(1, len(turns) // count)
-    return [(t.message, t.reply) for t in turns[::step][:count]]
+        try:
+            found = [(t.message, t.reply) for t in load_turns()]
+        except ReplyrankError as error:
+            raise ExportError(f"{error}; or give --validation-data with Pushshift dumps") from None
+    step = max(1, len(found) // count)
+    return found[int(offset * step) :: step][:count]
 
 
 def _gate_failures(validation: dict[str, Any]) -> list[str]:

@@ -42,7 +42,8 @@ from .rankers import REALISM_RECIPE, UPVOTE_RECIPE  # noqa: E402 (after the chec
 # default: export.quantize.BLOCK_SIZE, written out so that `--help` need not import onnx (a test holds them equal)
 @click.option("--block-size", type=click.Choice(["16", "32", "64", "128", "256"]), default="64", show_default=True,
               help="The generator's MatMulNBits block: smaller is nearer fp32 and decodes slower.")
-@click.option("--validation-data", multiple=True, type=click.Path(), help="Pushshift dumps with real pairs (default: chitchat-dataset).")
+@click.option("--validation-data", multiple=True, type=click.Path(),
+              help="Pushshift dumps with real pairs for validation and int8 calibration (default: chitchat-dataset).")
 @click.option("--prompt-template", default=None, help="Prompt with {comment} (default: stored with the model, or its chat template).")
 @click.option("--no-quality-gate", is_flag=True, help="Write the bundle even if a quantized part misses the gate.")
 @click.option("--threshold", type=float, default=None, help="Realism threshold (default: calibrated).")
@@ -59,11 +60,13 @@ def export_command(
     from .train import training_record
 
     pairs = validation_pairs(list(validation_data))
+    # the int8 smoothing's calibration texts: other pairs of the same source (export.quantize)
+    calibration = [pair for pair in validation_pairs(list(validation_data), 64, offset=0.5) if pair not in pairs]
     # what replyrank's trainers recorded in each part's folder (metrics, a generator's adversarial rounds)
     records = {name: training_record(source) for name, source in (("generator", generator), ("discriminator", discriminator), ("upvotes", upvotes))}
     options = ExportOptions(quantize=quantize, block_size=int(block_size), prompt_template=prompt_template, quality_gate=not no_quality_gate, realism_threshold=threshold,
                             training={name: record for name, record in records.items() if record} or None)
-    bundle = export_bundle(generator, discriminator, upvotes, out, pairs, options)
+    bundle = export_bundle(generator, discriminator, upvotes, out, pairs, options, calibration)
     emit_json({"path": str(bundle.root), "validation": dict(bundle.validation), "realism_threshold": bundle.realism_threshold})
 
 

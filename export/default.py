@@ -102,7 +102,8 @@ def build_default_bundle(
         # 1. the generator writes fakes to real messages, through the runtime, with the deployment's sampling;
         # 2. discriminator: real replies to other messages vs the generator's replies, balanced
         train_pairs, test_pairs = [(t.message, t.reply) for t in train_turns], [(t.message, t.reply) for t in test_turns]
-        sampler = runtime_generator(generator, work, DEPLOYMENT, block_size=block_size)  # the int8 layout the bundle ships
+        calibration = train_pairs[:64]  # the int8 smoothing's texts (export.quantize)
+        sampler = runtime_generator(generator, work, DEPLOYMENT, block_size=block_size, calibration_pairs=calibration)  # the layout the bundle ships
         sets = real_and_fake(sampler, train_pairs, test_pairs, fake_comments, fake_comments // 4, work, DEPLOYMENT, seed=0)
         # 3. one encoder, two heads: the shipped upvote head, and a realism head fitted to these fakes
         model, tokenizer, info = rankers.load(rankers.SHIPPED_UPVOTES, base=minilm)
@@ -125,6 +126,6 @@ def build_default_bundle(
             "default_recipe": DEFAULT_RECIPE if adapter == SHIPPED_GENERATOR and block_size == GENERATOR_BLOCK_SIZE else "custom",
         }
         export_options = ExportOptions(quantize="int8", block_size=block_size, prompt_template=PROMPT, scores=scores, training=training)
-        export_bundle(generator, str(work / "scorer"), str(work / "scorer"), out, validation, export_options)
+        export_bundle(generator, str(work / "scorer"), str(work / "scorer"), out, validation, export_options, calibration)
     print(f"default bundle built in {time.perf_counter() - started:.0f} s: {out}", file=sys.stderr)
     return out

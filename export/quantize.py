@@ -1,14 +1,33 @@
-"""Weight-only quantization of exported graphs to MatMulNBits (block-wise int8 or int4).
+"""Quantization of exported graphs: the generator's MatMuls to 8-bit weights (or 4-bit), the scorers' to dynamic int8.
 
-Measured on SmolLM2-135M: plain `quantize_dynamic` QInt8 agreed with fp32 on ~55% of next
-tokens and per-channel QInt8 was garbage, while 8-bit MatMulNBits agreed on ~95% with int8
-compute and ~98% with fp32 compute (7x slower). So every MatMul with constant weights becomes
-MatMulNBits with int8 compute.
+The generator's int8 layout has two kernels, chosen per MatMul:
 
-The block is 64 unless an export asks for another (`ExportOptions.block_size`, `replyrank export
---block-size`). With int8 compute the activations are quantized per block too, so a longer
-block decodes faster and drifts further from fp32. Measured on SmolLM2-135M (8 candidates x 40
-tokens, 2 threads, median of 8; agreement on 1,035 positions of chitchat text):
+- **dynamic int8** (`DynamicQuantizeMatMul`: per-column int8 weights, the activation quantized to
+  uint8 with one scale per call, MLAS's int8 GEMM) for the projections fed by an RMS norm (q/k/v,
+  gate, up) and the attention output projection. Its cost barely grows with the rows: one layer of
+  576 x 1536 took 0.44 ms at 1 row and 8 rows, where MatMulNBits took 0.45 and 0.84 ms (median of
+  200, 2 threads, this Xeon). One scale per call only holds where no channel dwarfs the others, so
+  the activations are first **smoothed** (SmoothQuant, Xiao et al. 2023): channel j of a norm's
+  output is divided by s_j = max|x_j|^a / max|W_j|^(1-a) and row j of every weight it feeds is
+  multiplied by it, folded into the norm's weight, so the fp32 graph computes the same. The ranges
+  come from real texts (`Calibration`), leaving out the template's prefix, whose cache the bundle
+  ships from the fp32 graph (`replyrank.bundle.PREFIX_CACHE`): its first token carries the attention
+  sink's massive activations (94.8 against a median of 1.3 at layer 2's MLP), which one per-call
+  scale cannot share with anything.
+- **MatMulNBits** (block-wise int8 weights, int8 activations per block of the row) for the rest:
+  the MLP's down projection, whose input the SwiGLU leaves without a norm to fold a factor into,
+  and the LM head, which a per-call scale could not hold (sampling agreement 0.90 with it alone dynamic).
+
+Measured on the default bundle's generator (round-6 adapter), against fp32, with the gate of
+`export.validate` as it runs now (the prompt prefilled in one pass from the prefix cache, 8 rows
+decoded together): sampling agreement 0.959 against 0.955 for MatMulNBits everywhere; the reply job
+754-775 against 906 ms (`benchmarks/bench.py --systems replyrank`). Every MatMul dynamic, smoothed
+or not: 0.64-0.79. Without `Calibration` (or for int4) every MatMul is MatMulNBits.
+
+MatMulNBits' block is 64 unless an export asks for another (`ExportOptions.block_size`, `replyrank
+export --block-size`). With int8 compute the activations are quantized per block too, so a longer
+block decodes faster and drifts further from fp32. Measured on SmolLM2-135M with MatMulNBits
+everywhere (8 candidates x 40 tokens, 2 threads, median of 8; agreement on 1,035 positions of chitchat text):
 
     block   top-1   mean KL   decode
     32      0.955   0.0055    1,474 ms
@@ -16,9 +35,7 @@ tokens, 2 threads, median of 8; agreement on 1,035 positions of chitchat text):
     128     0.952   0.0138    1,279 ms
     256     0.917   0.0225    (fails the 0.92 / 0.02 gate)
 
-64 keeps the KL at less than half the gate. A DPO-tuned generator, whose next-token
-distributions are flatter, can need 32: the default bundle's adapter agreed on 0.946 of sampled
-tokens at 64 and 0.958 at 32 (the gate is 0.95; export.validate).
+Plain `quantize_dynamic` QInt8 of every MatMul agreed with fp32 on ~55% of next tokens.
 
 Scorers are different: BERT-sized encoders over whole (comment, reply) pairs are compute-bound,
 where ONNX Runtime's dynamic int8 MatMulInteger beats block-wise dequantization. Measured on an
@@ -32,15 +49,30 @@ fold the Transpose into a constant first, so the head is quantized like every ot
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
 
 BITS = {"int8": 8, "int4": 4}
 BLOCK_SIZE = 64  # the generator's MatMulNBits block unless an export asks for another (see above)
 WEIGHTS_FILE = "model.onnx.data"  # external initializers, next to model.onnx
+# SmoothQuant's migration strength a: 0.7 kept the default generator's agreement at 0.959; 0.5 0.935, 0.85 0.932
+SMOOTHING_ALPHA = 0.7
+RMS_NORMS = ("SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization")
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Token ids of real prompts with their replies, whose activation ranges the smoothing is fitted to.
+
+    skip: leading positions left out of the ranges (the template prefix, which the bundle's prefix cache holds).
+    """
+
+    sequences: list[list[int]]
+    skip: int = 0
 
 
 def fold_transposed_weights(model: onnx.ModelProto) -> int:
@@ -102,12 +134,162 @@ def prune_lm_head(path: Path) -> bool:
     return True
 
 
-def quantize_model(src: Path, dst: Path, scheme: str, block_size: int = BLOCK_SIZE) -> None:
-    """Quantize every constant-weight MatMul of `src` to `scheme` ('int8' or 'int4') into `dst`."""
+def weighted_matmuls(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
+    """MatMuls with a constant weight, grouped by the activation they read."""
+    constants = {i.name for i in model.graph.initializer}
+    groups: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        if node.op_type == "MatMul" and node.input[1] in constants:
+            groups.setdefault(node.input[0], []).append(node)
+    return groups
+
+
+def _readers(model: onnx.ModelProto) -> dict[str, int]:
+    """How many node inputs read each name."""
+    readers: dict[str, int] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers[name] = readers.get(name, 0) + 1
+    return readers
+
+
+def _norm_weight(norm: onnx.NodeProto) -> str:
+    """The scale (gamma) input of an RMS norm node."""
+    return norm.input[2] if norm.op_type == "SkipSimplifiedLayerNormalization" else norm.input[1]
+
+
+def dynamic_layout(model: onnx.ModelProto) -> tuple[list[str], list[str]]:
+    """(activations to smooth, activations whose MatMuls go dynamic): RMS-norm outputs, and attention outputs beside them."""
+    producers = {out: node for node in model.graph.node for out in node.output}
+    readers = _readers(model)
+    smoothed, dynamic = [], []
+    for x, nodes in weighted_matmuls(model).items():
+        producer = producers.get(x)
+        if producer is None or any("logits" in node.output for node in nodes):  # the LM head stays MatMulNBits
+            continue
+        if producer.op_type in RMS_NORMS and producer.output[0] == x and readers[_norm_weight(producer)] == 1:
+            smoothed.append(x)
+            dynamic.append(x)
+        elif producer.op_type == "GroupQueryAttention":
+            dynamic.append(x)
+        elif _gated_projection(producer, producers, readers) is not None:
+            smoothed.append(x)  # the MLP's down projection: smoothed, and left to MatMulNBits
+    return smoothed, (dynamic if any(producers[x].op_type in RMS_NORMS for x in smoothed) else [])
+
+
+def _gated_projection(mul: onnx.NodeProto, producers: dict[str, onnx.NodeProto], readers: dict[str, int]) -> onnx.NodeProto | None:
+    """The up projection of a SwiGLU `act(gate) * up`, where a factor on the product can move into its weight's columns."""
+    if mul.op_type != "Mul":
+        return None
+    for name in mul.input:
+        up = producers.get(name)
+        if up is not None and up.op_type == "MatMul" and "up_proj" in up.name and readers.get(up.input[1]) == 1 and readers.get(name) == 1:
+            return up
+    return None
+
+
+def activation_ranges(model: onnx.ModelProto, names: list[str], calibration: Calibration) -> dict[str, np.ndarray]:
+    """Per channel, the largest |value| of each named activation over the calibration texts (fp32 graph, one pass each)."""
+    import onnxruntime as ort
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    probe.graph.output.extend(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None) for name in names)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every named activation
+    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    ranges: dict[str, np.ndarray] = {}
+    for ids in calibration.sequences:
+        feed = {"input_ids": np.array([ids], dtype=np.int64)}
+        for arg in session.get_inputs():
+            if arg.name == "attention_mask":
+                feed[arg.name] = np.ones((1, len(ids)), dtype=np.int64)
+            elif arg.name == "position_ids":
+                feed[arg.name] = np.arange(len(ids), dtype=np.int64)[None]
+            elif arg.name.startswith("past_key_values."):
+                feed[arg.name] = np.zeros((1, arg.shape[1], 0, arg.shape[3]), dtype=np.float32)
+        for name, value in zip(names, session.run(names, feed)):
+            peak = np.abs(value[:, calibration.skip :].reshape(-1, value.shape[-1])).max(0)
+            ranges[name] = np.maximum(ranges[name], peak) if name in ranges else peak
+    return ranges
+
+
+def smooth(model: onnx.ModelProto, ranges: dict[str, np.ndarray], alpha: float = SMOOTHING_ALPHA) -> None:
+    """SmoothQuant: divide channel j of each RMS norm's output by s_j (in the norm's weight) and multiply row j of the
+    weights it feeds by s_j; the fp32 graph computes the same. A weight read elsewhere too (a tied head) is copied first."""
+    initializers = {i.name: i for i in model.graph.initializer}
+    producers = {out: node for node in model.graph.node for out in node.output}
+    readers = _readers(model)
+
+    def array(name: str) -> np.ndarray:
+        return numpy_helper.to_array(initializers[name]).astype(np.float32)
+
+    groups = weighted_matmuls(model)
+    for x, peak in ranges.items():
+        weight_peak = np.max([np.abs(array(node.input[1])).max(1) for node in groups[x]], axis=0)
+        s = np.clip(np.maximum(peak, 1e-5) ** alpha / np.maximum(weight_peak, 1e-5) ** (1 - alpha), 1e-2, 1e3).astype(np.float32)
+        producer = producers[x]
+        if producer.op_type in RMS_NORMS:
+            gamma = _norm_weight(producer)
+            initializers[gamma].CopyFrom(numpy_helper.from_array(array(gamma) / s, gamma))
+        else:
+            up = _gated_projection(producer, producers, readers).input[1]
+            initializers[up].CopyFrom(numpy_helper.from_array(array(up) / s, up))
+        for node in groups[x]:
+            name = node.input[1]
+            smoothed = array(name) * s[:, None]
+            if readers[name] > 1:  # read elsewhere too (a tied head): smooth a copy
+                node.input[1] = name = f"{name}_smoothed"
+                model.graph.initializer.append(numpy_helper.from_array(smoothed, name))
+            else:
+                initializers[name].CopyFrom(numpy_helper.from_array(smoothed, name))
+
+
+def to_dynamic_int8(model: onnx.ModelProto, activations: list[str]) -> int:
+    """Every constant-weight MatMul reading one of `activations` becomes DynamicQuantizeMatMul with symmetric
+    per-column int8 weights; returns how many."""
+    initializers = {i.name: i for i in model.graph.initializer}
+    wanted = set(activations)
+    nodes, replaced = [], 0
+    for node in model.graph.node:
+        if node.op_type != "MatMul" or node.input[0] not in wanted or node.input[1] not in initializers:
+            nodes.append(node)
+            continue
+        weight = numpy_helper.to_array(initializers[node.input[1]]).astype(np.float32)
+        scale = (np.maximum(np.abs(weight).max(0), 1e-12) / 127).astype(np.float32)
+        quantized = np.clip(np.round(weight / scale), -127, 127).astype(np.int8)
+        base = node.input[1]
+        model.graph.initializer.extend([numpy_helper.from_array(quantized, f"{base}_int8"), numpy_helper.from_array(scale, f"{base}_scale")])
+        nodes.append(helper.make_node("DynamicQuantizeMatMul", [node.input[0], f"{base}_int8", f"{base}_scale"], list(node.output), name=node.name, domain="com.microsoft"))
+        replaced += 1
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    read = {name for node in model.graph.node for name in node.input}
+    kept = [i for i in model.graph.initializer if i.name in read]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
+    if replaced and not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    return replaced
+
+
+def quantize_model(src: Path, dst: Path, scheme: str, block_size: int = BLOCK_SIZE, calibration: Calibration | None = None) -> dict:
+    """Quantize every constant-weight MatMul of `src` to `scheme` ('int8' or 'int4') into `dst`; returns the layout.
+
+    int8 with a `calibration`: the smoothed dynamic-int8 layout above where the graph has RMS norms; MatMulNBits elsewhere.
+    """
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
     model = onnx.load(str(src))
     fold_transposed_weights(model)
+    layout = {"dynamic_int8": 0, "smoothing_alpha": None, "calibration_texts": 0}
+    if scheme == "int8" and calibration is not None:
+        smoothed, dynamic = dynamic_layout(model)
+        if smoothed:
+            smooth(model, activation_ranges(model, smoothed, calibration))
+            layout.update(smoothing_alpha=SMOOTHING_ALPHA, calibration_texts=len(calibration.sequences))
+        layout["dynamic_int8"] = to_dynamic_int8(model, dynamic)
+    layout["matmul_nbits"] = sum(len(nodes) for nodes in weighted_matmuls(model).values())
     config = DefaultWeightOnlyQuantConfig(
         block_size=block_size,
         is_symmetric=True,
@@ -118,6 +300,7 @@ def quantize_model(src: Path, dst: Path, scheme: str, block_size: int = BLOCK_SI
     quantizer.process()
     dst.parent.mkdir(parents=True, exist_ok=True)
     quantizer.model.save_model_to_file(str(dst), use_external_data_format=False)
+    return layout
 
 
 def quantize_scorer(src: Path, dst: Path) -> None:

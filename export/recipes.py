@@ -42,17 +42,19 @@ def _sample(pairs: list[Pair], count: int | None, seed: int) -> list[Pair]:
 
 def runtime_generator(
     generator: str, work: Path, options: GenerationOptions = DEPLOYMENT, threads: int | None = None, block_size: int = BLOCK_SIZE,
+    calibration_pairs: list[tuple[str, str]] | None = None,
 ) -> Generator:
     """replyrank's own ONNX runtime generator for `generator`.
 
     `generator` is a bundle folder (its generator is used as is) or a causal LM (hub id, folder,
     GGUF), which is first exported into `work` the way a bundle exports it (int8 at MatMulNBits
-    `block_size`: give the bundle's), so its replies are the deployment's own.
+    `block_size`, smoothed dynamic int8 where `calibration_pairs` are given: give the bundle's), so
+    its replies are the deployment's own.
     """
     if (Path(generator) / MANIFEST).is_file():
         bundle = Bundle.read(generator)
         return Generator(bundle.folder(bundle.generator), bundle.generator, threads)
-    spec, _ = export_generator(generator, work / "fake-generator", work, sampling=options, block_size=block_size)
+    spec, _, _ = export_generator(generator, work / "fake-generator", work, sampling=options, block_size=block_size, calibration_pairs=calibration_pairs)
     return Generator(work / "fake-generator", spec, threads)
 
 
@@ -228,9 +230,10 @@ def everything(
     metrics[DISCRIMINATOR] = realism_head(split, trained[UPVOTES], trained[GENERATOR], trained["scorer"], replace(rankers.REALISM_RECIPE, **shared),
                                           fakes, files)
     pairs = [(p.parent, p.reply) for p in _sample(split["valid"], 32, options.seed)]
+    calibration = [(p.parent, p.reply) for p in _sample(split["train"], 64, options.seed)]
     bundle = export_bundle(
         trained[GENERATOR], trained["scorer"], trained["scorer"], out, pairs,
-        ExportOptions(training={"data": [str(f) for f in files], **metrics}),
+        ExportOptions(training={"data": [str(f) for f in files], **metrics}), calibration,
     )
     metrics[GENERATOR][f"discriminator_pass_share_at_{REALISM_THRESHOLD}"] = pass_share(out, [c for c, _ in pairs[:16]])
     return {"metrics": metrics, "realism_threshold": bundle.realism_threshold, "validation": dict(bundle.validation)}

@@ -2,23 +2,26 @@
 
 - generator, fp32 ONNX vs PyTorch: max abs logit difference for the prefill and for one decode
   step that reads the cache;
-- generator, quantized vs fp32 ONNX, over every position of real (comment, reply) texts,
-  teacher-forced (a bundle's graph returns the last position's logits only, so it is fed one token
-  at a time, as a decode runs it): mean KL(fp32 || quantized), the agreement of the two sampling
-  distributions under the bundle's deployment settings (1 - total variation: the share of draws
-  on which the two agree under the best coupling; with greedy decoding, top-1 agreement), and
-  next-token top-1 agreement;
+- generator, quantized vs fp32 ONNX, run as the deployment runs it: each real comment's prompt
+  prefilled in one pass on top of the template prefix's cache, then the candidates that the fp32
+  graph sampled under the deployment's settings, decoded together one step at a time (both graphs
+  fed the same tokens; a dynamic-int8 graph quantizes each call's activations with one scale, so
+  the prefill's tokens and the candidates' rows share it): mean KL(fp32 || quantized), the
+  agreement of the two sampling distributions (1 - total variation: the share of draws on which
+  the two agree under the best coupling; with greedy decoding, top-1 agreement), and next-token
+  top-1 agreement, over every candidate's every step;
 - each scorer, quantized ONNX vs PyTorch: Pearson correlation and max abs difference of scores.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from replyrank.bundle import GeneratorSpec, ScorerSpec
-from replyrank.generate import GenerationOptions, Generator, sampling_distribution
+from replyrank.generate import GenerationOptions, Generator, candidate_rngs, sampling_distribution
 from replyrank.score import PairGraph, score_pairs
 
 # Quality gates: a quantized part below these fails the export unless the user overrides it.
@@ -34,7 +37,8 @@ GATES = {"generator_sampling_agreement": 0.95, "generator_mean_kl": 0.02, "score
 # max abs difference within its tolerance (reported beside it).
 
 
-def _texts(generator: Generator, pairs: list[tuple[str, str]], limit: int = 16) -> list[list[int]]:
+def token_sequences(generator: Generator, pairs: list[tuple[str, str]], limit: int = 16) -> list[list[int]]:
+    """The prompt of each of the first `limit` pairs' comments, followed by (up to 32 tokens of) its reply."""
     options = GenerationOptions(max_new_tokens=8, max_comment_tokens=96)
     sequences = []
     for comment, reply in pairs[:limit]:
@@ -43,17 +47,19 @@ def _texts(generator: Generator, pairs: list[tuple[str, str]], limit: int = 16) 
     return sequences
 
 
-def teacher_forced_logits(generator: Generator, ids: list[int]) -> np.ndarray:
-    """Next-token logits after every prefix of `ids`, (len(ids), vocab): one pass, or, where the graph returns only the
-    last position's logits (`export.quantize.prune_lm_head`), the first token and then one cached step per token."""
-    if generator.session.get_outputs()[0].shape[1] != 1:
-        return generator.forward(np.array([ids]), 0, generator.empty_cache(1))[0][0]
-    logits, cache = generator.forward(np.array([ids[:1]]), 0, generator.empty_cache(1))
-    cache, rows = generator.room_for(cache, 1, len(ids)), [logits[0, -1]]
-    for position in range(1, len(ids)):
-        logits, cache = generator.forward(np.array([ids[position : position + 1]]), position, cache)
-        rows.append(logits[0, -1])
-    return np.stack(rows)
+def candidate_logits(generator: Generator, prompt: list[int], tokens: np.ndarray) -> np.ndarray:
+    """Next-token logits (rows, steps, vocab) of candidates `tokens` (rows, steps) after `prompt`, as `Generator.generate`
+    computes them: the prompt prefilled once from the prefix cache, then every row one step at a time, together."""
+    cached = generator.cached_prefix_length(prompt)
+    past = generator.prefix_cache if cached and generator.prefix_cache is not None else generator.empty_cache(1)
+    logits, cache = generator.forward(np.array([prompt[cached:]], dtype=np.int64), cached, past)
+    rows, steps = tokens.shape
+    cache = generator.room_for(cache, rows, len(prompt) + steps)
+    out = [np.repeat(logits[:, -1], rows, axis=0)]
+    for step in range(steps - 1):
+        logits, cache = generator.forward(tokens[:, step : step + 1], len(prompt) + step, cache)
+        out.append(logits[:, -1].copy())
+    return np.stack(out, axis=1)
 
 
 def generator_vs_torch(model_dir: Path, spec: GeneratorSpec, torch_folder: Path, pairs: list[tuple[str, str]]) -> dict:
@@ -62,9 +68,9 @@ def generator_vs_torch(model_dir: Path, spec: GeneratorSpec, torch_folder: Path,
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(torch_folder, dtype=torch.float32).eval()
-    generator = Generator(model_dir, spec)
+    generator = Generator(model_dir, replace(spec, prefix_cache=None))  # the fp32 folder: no stored prefix cache there
     prefill, decode = 0.0, 0.0
-    for ids in _texts(generator, pairs, limit=4):
+    for ids in token_sequences(generator, pairs, limit=4):
         with torch.no_grad():
             reference = model(torch.tensor([ids])).logits[0].numpy()
         logits, cache = generator.forward(np.array([ids[:-1]]), 0, generator.empty_cache(1))
@@ -88,27 +94,36 @@ def sampling_agreement(p_logits: np.ndarray, q_logits: np.ndarray, sampling: Gen
 
 
 def generator_quantized_vs_fp32(
-    fp32_dir: Path, quantized_dir: Path, spec: GeneratorSpec, pairs: list[tuple[str, str]], sampling: GenerationOptions
+    fp32_dir: Path, quantized_dir: Path, spec: GeneratorSpec, pairs: list[tuple[str, str]], sampling: GenerationOptions,
+    steps: int = 16, limit: int = 16,
 ) -> dict:
-    """Mean KL, agreement under `sampling` and top-1 agreement of the quantized generator against fp32, teacher-forced."""
-    reference, quantized = Generator(fp32_dir, spec), Generator(quantized_dir, spec)
+    """Mean KL, agreement under `sampling` and top-1 agreement of the quantized generator against fp32, over the
+    `sampling.candidates` candidates of `steps` tokens that fp32 samples for each of the first `limit` comments."""
+    reference, quantized = Generator(fp32_dir, replace(spec, prefix_cache=None)), Generator(quantized_dir, spec)
+    options = replace(sampling, min_new_tokens=steps, max_new_tokens=steps, max_comment_tokens=96)
     agree, sampled, kl, positions = 0, 0.0, 0.0, 0
-    for ids in _texts(reference, pairs):
-        p_logits = teacher_forced_logits(reference, ids)
-        q_logits = teacher_forced_logits(quantized, ids)
+    for seed, (comment, _) in enumerate(pairs[:limit]):
+        prompt = reference.encode_prompt(comment, options).ids
+        generations, _ = reference.generate(prompt, options, candidate_rngs(seed, options.candidates))
+        tokens = np.array([g.token_ids for g in generations], dtype=np.int64)
+        p_logits = candidate_logits(reference, prompt, tokens)
+        q_logits = candidate_logits(quantized, prompt, tokens)
+        p_logits, q_logits = p_logits.reshape(-1, p_logits.shape[-1]), q_logits.reshape(-1, q_logits.shape[-1])
         agree += int((p_logits.argmax(-1) == q_logits.argmax(-1)).sum())
         sampled += float(sampling_agreement(p_logits, q_logits, sampling).sum())
         p_logits, q_logits = p_logits.astype(np.float64), q_logits.astype(np.float64)
         log_p = p_logits - np.logaddexp.reduce(p_logits, axis=-1, keepdims=True)
         log_q = q_logits - np.logaddexp.reduce(q_logits, axis=-1, keepdims=True)
         kl += float((np.exp(log_p) * (log_p - log_q)).sum())
-        positions += len(ids)
+        positions += len(p_logits)
     return {
         "sampling_agreement": sampled / positions,
         "sampling": {"temperature": sampling.temperature, "top_k": sampling.top_k, "top_p": sampling.top_p},
         "mean_kl": kl / positions,
         "top1_agreement": agree / positions,
         "positions": positions,
+        "candidates": options.candidates,
+        "steps": steps,
     }
 
 

@@ -4,6 +4,7 @@
       replyrank.json        format version, hashes, prompt template, score meanings, threshold, validation
       generator/            model.onnx (graph), model.onnx.data (weights), config.json, tokenizer.json
                             [training_ngrams.npy: hashed n-grams of the training replies, optional]
+                            [prefix_cache.npz: the template prefix's KV cache, from the fp32 graph, optional]
       discriminator/        model.onnx, model.onnx.data, config.json, tokenizer.json
       upvotes/              model.onnx, model.onnx.data, config.json, tokenizer.json
 
@@ -57,6 +58,7 @@ SCORER_MAX_LENGTH = 256  # tokens of a (comment, reply) pair, longest first trun
 PER_CALL_OPTIONS = ("seed", "deadline")
 TEXT_NORMALIZATIONS = ("dialogrpt",)  # see replyrank.filters.normalize_text
 TRAINING_NGRAMS = "training_ngrams.npy"  # in the generator folder, see with_training_ngrams
+PREFIX_CACHE = "prefix_cache.npz"  # in the generator folder, see with_prefix_cache
 REEXPORT = "re-export it with `replyrank export` (the default bundle: `replyrank build-default --force`)"
 
 
@@ -86,6 +88,11 @@ class GeneratorSpec:
     training_ngrams: a file in the generator folder holding the sorted 64-bit hashes of every run of
               `training_ngram_words` words in the generator's training replies (`replyrank.filters`),
               so that candidates copying one are dropped; None when the bundle carries none.
+    prefix_cache: a file in the generator folder holding the KV cache of the prompt template's prefix
+              (everything before {comment}) as the fp32 graph computed it at export, with the prefix's
+              token ids (`ids`) and one array per `past_key_values.*` input, (1, kv heads, prefix, head dim);
+              the runtime starts every prompt from it instead of prefilling the prefix with the
+              quantized graph; None when the bundle carries none.
     """
 
     path: str
@@ -100,6 +107,7 @@ class GeneratorSpec:
     sampling: GenerationOptions = GenerationOptions()
     training_ngrams: str | None = None
     training_ngram_words: int = COPY_WORDS
+    prefix_cache: str | None = None
     files: Mapping[str, str] = field(default_factory=dict)  # name -> sha256, filled by Bundle.write
 
 
@@ -274,9 +282,9 @@ class Bundle:
         if not isinstance(data, dict):
             raise BundleError(f"{manifest_path} is not a JSON object; re-export the bundle")
         bundle = replace(cls.from_json(data, str(manifest_path)), root=root.resolve())
-        ngrams = bundle.generator.training_ngrams
-        if ngrams is not None and ngrams not in bundle.generator.files:
-            raise BundleError(f"{manifest_path} names training_ngrams {ngrams!r}, which is not among the generator's files; {REEXPORT}")
+        for key, named in (("training_ngrams", bundle.generator.training_ngrams), ("prefix_cache", bundle.generator.prefix_cache)):
+            if named is not None and named not in bundle.generator.files:
+                raise BundleError(f"{manifest_path} names {key} {named!r}, which is not among the generator's files; {REEXPORT}")
         for name, spec in bundle.parts.items():
             bundle.folder(spec)
             for file in spec.files:
@@ -360,6 +368,7 @@ def _generator_spec(entry: Mapping[str, Any]) -> GeneratorSpec:
         sampling=options,
         training_ngrams=None if entry.get("training_ngrams") is None else str(entry["training_ngrams"]),
         training_ngram_words=int(entry.get("training_ngram_words", COPY_WORDS)),
+        prefix_cache=None if entry.get("prefix_cache") is None else str(entry["prefix_cache"]),
         files=dict(entry["files"]),
     )
 
@@ -373,6 +382,13 @@ def with_training_ngrams(spec: GeneratorSpec, generator_dir: str | Path, replies
         raise BundleError(f"training n-grams need at least 1 word, got {words}")
     np.save(Path(generator_dir) / TRAINING_NGRAMS, training_ngram_set(replies, words), allow_pickle=False)
     return replace(spec, training_ngrams=TRAINING_NGRAMS, training_ngram_words=words)
+
+
+def with_prefix_cache(spec: GeneratorSpec, generator_dir: str | Path, ids: list[int], cache: Mapping[str, np.ndarray]) -> GeneratorSpec:
+    """Write the template prefix's token `ids` and its KV `cache` (past input name -> array) into the generator's
+    folder; the spec that names them. For the export side, before `Bundle.write`."""
+    np.savez(Path(generator_dir) / PREFIX_CACHE, ids=np.array(ids, dtype=np.int64), **cache)
+    return replace(spec, prefix_cache=PREFIX_CACHE)
 
 
 def _scorer_spec(entry: Mapping[str, Any], name: str) -> ScorerSpec:
@@ -401,9 +417,10 @@ def _scorer_spec(entry: Mapping[str, Any], name: str) -> ScorerSpec:
 
 # The default bundle's recipe: raised whenever what `replyrank build-default` builds changes (its adapter, block, heads),
 # written into the bundle's `training` by the build, so a bundle cached by an earlier version can be told apart.
+# 4: round 6 with the smoothed dynamic-int8 layout and the fp32 prefix cache (export.quantize, 2026-12-03, latest);
 # 3: round 6 of the DPO-replay run (2026-12-03, later); 2: its round 4, both at MatMulNBits block 32; 1 (or none): earlier builds;
 # "custom": built with another adapter or block (`build-default --adapter/--untuned`), which is the user's choice.
-DEFAULT_RECIPE = 3
+DEFAULT_RECIPE = 4
 
 
 def stale_default(bundle: Bundle) -> str | None:

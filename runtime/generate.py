@@ -310,8 +310,29 @@ class Generator:
                     f"{self.context_length}-token context; shorten the template and re-export the bundle"
                 )
             start = time.perf_counter()
-            _, self.prefix_cache = self.forward(np.array([self.prefix_ids], dtype=np.int64), 0, self.empty_cache(1))
+            self.prefix_cache = self.stored_prefix_cache(model_dir)
+            if self.prefix_cache is None:
+                _, self.prefix_cache = self.forward(np.array([self.prefix_ids], dtype=np.int64), 0, self.empty_cache(1))
             self.prefix_prefill_s = time.perf_counter() - start
+
+    def stored_prefix_cache(self, model_dir: Path) -> dict[str, ort.OrtValue] | None:
+        """The prefix's cache that the bundle ships (`GeneratorSpec.prefix_cache`, computed by the fp32 graph at export),
+        or None where it ships none or computed it for another prefix (a template changed since)."""
+        if self.spec.prefix_cache is None:
+            return None
+        path = model_dir / self.spec.prefix_cache
+        try:
+            with np.load(path, allow_pickle=False) as stored:
+                arrays = {name: stored[name] for name in stored.files}
+        except (OSError, ValueError) as error:
+            raise BundleError(f"cannot read the generator's prefix cache {path}: {error}; re-export the bundle") from None
+        if "ids" not in arrays or arrays["ids"].tolist() != self.prefix_ids:
+            return None
+        shape = (1, self.kv_heads, len(self.prefix_ids), self.head_dim)
+        wrong = [n for n in self.past_names if n not in arrays or arrays[n].shape != shape or arrays[n].dtype != self.cache_dtype]
+        if wrong:
+            raise BundleError(f"the generator's prefix cache {path} does not fit its graph ({wrong[0]}: want {shape} {np.dtype(self.cache_dtype)}); re-export the bundle")
+        return {name: ort.OrtValue.ortvalue_from_numpy(arrays[name]) for name in self.past_names}
 
     def encode_prompt(self, comment: str, options: GenerationOptions) -> Prompt:
         """Prompt token ids. A comment too long for the context keeps its first tokens (the rest is dropped)."""

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tiny import PAIRS, build_generator, build_scorer
+from tiny import CALIBRATION_PAIRS, PAIRS, build_generator, build_scorer
 
 
 @pytest.fixture(scope="session")
@@ -20,10 +20,10 @@ def models(tmp_path_factory) -> dict[str, Path]:
     }
 
 
-def _export(models, out: Path, generator: str, **options) -> Path:
+def _export(models, out: Path, generator: str, calibration=None, **options) -> Path:
     from replyrank.export import ExportOptions, export_bundle
 
-    export_bundle(str(models[generator]), str(models["disc"]), str(models["upv"]), out, PAIRS, ExportOptions(quality_gate=False, **options))
+    export_bundle(str(models[generator]), str(models["disc"]), str(models["upv"]), out, PAIRS, ExportOptions(quality_gate=False, **options), calibration)
     return out
 
 
@@ -36,6 +36,12 @@ def gpt2_bundle(models, tmp_path_factory) -> Path:
 def llama_bundle(models, tmp_path_factory) -> Path:
     """The fused (onnxruntime-genai builder) Llama graph, int8."""
     return _export(models, tmp_path_factory.mktemp("b") / "llama", "llama")
+
+
+@pytest.fixture(scope="session")
+def llama_dynamic_bundle(models, tmp_path_factory) -> Path:
+    """The fused Llama graph, int8 with calibration texts: smoothed dynamic int8 beside MatMulNBits (export.quantize)."""
+    return _export(models, tmp_path_factory.mktemp("b") / "llama-dynamic", "llama", calibration=CALIBRATION_PAIRS)
 
 
 @pytest.fixture(scope="session")

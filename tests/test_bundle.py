@@ -55,7 +55,13 @@ def version_1_manifest(bundle: Bundle) -> dict:
 
 
 def test_a_version_1_bundle_loads_and_replies_as_before(gpt2_bundle, tmp_path):
-    current = replyrank.load(gpt2_bundle, realism_threshold=0.0)
+    # compared with the same bundle told not to use its stored prefix cache, which version 1 did not have
+    plain = tmp_path / "plain"
+    shutil.copytree(gpt2_bundle, plain)
+    manifest = json.loads((plain / MANIFEST).read_text())
+    manifest["generator"]["prefix_cache"] = None
+    (plain / MANIFEST).write_text(json.dumps(manifest))
+    current = replyrank.load(plain, realism_threshold=0.0)
     old = tmp_path / "v1"
     shutil.copytree(gpt2_bundle, old)
     (old / MANIFEST).write_text(json.dumps(version_1_manifest(current.bundle)))

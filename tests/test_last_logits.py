@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 
 import replyrank
 from replyrank.export.quantize import prune_lm_head
-from replyrank.export.validate import teacher_forced_logits
+from replyrank.export.validate import candidate_logits
 from replyrank.generate import GenerationOptions, Generator
 
 COMMENT = "has anyone tried the pasta place near campus"
@@ -49,8 +50,12 @@ def test_pruned_head_gives_the_full_heads_last_logits(bundle, request, tmp_path)
     b, _ = full.forward(np.array([prompt]), 0, full.empty_cache(1))
     assert a.shape[1] == 1 and b.shape[1] == len(prompt)
     np.testing.assert_allclose(a[:, -1], b[:, -1], atol=1e-5)
-    # teacher forcing one token at a time through the pruned graph gives every position the full pass gives
-    np.testing.assert_allclose(teacher_forced_logits(pruned, prompt), b[0], atol=1e-3)
+    # the validation's teacher forcing (prefix cache, the rest of the prompt, then one token a step) through the pruned
+    # graph gives every position the full pass gives; the prefix prefilled by this graph, not the bundle's fp32 one
+    own = Generator(source / "generator", replace(pruned.spec, prefix_cache=None))
+    start = len(own.prefix_ids) + 2
+    forced = candidate_logits(own, prompt[:start], np.array([prompt[start:]]))
+    np.testing.assert_allclose(forced[0], b[0, start - 1 : -1], atol=1e-3)
 
 
 def test_prune_leaves_a_graph_without_such_a_head_alone(tmp_path):

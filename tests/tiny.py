@@ -95,3 +95,4 @@ def build_scorer(folder: Path, labels: int, seed: int = 0) -> Path:
 
 
 PAIRS = [(CORPUS[i], CORPUS[i + 1]) for i in range(0, 16, 2)]
+CALIBRATION_PAIRS = [(CORPUS[i], CORPUS[i + 1]) for i in range(1, 16, 2)]  # the int8 smoothing's texts, other than PAIRS

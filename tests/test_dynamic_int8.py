@@ -1,0 +1,126 @@
+"""The generator's int8 layout with calibration texts (export.quantize): SmoothQuant folded into the fp32 graph, dynamic
+int8 for the norm-fed and attention-output projections, MatMulNBits for the rest; and the prefix cache the bundle ships."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from tiny import CALIBRATION_PAIRS, PAIRS
+
+import replyrank
+from replyrank.bundle import MANIFEST, PREFIX_CACHE, Bundle
+from replyrank.errors import BundleError
+from replyrank.export.assemble import export_generator
+from replyrank.export.quantize import Calibration, activation_ranges, dynamic_layout, fold_transposed_weights, smooth
+from replyrank.export.validate import token_sequences
+from replyrank.generate import GenerationOptions, Generator
+
+COMMENT = "has anyone tried the pasta place near campus"
+
+
+@pytest.fixture(scope="module")
+def fp32_llama(models, tmp_path_factory) -> tuple[Path, object]:
+    """The fused fp32 Llama graph (`work/generator-fp32`) and its spec."""
+    work = tmp_path_factory.mktemp("fp32-llama")
+    spec, _, _ = export_generator(str(models["llama"]), work / "part", work, "none")
+    return work / "generator-fp32", replace(spec, prefix_cache=None)  # the fp32 folder has no stored prefix cache
+
+
+def _logits(model: onnx.ModelProto, ids: list[int]) -> np.ndarray:
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    feed = {"input_ids": np.array([ids], dtype=np.int64), "attention_mask": np.ones((1, len(ids)), dtype=np.int64)}
+    for arg in session.get_inputs():
+        if arg.name.startswith("past_key_values."):
+            feed[arg.name] = np.zeros((1, arg.shape[1], 0, arg.shape[3]), dtype=np.float32)
+    return session.run(["logits"], feed)[0]
+
+
+def test_smoothing_leaves_the_fp32_graph_computing_the_same(fp32_llama):
+    folder, spec = fp32_llama
+    model = onnx.load(str(folder / "model.onnx"))
+    fold_transposed_weights(model)
+    ids = token_sequences(Generator(folder, spec), PAIRS, limit=1)[0]
+    before = _logits(model, ids)
+    smoothed, dynamic = dynamic_layout(model)
+    # per layer: the input norm (q/k/v), the post-attention norm (gate, up) and the MLP's product (down)
+    assert len(smoothed) == 3 * 2 and len(dynamic) == 3 * 2
+    weights = {i.name: onnx.numpy_helper.to_array(i).copy() for i in model.graph.initializer}
+    calibration = Calibration(token_sequences(Generator(folder, spec), CALIBRATION_PAIRS, limit=8), skip=2)
+    smooth(model, activation_ranges(model, smoothed, calibration))
+    changed = [i.name for i in model.graph.initializer if i.name in weights and not np.array_equal(onnx.numpy_helper.to_array(i), weights[i.name])]
+    assert any("layernorm" in name for name in changed) and any("qkv_proj" in name for name in changed)
+    np.testing.assert_allclose(_logits(model, ids), before, rtol=1e-4, atol=1e-4)
+
+
+def test_the_dynamic_layout_and_its_record(llama_dynamic_bundle, llama_bundle):
+    graph = onnx.load(str(Path(llama_dynamic_bundle) / "generator" / "model.onnx"), load_external_data=False).graph
+    ops = Counter(node.op_type for node in graph.node)
+    # 2 layers: q/k/v, o, gate, up dynamic; down and the LM head MatMulNBits
+    assert ops["DynamicQuantizeMatMul"] == 4 * 2 and ops["MatMulNBits"] == 2 + 1 and ops["MatMul"] == 0
+    layout = Bundle.read(llama_dynamic_bundle).validation["generator_layout"]
+    assert layout == {"dynamic_int8": 8, "smoothing_alpha": 0.7, "calibration_texts": len(CALIBRATION_PAIRS), "matmul_nbits": 3}
+    # without calibration texts every MatMul is MatMulNBits
+    plain = onnx.load(str(Path(llama_bundle) / "generator" / "model.onnx"), load_external_data=False).graph
+    assert Counter(node.op_type for node in plain.node)["DynamicQuantizeMatMul"] == 0
+    assert Bundle.read(llama_bundle).validation["generator_layout"]["dynamic_int8"] == 0
+
+
+def test_the_dynamic_bundle_stays_near_fp32_and_replies(llama_dynamic_bundle, llama_fp32_bundle):
+    dynamic, fp32 = replyrank.load(llama_dynamic_bundle).generator, replyrank.load(llama_fp32_bundle).generator
+    prompt = fp32.encode_prompt(COMMENT, GenerationOptions()).ids
+    k = len(fp32.prefix_ids)
+    a, _ = dynamic.forward(np.array([prompt[k:]]), k, dynamic.prefix_cache)
+    b, _ = fp32.forward(np.array([prompt[k:]]), k, fp32.prefix_cache)
+    assert np.corrcoef(a[0, -1], b[0, -1])[0, 1] > 0.99
+    result = replyrank.load(llama_dynamic_bundle, realism_threshold=0.0).reply(COMMENT, candidates=3, max_new_tokens=8, seed=1)
+    again = replyrank.load(llama_dynamic_bundle, realism_threshold=0.0).reply(COMMENT, candidates=3, max_new_tokens=8, seed=1)
+    assert len(result.candidates) == 3 and [c.text for c in result.candidates] == [c.text for c in again.candidates]
+    validation = Bundle.read(llama_dynamic_bundle).validation["generator_quantized_vs_fp32"]
+    assert validation["candidates"] == 8 and validation["positions"] == 8 * validation["steps"] * min(16, len(PAIRS))
+
+
+def test_the_shipped_prefix_cache_is_the_fp32_graphs_own(llama_fp32_bundle, llama_bundle):
+    for bundle in (llama_fp32_bundle, llama_bundle):
+        spec = Bundle.read(bundle).generator
+        assert spec.prefix_cache == PREFIX_CACHE and PREFIX_CACHE in spec.files
+    fp32 = replyrank.load(llama_fp32_bundle).generator
+    own = Generator(Path(llama_fp32_bundle) / "generator", replace(fp32.spec, prefix_cache=None))  # prefilled at load
+    for name in fp32.past_names:
+        np.testing.assert_allclose(fp32.prefix_cache[name].numpy(), own.prefix_cache[name].numpy(), atol=1e-5)
+    # the int8 bundle starts from the same (fp32) cache
+    stored = np.load(Path(llama_bundle) / "generator" / PREFIX_CACHE)
+    assert stored["ids"].tolist() == fp32.prefix_ids
+    np.testing.assert_allclose(stored[fp32.past_names[0]], own.prefix_cache[fp32.past_names[0]].numpy(), atol=1e-5)
+
+
+def test_another_template_prefills_its_own_prefix(llama_bundle):
+    generator = replyrank.load(llama_bundle).generator
+    other = Generator(Path(llama_bundle) / "generator", replace(generator.spec, prompt_template="Q: {comment}\nA:"))
+    assert other.prefix_ids != generator.prefix_ids
+    assert other.prefix_cache[other.past_names[0]].shape()[2] == len(other.prefix_ids)
+
+
+def test_a_prefix_cache_of_the_wrong_shape_is_a_clear_error(llama_bundle, tmp_path):
+    copy = tmp_path / "bundle"
+    shutil.copytree(llama_bundle, copy)
+    path = copy / "generator" / PREFIX_CACHE
+    arrays = dict(np.load(path))
+    first = next(name for name in arrays if name != "ids")
+    arrays[first] = arrays[first][:, :, :1]
+    np.savez(path, **arrays)
+    spec = Bundle.read(copy, verify_hashes=False).generator
+    with pytest.raises(BundleError, match="does not fit its graph"):
+        Generator(copy / "generator", spec)
+    manifest = json.loads((copy / MANIFEST).read_text())
+    manifest["generator"]["prefix_cache"] = "nope.npz"
+    (copy / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="names prefix_cache 'nope.npz', which is not among the generator's files"):
+        Bundle.read(copy, verify_hashes=False)
