@@ -10,11 +10,14 @@ candidates, which decode together as one batch. Graphs whose attention writes th
 values into its past buffer (GroupQueryAttention, manifest `"kv_cache": "in-place"`) get one
 buffer with room for the whole reply, bound as both past and present, so a step copies nothing;
 other graphs return a grown copy of the cache every step. Each candidate draws its random numbers from
-its own generator, so candidate i is the same whether it is decoded alone or beside others.
+its own generator, so a seed reproduces a run; candidate i is the same whether it is decoded alone
+or beside others where the graph's kernels treat rows apart (MatMulNBits), not where one activation
+scale is shared by a step's rows (the dynamic-int8 projections of export.quantize).
 Rows that finish leave the batch, so they stop costing decode work.
 
 The prompt template's constant prefix (BOS, system prompt, few-shot examples: everything before
-`{comment}`) is prefilled once, when the `Generator` is built; every prompt that starts with it
+`{comment}`) is prefilled once, when the `Generator` is built (or read from the bundle, which ships it as its
+fp32 graph computed it: `GeneratorSpec.prefix_cache`); every prompt that starts with it
 prefills only the comment and the template's suffix on top of that cache (the prefix caching of
 vLLM and llama.cpp's `cache_prompt`, for one fixed prefix). The prefix cache is only ever read:
 its buffer is exactly the prefix long, so no graph writes into it (see `forward`), and threads share it.
@@ -172,7 +175,7 @@ class Sample:
 def candidate_rngs(seed: int | None, candidates: int) -> list[np.random.Generator]:
     """One independent random generator per candidate, spawned from `seed` (None: fresh entropy).
 
-    Candidate i draws only from the i-th, so it is the same whether it is decoded alone or beside others.
+    Candidate i draws only from the i-th (its tokens also depend on its batch-mates where a graph's rows share a scale).
     """
     return [np.random.default_rng(child) for child in np.random.SeedSequence(seed).spawn(candidates)]
 

@@ -144,7 +144,8 @@ def test_quality_gate_stops_a_bad_quantization(models, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_export_cli_writes_a_bundle_and_reports_json(models, tmp_path):
+@pytest.mark.parametrize("generator", ["gpt2", "llama"])
+def test_export_cli_writes_a_bundle_and_reports_json(models, tmp_path, generator):
     from click.testing import CliRunner
 
     from replyrank.cli import main
@@ -152,7 +153,7 @@ def test_export_cli_writes_a_bundle_and_reports_json(models, tmp_path):
     dumps = [REDDIT / "college" / "RS_CollegeAdvice.zst", REDDIT / "college" / "RC_CollegeAdvice.zst"]
     if not dumps[0].exists():
         pytest.skip("../shared/data/reddit is not there")
-    args = ["export", "--generator", str(models["gpt2"]), "--discriminator", str(models["disc"]), "--upvotes", str(models["upv"]),
+    args = ["export", "--generator", str(models[generator]), "--discriminator", str(models["disc"]), "--upvotes", str(models["upv"]),
             "--out", str(tmp_path / "b"), "--no-quality-gate", "--block-size", "32"]
     for dump in dumps:
         args += ["--validation-data", str(dump)]
@@ -161,6 +162,11 @@ def test_export_cli_writes_a_bundle_and_reports_json(models, tmp_path):
     report = json.loads(result.stdout)
     assert report["validation"]["pairs"] == 32 and 0 <= report["realism_threshold"] <= 1
     assert report["validation"]["generator_block_size"] == 32
+    # the dumps' other pairs calibrate the int8 smoothing: a Llama graph's norm-fed projections go dynamic (2 layers x 4),
+    # GPT-2's LayerNorm graph stays MatMulNBits
+    layout = report["validation"]["generator_layout"]
+    assert (0 < layout["calibration_texts"] <= 64) if generator == "llama" else layout["calibration_texts"] == 0
+    assert layout["dynamic_int8"] == (8 if generator == "llama" else 0)
     import onnx
 
     graph = onnx.load(str(tmp_path / "b" / "generator" / "model.onnx"), load_external_data=False).graph
