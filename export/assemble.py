@@ -143,7 +143,6 @@ def export_generator(
     layout = _finish_part(work / "generator-fp32", part_dir, quantize, block_size=block_size, calibration=calibration)
     if reference.prefix_cache is not None:
         spec = with_prefix_cache(spec, part_dir, reference.prefix_ids, {name: value.numpy() for name, value in reference.prefix_cache.items()})
-    del reference
     ngrams = Path(split_gguf(source)[0]) / TRAINING_NGRAMS  # train_generator's: its training replies' n-gram hashes
     if ngrams.is_file():
         shutil.copy(ngrams, part_dir / TRAINING_NGRAMS)
