@@ -108,14 +108,32 @@ def _finish_part(
         quantize_scorer(fp32_dir / "model.onnx", part_dir / "model.onnx")
         optimize_offline(part_dir / "model.onnx")
     else:
-        layout = quantize_model(fp32_dir / "model.onnx", part_dir / "model.onnx", scheme, block_size, calibration)
-        optimize_offline(part_dir / "model.onnx")
-    if not scorer:
+        layout = _quantize_generator(fp32_dir, part_dir, scheme, block_size, calibration)
+    if scheme == "none" and not scorer:
         prune_lm_head(part_dir / "model.onnx")  # a prefill needs the last position's logits only
     for name in PART_FILES:
         if (fp32_dir / name).is_file():
             shutil.copy(fp32_dir / name, part_dir / name)
     return layout
+
+
+def _quantize_generator(fp32_dir: Path, part_dir: Path, scheme: str, block_size: int, calibration: Calibration | None) -> dict:
+    """The quantized generator graph in `part_dir` (replacing one there), saved for fast loading, its head pruned; its layout."""
+    for old in part_dir.glob("model.onnx*"):
+        old.unlink()
+    layout = quantize_model(fp32_dir / "model.onnx", part_dir / "model.onnx", scheme, block_size, calibration)
+    optimize_offline(part_dir / "model.onnx")
+    prune_lm_head(part_dir / "model.onnx")  # a prefill needs the last position's logits only
+    return layout
+
+
+def _generator_failures(quality: dict[str, Any]) -> list[str]:
+    failures = []
+    if quality["sampling_agreement"] < GATES["generator_sampling_agreement"]:
+        failures.append(f"generator sampling agreement {quality['sampling_agreement']:.3f} < {GATES['generator_sampling_agreement']}")
+    if quality["mean_kl"] > GATES["generator_mean_kl"]:
+        failures.append(f"generator mean KL {quality['mean_kl']:.4f} > {GATES['generator_mean_kl']}")
+    return failures
 
 
 def export_generator(
@@ -266,9 +284,16 @@ def export_bundle(
             validation["generator_fp32_vs_torch"] = generator_vs_torch(work / "generator-fp32", spec, gen.folder, validation_pairs)
             advance("generator parity")
             if options.quantize != "none":
-                validation["generator_quantized_vs_fp32"] = generator_quantized_vs_fp32(
-                    work / "generator-fp32", staging / GENERATOR, spec, validation_pairs, options.sampling
-                )
+                quality = generator_quantized_vs_fp32(work / "generator-fp32", staging / GENERATOR, spec, validation_pairs, options.sampling)
+                missed = _generator_failures(quality)
+                if missed and layout and layout["dynamic_int8"] and options.quality_gate:
+                    # the dynamic-int8 layout misses the gate on this model: weight-only MatMulNBits instead, and say so
+                    print(f"note: the dynamic-int8 layout missed the gate ({'; '.join(missed)}); quantizing weight-only", file=sys.stderr)
+                    layout = _quantize_generator(work / "generator-fp32", staging / GENERATOR, options.quantize, options.block_size, None)
+                    layout["fallback"] = f"the dynamic-int8 layout missed the gate: {'; '.join(missed)}"
+                    validation["generator_layout"] = layout
+                    quality = generator_quantized_vs_fp32(work / "generator-fp32", staging / GENERATOR, spec, validation_pairs, options.sampling)
+                validation["generator_quantized_vs_fp32"] = quality
             advance("generator quality")
             if pair_model:
                 checks = pair_model_vs_torch(staging / SCORER, scorers, model, tokenizer, validation_pairs)
@@ -328,12 +353,8 @@ def validation_pairs(dumps: list[str], count: int = 32, offset: float = 0.0) -> 
 
 
 def _gate_failures(validation: dict[str, Any]) -> list[str]:
-    failures = []
     quantized = validation.get("generator_quantized_vs_fp32")
-    if quantized and quantized["sampling_agreement"] < GATES["generator_sampling_agreement"]:
-        failures.append(f"generator sampling agreement {quantized['sampling_agreement']:.3f} < {GATES['generator_sampling_agreement']}")
-    if quantized and quantized["mean_kl"] > GATES["generator_mean_kl"]:
-        failures.append(f"generator mean KL {quantized['mean_kl']:.4f} > {GATES['generator_mean_kl']}")
+    failures = _generator_failures(quantized) if quantized else []
     for part in (f"{name}_vs_torch" for name in SCORERS):
         check = validation[part]
         # scores that barely vary cannot show a correlation; then the absolute error is what counts

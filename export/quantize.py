@@ -26,7 +26,8 @@ decoded together; 2,048 positions): sampling agreement 0.956 and mean KL 0.0042,
 teacher-forced on real replies; 0.958 for MatMulNBits everywhere): every MatMul dynamic 0.64
 unsmoothed and 0.79 smoothed, the LM head alone dynamic 0.90, the down projection alone 0.943.
 The reply job's speed is in the README ("Speed").
-Without `Calibration` (or for int4) every MatMul is MatMulNBits.
+Without `Calibration` (or for int4) every MatMul is MatMulNBits, and so is a model on which the
+dynamic layout misses the gate (`export.assemble` re-quantizes it weight-only and records why).
 
 MatMulNBits' block is 64 unless an export asks for another (`ExportOptions.block_size`, `replyrank
 export --block-size`). With int8 compute the activations are quantized per block too, so a longer

@@ -124,3 +124,29 @@ def test_a_prefix_cache_of_the_wrong_shape_is_a_clear_error(llama_bundle, tmp_pa
     (copy / MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match="names prefix_cache 'nope.npz', which is not among the generator's files"):
         Bundle.read(copy, verify_hashes=False)
+
+
+def test_a_dynamic_layout_that_misses_the_gate_falls_back_to_weight_only(models, tmp_path, monkeypatch, capsys):
+    """On a model where the smoothed dynamic-int8 layout misses the gate, the export quantizes weight-only and says so."""
+    from replyrank.export import ExportOptions, export_bundle
+    from replyrank.export import assemble
+
+    measure = assemble.generator_quantized_vs_fp32
+
+    def strict(fp32_dir, quantized_dir, *args):
+        quality = measure(fp32_dir, quantized_dir, *args)
+        graph = onnx.load(str(Path(quantized_dir) / "model.onnx"), load_external_data=False).graph
+        if any(node.op_type == "DynamicQuantizeMatMul" for node in graph.node):
+            quality = {**quality, "sampling_agreement": 0.5}  # as a model with outliers the smoothing cannot hold would score
+        return quality
+
+    monkeypatch.setattr(assemble, "generator_quantized_vs_fp32", strict)
+    out = tmp_path / "bundle"
+    export_bundle(str(models["llama"]), str(models["disc"]), str(models["upv"]), out, PAIRS, ExportOptions(), CALIBRATION_PAIRS)
+    validation = Bundle.read(out).validation
+    assert validation["passed"] and validation["generator_layout"]["dynamic_int8"] == 0
+    assert validation["generator_layout"]["fallback"].startswith("the dynamic-int8 layout missed the gate: generator sampling agreement 0.500")
+    graph = onnx.load(str(out / "generator" / "model.onnx"), load_external_data=False).graph
+    assert not any(node.op_type == "DynamicQuantizeMatMul" for node in graph.node)
+    assert "quantizing weight-only" in capsys.readouterr().err
+    assert replyrank.load(out).reply(COMMENT, candidates=2, max_new_tokens=4).candidates
