@@ -29,6 +29,7 @@ from replyrank.bundle import (
     DEFAULT_SCORES, DISCRIMINATOR, GENERATOR, MANIFEST, REALISM_THRESHOLD, SCORERS, TRAINING_NGRAMS, UPVOTES, Bundle, GeneratorSpec, Score,
     ScorerSpec, with_prefix_cache,
 )
+from replyrank.environment import cpu_model, int8_dot_product
 from replyrank.errors import ReplyrankError
 from replyrank.filters import COPY_WORDS
 from replyrank.generate import GenerationOptions, Generator
@@ -294,6 +295,8 @@ def export_bundle(
                     validation["generator_layout"] = layout
                     quality = generator_quantized_vs_fp32(work / "generator-fp32", staging / GENERATOR, spec, validation_pairs, options.sampling)
                 validation["generator_quantized_vs_fp32"] = quality
+                if layout and layout["dynamic_int8"]:  # its int8 GEMMs differ between CPUs with and without VNNI
+                    layout["validated_on"] = {"cpu": cpu_model(), "int8_dot_product": int8_dot_product()}
             advance("generator quality")
             if pair_model:
                 checks = pair_model_vs_torch(staging / SCORER, scorers, model, tokenizer, validation_pairs)

@@ -280,9 +280,11 @@ def load(
     filters: ReplyFilters | None = None,
 ) -> Bot:
     """Load a bundle (default: `$REPLYRANK_BUNDLE`, else the default bundle in the cache folder)."""
-    from .bundle import default_bundle_dir, stale_default
+    from .bundle import cpu_mismatch, default_bundle_dir, stale_default
 
     bot = Bot(bundle_dir if bundle_dir is not None else default_bundle_dir(), threads, realism_threshold, strict, filters)
     if bundle_dir is None and (why := stale_default(bot.bundle)):
+        warnings.warn(why, stacklevel=2)
+    if why := cpu_mismatch(bot.bundle):
         warnings.warn(why, stacklevel=2)
     return bot

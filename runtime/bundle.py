@@ -435,6 +435,19 @@ def stale_default(bundle: Bundle) -> str | None:
             "`replyrank build-default --force` rebuilds it (about 6 minutes)")
 
 
+def cpu_mismatch(bundle: Bundle) -> str | None:
+    """Why this CPU may not give the quality a dynamic-int8 generator was gated at (export.quantize), or None."""
+    from .environment import int8_dot_product
+
+    layout = bundle.validation.get("generator_layout") or {}
+    validated = layout.get("validated_on") or {}
+    if not layout.get("dynamic_int8") or not validated.get("int8_dot_product") or int8_dot_product() is not False:
+        return None
+    return (f"the generator's dynamic-int8 layers passed the export's quality gate on a CPU with int8 dot products "
+            f"({validated.get('cpu')}); this one has none (no AVX512-VNNI or AVX-VNNI), where ONNX Runtime's int8 GEMMs can "
+            f"saturate; {REEXPORT} on this CPU, so that its gate runs here")
+
+
 def default_bundle_dir() -> Path:
     """`$REPLYRANK_BUNDLE`, else the default bundle in the user's cache folder."""
     if os.environ.get("REPLYRANK_BUNDLE"):

@@ -15,7 +15,7 @@ import click
 
 from . import __version__
 from .bot import Bot, Candidate, Result
-from .bundle import GENERATOR, STAMP, Bundle, default_bundle_dir, stale_default
+from .bundle import GENERATOR, STAMP, Bundle, cpu_mismatch, default_bundle_dir, stale_default
 from .errors import ReplyrankError
 from .filters import ReplyFilters, read_blocklist
 from .generate import GenerationOptions
@@ -94,6 +94,8 @@ def _load(
         _build_default_bundle(path)
     bot = Bot(path, threads=threads, realism_threshold=threshold, strict=strict, filters=filters)
     if bundle is None and (why := stale_default(bot.bundle)):
+        click.echo(f"note: {why}", err=True)
+    if why := cpu_mismatch(bot.bundle):
         click.echo(f"note: {why}", err=True)
     return bot
 

@@ -1,4 +1,4 @@
-"""What a run ran on, for the records benchmarks and soak runs keep: package versions and the CPU model."""
+"""What a run ran on, for the records benchmarks, soak runs and exports keep: package versions, the CPU model and its int8 dot product."""
 
 from __future__ import annotations
 
@@ -28,3 +28,19 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine() or "unknown"
+
+
+def int8_dot_product() -> bool | None:
+    """Whether the x86 CPU has int8 dot-product instructions (AVX512-VNNI or AVX-VNNI; Linux: /proc/cpuinfo), None where unknown.
+
+    Without them ONNX Runtime's u8 x s8 GEMM (DynamicQuantizeMatMul) sums pairs of products in 16 bits, which can
+    saturate (its docs recommend 7-bit weights there); with them, and on ARM's dot products, it does not.
+    """
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                return bool(flags & {"avx512_vnni", "avx_vnni"})
+    except OSError:
+        pass
+    return None

@@ -66,6 +66,7 @@ def test_the_dynamic_layout_and_its_record(llama_dynamic_bundle, llama_bundle):
     # 2 layers: q/k/v, o, gate, up dynamic; down and the LM head MatMulNBits
     assert ops["DynamicQuantizeMatMul"] == 4 * 2 and ops["MatMulNBits"] == 2 + 1 and ops["MatMul"] == 0
     layout = Bundle.read(llama_dynamic_bundle).validation["generator_layout"]
+    assert layout.pop("validated_on")["cpu"]  # the CPU whose int8 GEMMs the gate measured
     assert layout == {"dynamic_int8": 8, "smoothing_alpha": 0.7, "calibration_texts": len(CALIBRATION_PAIRS), "matmul_nbits": 3}
     # without calibration texts every MatMul is MatMulNBits
     plain = onnx.load(str(Path(llama_bundle) / "generator" / "model.onnx"), load_external_data=False).graph
@@ -150,3 +151,31 @@ def test_a_dynamic_layout_that_misses_the_gate_falls_back_to_weight_only(models,
     assert not any(node.op_type == "DynamicQuantizeMatMul" for node in graph.node)
     assert "quantizing weight-only" in capsys.readouterr().err
     assert replyrank.load(out).reply(COMMENT, candidates=2, max_new_tokens=4).candidates
+
+
+def test_a_cpu_without_int8_dot_products_is_told_when_the_gate_ran_on_one(llama_dynamic_bundle, tmp_path, monkeypatch):
+    import warnings
+
+    from click.testing import CliRunner
+
+    from replyrank import environment
+    from replyrank.cli import main
+
+    layout = Bundle.read(llama_dynamic_bundle).validation["generator_layout"]
+    assert set(layout["validated_on"]) == {"cpu", "int8_dot_product"}  # recorded by the export that gated it
+    copy = tmp_path / "bundle"
+    shutil.copytree(llama_dynamic_bundle, copy)
+    manifest = json.loads((copy / MANIFEST).read_text())
+    manifest["validation"]["generator_layout"]["validated_on"] = {"cpu": "a VNNI CPU", "int8_dot_product": True}
+    (copy / MANIFEST).write_text(json.dumps(manifest))
+    for here, warned in ((False, True), (True, False), (None, False)):
+        monkeypatch.setattr(environment, "int8_dot_product", lambda here=here: here)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            replyrank.load(copy)
+        notes = [str(w.message) for w in caught if "int8 dot products" in str(w.message)]
+        assert bool(notes) == warned
+    monkeypatch.setattr(environment, "int8_dot_product", lambda: False)
+    result = CliRunner().invoke(main, ["reply", "hello there", "--bundle", str(copy), "-n", "2", "--max-new-tokens", "4"])
+    assert result.exit_code == 0 and "note: the generator's dynamic-int8 layers passed the export's quality gate on a CPU" in result.stderr
+    assert "(a VNNI CPU); this one has none" in result.stderr and "note" not in result.stdout
