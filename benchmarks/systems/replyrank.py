@@ -57,7 +57,9 @@ def load(name: str, args: dict[str, Any]) -> System:
         }
 
     prompt_ids = bot.generator.encode_prompt(comment, options(1, args["t"], 0)).ids
-    notes = [f"graph: {bot.bundle.generator.graph}", f"quantization: {bot.bundle.quantization}"]
+    layout = bot.bundle.validation.get("generator_layout") or {}
+    kernels = f" ({layout['dynamic_int8']} MatMuls dynamic int8, {layout['matmul_nbits']} MatMulNBits)" if layout.get("dynamic_int8") else ""
+    notes = [f"graph: {bot.bundle.generator.graph}", f"quantization: {bot.bundle.quantization}{kernels}"]
     if bot.bundle.shared_scorer:
         notes.append("scorers: one graph with two heads, run once per job")
     if prompt_ids != args["prompt_ids"]:
