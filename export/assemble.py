@@ -335,24 +335,24 @@ def export_bundle(
     return replace(bundle, root=out)
 
 
-def validation_pairs(dumps: list[str], count: int = 32, offset: float = 0.0) -> list[tuple[str, str]]:
-    """`count` real (comment, reply) pairs spread evenly through Pushshift dumps if given, else chitchat-dataset.
-
-    `offset` (0-1) moves every pick within its stretch: 0.5 gives calibration texts beside the validation pairs (0).
-    """
+def real_pairs(dumps: list[str]) -> list[tuple[str, str]]:
+    """Real (comment, reply) pairs for validation and calibration: from Pushshift dumps if given, else from chitchat-dataset."""
     if dumps:
         from replyrank.dumps import load_pairs
 
-        found = [(p.parent, p.reply) for p in load_pairs(dumps, limit=20000)]
-    else:
-        from .chitchat import load_turns
+        return [(p.parent, p.reply) for p in load_pairs(dumps, limit=20000)]
+    from .chitchat import load_turns
 
-        try:
-            found = [(t.message, t.reply) for t in load_turns()]
-        except ReplyrankError as error:
-            raise ExportError(f"{error}; or give --validation-data with Pushshift dumps") from None
-    step = max(1, len(found) // count)
-    return found[int(offset * step) :: step][:count]
+    try:
+        return [(t.message, t.reply) for t in load_turns()]
+    except ReplyrankError as error:
+        raise ExportError(f"{error}; or give --validation-data with Pushshift dumps") from None
+
+
+def spread(pairs: list[tuple[str, str]], count: int, offset: float = 0.0) -> list[tuple[str, str]]:
+    """`count` of `pairs` spread evenly through them; `offset` (0-1) moves every pick within its stretch."""
+    step = max(1, len(pairs) // count)
+    return pairs[int(offset * step) :: step][:count]
 
 
 def _gate_failures(validation: dict[str, Any]) -> list[str]:

@@ -56,12 +56,13 @@ def export_command(
         raise click.UsageError("give --scorer, or both --discriminator and --upvotes")
     if scorer is not None:
         discriminator = upvotes = scorer
-    from .assemble import ExportOptions, export_bundle, validation_pairs
+    from .assemble import ExportOptions, export_bundle, real_pairs, spread
     from .train import training_record
 
-    pairs = validation_pairs(list(validation_data))
+    found = real_pairs(list(validation_data))
+    pairs = spread(found, 32)
     # the int8 smoothing's calibration texts: other pairs of the same source (export.quantize)
-    calibration = [pair for pair in validation_pairs(list(validation_data), 64, offset=0.5) if pair not in pairs]
+    calibration = [pair for pair in spread(found, 64, offset=0.5) if pair not in pairs]
     # what replyrank's trainers recorded in each part's folder (metrics, a generator's adversarial rounds)
     records = {name: training_record(source) for name, source in (("generator", generator), ("discriminator", discriminator), ("upvotes", upvotes))}
     options = ExportOptions(quantize=quantize, block_size=int(block_size), prompt_template=prompt_template, quality_gate=not no_quality_gate, realism_threshold=threshold,

@@ -4,9 +4,9 @@ The generator's int8 layout has two kernels, chosen per MatMul:
 
 - **dynamic int8** (`DynamicQuantizeMatMul`: per-column int8 weights, the activation quantized to
   uint8 with one scale per call, MLAS's int8 GEMM) for the projections fed by an RMS norm (q/k/v,
-  gate, up) and the attention output projection. Its cost barely grows with the rows: one layer of
-  576 x 1536 took 0.44 ms at 1 row and 8 rows, where MatMulNBits took 0.45 and 0.84 ms (median of
-  200, 2 threads, this Xeon). One scale per call only holds where no channel dwarfs the others, so
+  gate, up) and the attention output projection. Its cost barely grows with the rows: 8 layers of
+  576 x 1536 took 0.49 / 0.53 ms at 1 / 8 rows, where MatMulNBits took 0.42 / 0.88 ms
+  (`benchmarks/matmul_kernels.py`, 2 threads, this Xeon). One scale per call only holds where no channel dwarfs the others, so
   the activations are first **smoothed** (SmoothQuant, Xiao et al. 2023): channel j of a norm's
   output is divided by s_j = max|x_j|^a / max|W_j|^(1-a) and row j of every weight it feeds is
   multiplied by it, folded into the norm's weight, so the fp32 graph computes the same. The ranges
@@ -164,13 +164,15 @@ def _norm_weight(norm: onnx.NodeProto) -> str:
 
 
 def dynamic_layout(model: onnx.ModelProto) -> tuple[list[str], list[str]]:
-    """(activations to smooth, activations whose MatMuls go dynamic): RMS-norm outputs, and attention outputs beside them."""
+    """(activations to smooth, activations whose MatMuls go dynamic): RMS-norm outputs and, beside them, attention outputs
+    (dynamic) and SwiGLU products (smoothed, left to MatMulNBits); nothing for a graph without RMS norms (GPT-2's)."""
     producers = {out: node for node in model.graph.node for out in node.output}
     readers = _readers(model)
     smoothed, dynamic = [], []
     for x, nodes in weighted_matmuls(model).items():
         producer = producers.get(x)
-        if producer is None or any("logits" in node.output for node in nodes):  # the LM head stays MatMulNBits
+        # the LM head stays MatMulNBits; a weight read elsewhere too (a tied table) is left as it is
+        if producer is None or any("logits" in node.output or readers[node.input[1]] > 1 for node in nodes):
             continue
         if producer.op_type in RMS_NORMS and producer.output[0] == x and readers[_norm_weight(producer)] == 1:
             smoothed.append(x)
@@ -178,8 +180,8 @@ def dynamic_layout(model: onnx.ModelProto) -> tuple[list[str], list[str]]:
         elif producer.op_type == "GroupQueryAttention":
             dynamic.append(x)
         elif _gated_projection(producer, producers, readers) is not None:
-            smoothed.append(x)  # the MLP's down projection: smoothed, and left to MatMulNBits
-    return smoothed, (dynamic if any(producers[x].op_type in RMS_NORMS for x in smoothed) else [])
+            smoothed.append(x)
+    return (smoothed, dynamic) if any(producers[x].op_type in RMS_NORMS for x in smoothed) else ([], [])
 
 
 def _gated_projection(mul: onnx.NodeProto, producers: dict[str, onnx.NodeProto], readers: dict[str, int]) -> onnx.NodeProto | None:
@@ -221,7 +223,8 @@ def activation_ranges(model: onnx.ModelProto, names: list[str], calibration: Cal
 
 def smooth(model: onnx.ModelProto, ranges: dict[str, np.ndarray], alpha: float = SMOOTHING_ALPHA) -> None:
     """SmoothQuant: divide channel j of each RMS norm's output by s_j (in the norm's weight) and multiply row j of the
-    weights it feeds by s_j; the fp32 graph computes the same. A weight read elsewhere too (a tied head) is copied first."""
+    weights it feeds by s_j (a SwiGLU product's factor goes into the up projection's columns); the fp32 graph computes
+    the same. `ranges`: `dynamic_layout`'s activations to smooth, whose weights nothing else reads."""
     initializers = {i.name: i for i in model.graph.initializer}
     producers = {out: node for node in model.graph.node for out in node.output}
     readers = _readers(model)
@@ -242,12 +245,7 @@ def smooth(model: onnx.ModelProto, ranges: dict[str, np.ndarray], alpha: float =
             initializers[up].CopyFrom(numpy_helper.from_array(array(up) / s, up))
         for node in groups[x]:
             name = node.input[1]
-            smoothed = array(name) * s[:, None]
-            if readers[name] > 1:  # read elsewhere too (a tied head): smooth a copy
-                node.input[1] = name = f"{name}_smoothed"
-                model.graph.initializer.append(numpy_helper.from_array(smoothed, name))
-            else:
-                initializers[name].CopyFrom(numpy_helper.from_array(smoothed, name))
+            initializers[name].CopyFrom(numpy_helper.from_array(array(name) * s[:, None], name))
 
 
 def to_dynamic_int8(model: onnx.ModelProto, activations: list[str]) -> int:
