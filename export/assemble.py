@@ -36,7 +36,7 @@ from replyrank.generate import GenerationOptions, Generator
 
 from .convert import SCORER_SPEC, Checkpoint, ExportError, check_scorer, export_onnx, generator_spec, materialize_causal_lm, split_gguf
 from .folders import move_into_place
-from .quantize import BITS, BLOCK_SIZE, Calibration, optimize_offline, prune_lm_head, quantize_model, quantize_scorer
+from .quantize import BITS, BLOCK_SIZE, Calibration, decode_as_one_sequence, optimize_offline, prune_lm_head, quantize_model, quantize_scorer
 from . import gpt2, rankers
 from .validate import GATES, generator_quantized_vs_fp32, generator_vs_torch, pair_model_vs_torch, scorer_vs_torch, token_sequences
 
@@ -111,7 +111,7 @@ def _finish_part(
     else:
         layout = _quantize_generator(fp32_dir, part_dir, scheme, block_size, calibration)
     if scheme == "none" and not scorer:
-        prune_lm_head(part_dir / "model.onnx")  # a prefill needs the last position's logits only
+        prune_lm_head(part_dir / "model.onnx")  # a prefill needs the last position's logits only, a decode step each row's
     for name in PART_FILES:
         if (fp32_dir / name).is_file():
             shutil.copy(fp32_dir / name, part_dir / name)
@@ -124,7 +124,7 @@ def _quantize_generator(fp32_dir: Path, part_dir: Path, scheme: str, block_size:
         old.unlink()
     layout = quantize_model(fp32_dir / "model.onnx", part_dir / "model.onnx", scheme, block_size, calibration)
     optimize_offline(part_dir / "model.onnx")
-    prune_lm_head(part_dir / "model.onnx")  # a prefill needs the last position's logits only
+    prune_lm_head(part_dir / "model.onnx")  # a prefill needs the last position's logits only, a decode step each row's
     return layout
 
 
@@ -152,6 +152,7 @@ def export_generator(
     fused = genai or (fused and gpt2.build(checkpoint.folder, work / "generator-fp32"))
     if not fused:
         export_onnx(checkpoint, work / "generator-fp32", "text-generation-with-past")
+    decode_as_one_sequence(work / "generator-fp32" / "model.onnx")  # fused graphs: the candidates decode as one sequence
     # GroupQueryAttention appends to a past buffer that has room; optimum's attention concatenates
     graph = "fused (onnxruntime-genai builder)" if genai else "fused (export.gpt2: GroupQueryAttention)" if fused else "optimum text-generation-with-past"
     spec = replace(spec, graph=graph, kv_cache="in-place" if fused else "concat")

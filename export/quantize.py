@@ -109,32 +109,64 @@ def fold_transposed_weights(model: onnx.ModelProto) -> int:
     return folded
 
 
-def prune_lm_head(path: Path) -> bool:
-    """Make the LM head compute the last position's logits only (`logits` becomes (batch, 1, vocab)); False where the graph has no such head.
+def decode_as_one_sequence(path: Path) -> bool:
+    """Give every GroupQueryAttention of the graph at `path` an attention bias and explicit positions (graph inputs
+    `attention_bias` (batch, 1, length, total length) and `position_ids`), so that a decode step can run all
+    candidates as one sequence (`replyrank.generate.Candidates`); False where the graph has no GroupQueryAttention.
 
-    A prefill needs only the next token's logits, yet the exported head multiplies every prompt
-    position by the vocabulary (SmolLM2: 49,152 x 576 per token) and returns them all. As
-    onnxruntime-genai's builder does it with `prune_lm_head`, a Gather of the last position (and an
-    Unsqueeze to keep the rank) goes between the final norm and the head; a decode step, one token
-    long, computes the same as before. Only the graph file changes: its weights stay where they are.
+    The prompt's cache is then held and read once for all candidates, instead of once per candidate: each
+    candidate's new token attends to the prompt and to its own earlier tokens, the bias hiding the others', and
+    the rotary embedding takes the position from `position_ids`. llama.cpp's batched decoding shares the prompt's
+    cells the same way (`llama_memory_seq_cp`). Measured on the default bundle's generator, 2 threads, one decode
+    step of 8 candidates: 16.4 -> 14.5 ms after a 94-token prompt, 20.2 -> 17.0 ms after 300 tokens; 16 candidates
+    after 300 tokens: 35.7 -> 24.7 ms. Only the graph file changes.
+    """
+    model = onnx.load(str(path), load_external_data=False)
+    graph = model.graph
+    attention = [node for node in graph.node if node.op_type == "GroupQueryAttention"]
+    if not attention:
+        return False
+    declared = {i.name for i in graph.input}
+    if "position_ids" not in declared:
+        graph.input.append(helper.make_tensor_value_info("position_ids", onnx.TensorProto.INT64, ["batch_size", "sequence_length"]))
+    graph.input.append(helper.make_tensor_value_info(
+        "attention_bias", onnx.TensorProto.FLOAT, ["batch_size", 1, "sequence_length", "total_sequence_length"]))
+    for node in attention:
+        rotary = any(a.name == "do_rotary" and a.i for a in node.attribute)
+        node.input.extend([""] * (11 - len(node.input)))
+        node.input[9], node.input[10] = ("position_ids" if rotary else ""), "attention_bias"  # inputs 9 and 10: ORT >= 1.22
+    onnx.save(model, str(path))
+    return True
+
+
+def prune_lm_head(path: Path) -> bool:
+    """Make the LM head compute the last `logits_to_keep` positions' logits only (a graph input, (1,) int64; `logits`
+    becomes (batch, logits_to_keep, vocab)); False where the graph has no such head.
+
+    A prefill needs only the next token's logits (1), yet the exported head multiplies every prompt
+    position by the vocabulary (SmolLM2: 49,152 x 576 per token) and returns them all; a decode step
+    of candidates as one sequence (`decode_as_one_sequence`) needs every position's. As
+    onnxruntime-genai's builder prunes the head, a Slice of the hidden states goes between the final
+    norm and the head (transformers' `logits_to_keep` is the same idea). Only the graph file changes:
+    its weights stay where they are.
     """
     model = onnx.load(str(path), load_external_data=False)
     graph = model.graph
     head = next((node for node in graph.node if "logits" in node.output), None)
     if head is None or head.op_type not in ("MatMul", "MatMulNBits"):
         return False
-    hidden, last, axes = head.input[0], "/lm_head/prune/last", "/lm_head/prune/axes"
-    graph.initializer.extend([numpy_helper.from_array(np.array(-1, dtype=np.int64), last), numpy_helper.from_array(np.array([1], dtype=np.int64), axes)])
-    gather = onnx.helper.make_node("Gather", [hidden, last], ["/lm_head/prune/last_hidden"], name="/lm_head/prune/Gather", axis=1)
-    unsqueeze = onnx.helper.make_node("Unsqueeze", ["/lm_head/prune/last_hidden", axes], ["/lm_head/prune/output_0"], name="/lm_head/prune/Unsqueeze")
+    graph.input.append(helper.make_tensor_value_info("logits_to_keep", onnx.TensorProto.INT64, [1]))
+    end, axis = "/lm_head/prune/end", "/lm_head/prune/axis"
+    graph.initializer.extend([numpy_helper.from_array(np.array([np.iinfo(np.int64).max]), end), numpy_helper.from_array(np.array([1]), axis)])
+    negate = helper.make_node("Neg", ["logits_to_keep"], ["/lm_head/prune/start"], name="/lm_head/prune/Neg")
+    last = helper.make_node("Slice", [head.input[0], "/lm_head/prune/start", end, axis], ["/lm_head/prune/output_0"], name="/lm_head/prune/Slice")
     head.input[0] = "/lm_head/prune/output_0"
     at = list(graph.node).index(head)
-    graph.node.insert(at, unsqueeze)
-    graph.node.insert(at, gather)
-    logits = next(output for output in graph.output if output.name == "logits")
-    length = logits.type.tensor_type.shape.dim[1]
-    length.ClearField("dim_param")
-    length.dim_value = 1
+    graph.node.insert(at, last)
+    graph.node.insert(at, negate)
+    length = next(output for output in graph.output if output.name == "logits").type.tensor_type.shape.dim[1]
+    length.ClearField("dim_value")
+    length.dim_param = "logits_to_keep"
     onnx.save(model, str(path))
     return True
 
@@ -213,6 +245,8 @@ def activation_ranges(model: onnx.ModelProto, names: list[str], calibration: Cal
                 feed[arg.name] = np.ones((1, len(ids)), dtype=np.int64)
             elif arg.name == "position_ids":
                 feed[arg.name] = np.arange(len(ids), dtype=np.int64)[None]
+            elif arg.name == "attention_bias":  # causal alone
+                feed[arg.name] = np.zeros((1, 1, len(ids), len(ids)), dtype=np.float32)
             elif arg.name.startswith("past_key_values."):
                 feed[arg.name] = np.zeros((1, arg.shape[1], 0, arg.shape[3]), dtype=np.float32)
         for name, value in zip(names, session.run(names, feed)):

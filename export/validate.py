@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from replyrank.bundle import GeneratorSpec, ScorerSpec
-from replyrank.generate import GenerationOptions, Generator, candidate_rngs, sampling_distribution
+from replyrank.generate import Candidates, GenerationOptions, Generator, candidate_rngs, sampling_distribution
 from replyrank.score import PairGraph, score_pairs
 
 # Quality gates: a quantized part below these fails the export unless the user overrides it.
@@ -54,11 +54,10 @@ def candidate_logits(generator: Generator, prompt: list[int], tokens: np.ndarray
     past = generator.prefix_cache if cached and generator.prefix_cache is not None else generator.empty_cache(1)
     logits, cache = generator.forward(np.array([prompt[cached:]], dtype=np.int64), cached, past)
     rows, steps = tokens.shape
-    cache = generator.room_for(cache, rows, len(prompt) + steps)
+    candidates = Candidates(generator, len(prompt), cache, rows, steps)
     out = [np.repeat(logits[:, -1], rows, axis=0)]
     for step in range(steps - 1):
-        logits, cache = generator.forward(tokens[:, step : step + 1], len(prompt) + step, cache)
-        out.append(logits[:, -1].copy())
+        out.append(candidates.step(tokens[:, step]).copy())
     return np.stack(out, axis=1)
 
 

@@ -5,15 +5,17 @@ with the same interface) produces, GPT-2 and Llama-family alike: the feed is bui
 inputs the graph declares (`input_ids`, `attention_mask`, `position_ids`,
 `past_key_values.{i}.key/value`), and `present.{i}.*` outputs become the next step's past.
 
-The comment's prompt is prefilled once, with batch 1; its cache is then repeated for the N
-candidates, which decode together as one batch. Graphs whose attention writes the new keys and
-values into its past buffer (GroupQueryAttention, manifest `"kv_cache": "in-place"`) get one
-buffer with room for the whole reply, bound as both past and present, so a step copies nothing;
-other graphs return a grown copy of the cache every step. Each candidate draws its random numbers from
-its own generator, so a seed reproduces a run; candidate i is the same whether it is decoded alone
-or beside others where the graph's kernels treat rows apart (MatMulNBits), not where one activation
-scale is shared by a step's rows (the dynamic-int8 projections of export.quantize).
-Rows that finish leave the batch, so they stop costing decode work.
+The comment's prompt is prefilled once, with batch 1; the N candidates then decode together, one
+token each a step (`Candidates`). Where the graph's attention takes a bias (the bundles' fused
+graphs) they decode as one sequence after the prompt's single cache, each token seeing the prompt
+and its own candidate's tokens; other graphs repeat the prompt's cache for one batch row per
+candidate. Graphs whose attention writes the new keys and values into its past buffer
+(GroupQueryAttention, manifest `"kv_cache": "in-place"`) get one buffer with room for the whole
+decode, bound as both past and present, so a step copies nothing; other graphs return a grown copy
+of the cache every step. Each candidate draws its random numbers from its own generator, so a seed
+reproduces a run; candidate i is the same whether it is decoded alone or beside others where the
+graph's kernels treat rows apart (MatMulNBits), not where one activation scale is shared by a
+step's rows (the dynamic-int8 projections of export.quantize). Candidates that finish stop costing decode work.
 
 The prompt template's constant prefix (BOS, system prompt, few-shot examples: everything before
 `{comment}`) is prefilled once, when the `Generator` is built (or read from the bundle, which ships it as its
@@ -53,8 +55,9 @@ TOP_K_GROUPS = 256  # see top_k: a top-k of up to this many tokens is taken from
 # The most one call may ask for, so that no request can exhaust the machine. `Bot`, the CLI and
 # `replyrank serve` all refuse more (the server's flags may only lower them). The sizes come from
 # the KV cache: for the default bundle's SmolLM2-135M (30 layers, 3 KV heads of 64, fp32) a
-# candidate's cache costs 46 KB a token, so 32 candidates x (256 comment + 256 new tokens) hold
-# about 0.8 GB, and decoding them takes tens of seconds on two cores.
+# token's cache costs 46 KB, so 256 comment tokens and 32 candidates x 256 new tokens hold about
+# 0.4 GB (0.8 GB where each candidate holds its own copy of the prompt's: graphs without an
+# attention bias), and decoding them takes tens of seconds on two cores.
 MAX_CANDIDATES = 32  # candidate replies one call writes (they decode as one batch)
 MAX_NEW_TOKENS = 256  # tokens one candidate may add
 MAX_STOP_STRINGS = 8  # each is searched for after every token of every candidate
@@ -293,8 +296,11 @@ class Generator:
         self.cache_dtype = _ONNX_FLOAT[first_past.type]
         logits_info = self.session.get_outputs()[0]
         vocab = logits_info.shape[-1]
-        # a graph exported with its LM head pruned returns the last position's logits only, (batch, 1, vocab)
-        self.last_logits_only = logits_info.shape[1] == 1
+        # a graph exported with its LM head pruned returns the last position's logits only, (batch, 1, vocab), in a
+        # prefill (a graph with `logits_to_keep`: in a one-sequence decode step, every position's)
+        self.last_logits_only = logits_info.shape[1] == 1 or "logits_to_keep" in self.input_names
+        # graphs whose attention takes a bias decode the candidates as one sequence on the prompt's cache (see Candidates)
+        self.one_sequence = "attention_bias" in self.input_names
         # where both are known, a decode step writes its logits straight into a buffer of ours (no output list to fetch)
         self.vocab = vocab if isinstance(vocab, int) else None
         self.logits_dtype = _ONNX_FLOAT.get(logits_info.type)
@@ -354,30 +360,38 @@ class Generator:
     def forward(
         self, input_ids: np.ndarray, past_length: int, cache: dict[str, ort.OrtValue],
         binding: ort.IOBinding | None = None, out: np.ndarray | None = None,
+        positions: np.ndarray | None = None, bias: np.ndarray | None = None,
     ) -> tuple[np.ndarray, dict[str, ort.OrtValue]]:
         """One forward pass: logits (batch, length, vocab), or (batch, 1, vocab) from a graph whose head is pruned
         (`last_logits_only`), and the new cache, kept as OrtValues between steps.
 
-        A cache with room beyond `past_length` (see `room_for`) is updated in place and returned as is.
+        A cache with room beyond `past_length` (see `Candidates`) is updated in place and returned as is.
         `binding`: one from `bind_cache(cache)`, which a decode loop reuses step after step (the cache stays
         bound; only the inputs and the logits are bound again). `out`: a buffer of ours for the logits of an
         in-place step, (batch, 1, vocab) of `logits_dtype`, returned instead of a new array.
+        `positions`: the tokens' positions (batch, length), `past_length` onwards by default. `bias`: the
+        attention bias (batch, 1, length, past_length + length) of a one-sequence decode step (`Candidates`),
+        which returns every position's logits; without it, attention is causal alone.
         """
         batch, length = input_ids.shape
         in_place = self.in_place and cache[self.past_names[0]].shape()[2] >= past_length + length
         if binding is None:
             binding = self.bind_cache(cache) if in_place else self.session.io_binding()
-        feed = {
-            "input_ids": input_ids,
-            "attention_mask": np.ones((batch, past_length + length), dtype=np.int64),
-            "position_ids": np.broadcast_to(np.arange(past_length, past_length + length, dtype=np.int64), (batch, length)).copy(),
-        }
-        for name, value in feed.items():
-            if name in self.input_names:
-                binding.bind_cpu_input(name, value)
+        kept = length if bias is not None or not self.last_logits_only else 1
+        binding.bind_cpu_input("input_ids", input_ids)
+        if "attention_mask" in self.input_names:
+            binding.bind_cpu_input("attention_mask", np.ones((batch, past_length + length), dtype=np.int64))
+        if "position_ids" in self.input_names:
+            if positions is None:
+                positions = np.broadcast_to(np.arange(past_length, past_length + length, dtype=np.int64), (batch, length)).copy()
+            binding.bind_cpu_input("position_ids", positions)
+        if "attention_bias" in self.input_names:
+            binding.bind_cpu_input("attention_bias", bias if bias is not None else np.zeros((batch, 1, length, past_length + length), np.float32))
+        if "logits_to_keep" in self.input_names:
+            binding.bind_cpu_input("logits_to_keep", np.array([kept], dtype=np.int64))
         logits = None
         if in_place and self.vocab is not None and self.logits_dtype is not None:
-            shape = (batch, 1 if self.last_logits_only else length, self.vocab)
+            shape = (batch, kept, self.vocab)
             logits = out if out is not None and out.shape == shape else np.empty(shape, dtype=self.logits_dtype)
             binding.bind_output("logits", "cpu", element_type=self.logits_dtype, shape=list(logits.shape), buffer_ptr=logits.ctypes.data)
         else:
@@ -404,12 +418,9 @@ class Generator:
         empty = np.zeros((batch, self.kv_heads, 0, self.head_dim), dtype=self.cache_dtype)
         return {name: ort.OrtValue.ortvalue_from_numpy(empty) for name in self.past_names}
 
-    def room_for(self, cache: dict[str, ort.OrtValue], rows: int, length: int) -> dict[str, ort.OrtValue]:
-        """The batch-1 prompt cache repeated for `rows` candidates; in-place graphs get buffers `length` long."""
-        return {name: ort.OrtValue.ortvalue_from_numpy(buffer) for name, buffer in self.grown(cache, rows, length).items()}
-
     def grown(self, cache: dict[str, ort.OrtValue], rows: int, length: int) -> dict[str, np.ndarray]:
-        """`room_for`'s arrays, which hold the memory its OrtValues point to.
+        """The batch-1 prompt cache repeated for `rows` rows (in-place graphs: in buffers `length` long), as the arrays
+        that hold the memory the decode's OrtValues point to.
 
         In-place graphs take the spare buffers a finished `generate` left (`keep_spare`) when they have
         at least `rows` rows and `length` positions: the batch is their first rows, and a longer buffer
@@ -481,37 +492,28 @@ class Generator:
         `reuse_prefix=False` prefills the whole prompt even where it starts with the cached template prefix
         (the tokens are the same either way; the tests compare them).
         """
-        n = len(rngs)
         start = time.perf_counter()
         # prefill: run the prompt once, batch 1, from the template prefix's cache where the prompt starts with it;
         # that cache is exactly the prefix long, so the forward pass returns a new one and never writes into it
         cached = self.cached_prefix_length(prompt_ids) if reuse_prefix else 0
         past = self.prefix_cache if cached and self.prefix_cache is not None else self.empty_cache(1)
         logits, cache = self.forward(np.array([prompt_ids[cached:]], dtype=np.int64), cached, past)
-        logits = logits[:, -1]
         prefill_s = time.perf_counter() - start
         # share it: every candidate starts from the same prompt cache and next-token logits
-        buffers = self.grown(cache, n, len(prompt_ids) + options.max_new_tokens)  # hold the memory the cache points to
-        cache = {name: ort.OrtValue.ortvalue_from_numpy(buffer) for name, buffer in buffers.items()}
+        candidates = Candidates(self, len(prompt_ids), cache, len(rngs), options.max_new_tokens)
         try:
-            generations = self.decode(prompt_ids, options, rngs, logits, cache, buffers)
+            generations = self.decode(prompt_ids, options, rngs, logits[:, -1], candidates)
         finally:
             if self.in_place:
-                self.keep_spare(buffers)
+                self.keep_spare(candidates.buffers)
         return generations, prefill_s
 
     def decode(
-        self, prompt_ids: list[int], options: GenerationOptions, rngs: list[np.random.Generator], logits: np.ndarray,
-        cache: dict[str, ort.OrtValue], buffers: dict[str, np.ndarray],
+        self, prompt_ids: list[int], options: GenerationOptions, rngs: list[np.random.Generator], logits: np.ndarray, candidates: Candidates,
     ) -> list[Generation]:
-        """`generate`'s decode loop, from the prompt's next-token logits and cache for each of the len(rngs) rows."""
+        """`generate`'s decode loop, from the prompt's next-token logits (1, vocab) and its `candidates`' cache."""
         n = len(rngs)
         logits = np.repeat(logits, n, axis=0)
-        # in-place graphs: the cache stays bound from step to step, and every step writes its logits into one buffer
-        binding = self.bind_cache(cache) if self.in_place else None
-        buffer = np.empty((n, 1, self.vocab), dtype=self.logits_dtype) if self.in_place and self.vocab and self.logits_dtype else None
-        past_length = len(prompt_ids)
-        rows = list(range(n))  # which candidate each batch row is
         tokens: list[list[int]] = [[] for _ in range(n)]
         finish: list[str] = ["length"] * n
         stop_at = _deadline.get()
@@ -520,6 +522,7 @@ class Generator:
             if stop_at is not None and time.monotonic() > stop_at:
                 raise DeadlineExceeded(f"the deadline passed after {step} of up to {options.max_new_tokens} new tokens")
             # sample the next token of every unfinished candidate
+            rows = candidates.rows
             ban = self.eos_ids if step < options.min_new_tokens else None
             history = [prompt_ids + tokens[row] for row in rows] if options.repetition_penalty != 1.0 else []
             picks = sample_next(logits, history, options, [rngs[row] for row in rows], ban, overwrite=True)  # the logits are ours
@@ -536,20 +539,15 @@ class Generator:
                     done.append(position)
             if step == options.max_new_tokens - 1:
                 break
-            # finished candidates leave the batch: drop their rows from the cache
+            # finished candidates stop decoding
             if done:
                 keep = [p for p in range(len(rows)) if p not in done]
                 if not keep:
                     break
-                cache = self.drop_rows(cache, buffers, keep)
-                binding = self.bind_cache(cache) if self.in_place else None
-                rows = [rows[p] for p in keep]
+                candidates.keep(keep)
                 picks = picks[keep]
-            # decode: one step for the rows still running, past grows by one
-            out = buffer[: len(rows)] if buffer is not None else None
-            logits, cache = self.forward(picks[:, None].astype(np.int64), past_length, cache, binding, out)
-            logits = logits[:, -1]
-            past_length += 1
+            # decode: one step for the rows still running
+            logits = candidates.step(picks)
         return [Generation(self._text(tokens[row], options.stop, finish[row]), tuple(tokens[row]), finish[row]) for row in range(n)]
 
     def _text(self, token_ids: list[int], stop: tuple[str, ...], finish: str) -> str:
@@ -557,3 +555,60 @@ class Generator:
         for s in stop:
             text = text.split(s, 1)[0]
         return whole_sentences(text.strip()) if finish == "length" else text.strip()
+
+
+class Candidates:
+    """The cache of the candidates a `Generator` decodes, and one decode step of the rows still running.
+
+    Two layouts. One sequence (`Generator.one_sequence`: graphs whose attention takes a bias, see
+    export.quantize.decode_as_one_sequence): the prompt's cache once, then the rows' tokens one step after
+    another, every step's tokens side by side; each token is at its row's position and attends to the prompt and
+    to its own row's tokens, the bias hiding the others'. So a step reads the prompt once whatever the rows, and
+    a finished row just adds no more tokens. Otherwise one batch row per candidate: the prompt's cache repeated
+    for each, and a finished row's cache leaves the batch (`Generator.drop_rows`); so do graphs with a bias where
+    the one sequence would outgrow the model's context.
+    """
+
+    def __init__(self, generator: Generator, prompt_length: int, cache: dict[str, ort.OrtValue], rows: int, max_new_tokens: int):
+        self.generator = generator
+        self.rows = list(range(rows))  # the candidates still running, in step order
+        self.position = prompt_length  # the position of every running row's next token
+        # GroupQueryAttention's rotary tables must cover the whole sequence, and they are the model's context long
+        self.one_sequence = generator.one_sequence and prompt_length + rows * max_new_tokens <= generator.context_length
+        if self.one_sequence:
+            self.length = prompt_length  # the cache's used length: the prompt, then every token decoded so far
+            self.bias = np.full((rows, prompt_length + rows * max_new_tokens), -np.inf, dtype=np.float32)
+            self.bias[:, :prompt_length] = 0.0  # row i sees the prompt, then its own tokens (set as they come)
+            self.buffers = generator.grown(cache, 1, self.bias.shape[1])
+        else:
+            self.buffers = generator.grown(cache, rows, prompt_length + max_new_tokens)
+        self.cache = {name: ort.OrtValue.ortvalue_from_numpy(buffer) for name, buffer in self.buffers.items()}
+        # in-place graphs: the cache stays bound from step to step, and every step writes its logits into one buffer
+        self.binding = generator.bind_cache(self.cache) if generator.in_place else None
+        shape = (1, rows, generator.vocab) if self.one_sequence else (rows, 1, generator.vocab)
+        self.logits = np.empty(shape, dtype=generator.logits_dtype) if generator.in_place and generator.vocab and generator.logits_dtype else None
+
+    def keep(self, positions: list[int]) -> None:
+        """Only the running rows at `positions` (ascending) run on."""
+        self.rows = [self.rows[p] for p in positions]
+        if not self.one_sequence:
+            self.cache = self.generator.drop_rows(self.cache, self.buffers, positions)
+            self.binding = self.generator.bind_cache(self.cache) if self.generator.in_place else None
+
+    def step(self, tokens: np.ndarray) -> np.ndarray:
+        """Append each running row's next token (`tokens`, in `rows` order); their next-token logits (rows, vocab)."""
+        k, tokens = len(self.rows), tokens.astype(np.int64)
+        if self.one_sequence:
+            self.bias[self.rows, self.length + np.arange(k)] = 0.0  # each row's new token, seen by its row alone
+            bias = np.ascontiguousarray(self.bias[self.rows, : self.length + k])[None, None]
+            out = self.logits[:, :k] if self.logits is not None else None
+            positions = np.full((1, k), self.position, dtype=np.int64)
+            logits, self.cache = self.generator.forward(tokens[None], self.length, self.cache, self.binding, out, positions, bias)
+            logits = logits[0, -k:]
+            self.length += k
+        else:
+            out = self.logits[:k] if self.logits is not None else None
+            logits, self.cache = self.generator.forward(tokens[:, None], self.position, self.cache, self.binding, out)
+            logits = logits[:, -1]
+        self.position += 1
+        return logits

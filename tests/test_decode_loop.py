@@ -1,5 +1,6 @@
-"""The decode loop's fast path (the cache bound once, the logits written into one buffer and the EOS ban
-applied in place) gives the tokens of the plain loop: a fresh binding and a fresh logits array every step."""
+"""The decode loop's fast path (the candidates as one sequence on the prompt's cache, bound once, the logits written
+into one buffer and the EOS ban applied in place) gives the tokens of the plain loop: one batch row per candidate, a
+fresh binding and a fresh logits array every step."""
 
 from __future__ import annotations
 
@@ -21,10 +22,11 @@ def generator(request):
 
 
 def plain_loop(generator, prompt: list[int], options: GenerationOptions, seed: int) -> list[tuple[int, ...]]:
-    """The decode as it ran before: every step binds the whole cache again and returns new logits; the ban copies them."""
+    """The decode without the fast path: one batch row per candidate, the whole cache bound again and new logits
+    returned every step; the ban copies them."""
     n, rngs = options.candidates, candidate_rngs(seed, options.candidates)
     logits, cache = generator.forward(np.array([prompt]), 0, generator.empty_cache(1))
-    cache = generator.room_for(cache, n, len(prompt) + options.max_new_tokens)
+    cache = {name: ort.OrtValue.ortvalue_from_numpy(b) for name, b in generator.grown(cache, n, len(prompt) + options.max_new_tokens).items()}
     logits = np.repeat(logits[:, -1], n, axis=0)
     tokens: list[list[int]] = [[] for _ in range(n)]
     for step in range(options.max_new_tokens):
@@ -38,7 +40,8 @@ def plain_loop(generator, prompt: list[int], options: GenerationOptions, seed: i
 
 @pytest.mark.parametrize("options", [GREEDY, SEEDED], ids=["greedy", "seeded"])
 def test_generate_gives_the_plain_loops_tokens(generator, options) -> None:
-    assert generator.in_place
+    """The candidates decoded as one sequence on the prompt's cache (Candidates) get the tokens of batch rows."""
+    assert generator.in_place and generator.one_sequence
     prompt = generator.encode_prompt(COMMENT, options).ids
     for seed in (0, 1):
         fast, _ = generator.generate(prompt, options, candidate_rngs(seed, options.candidates), reuse_prefix=False)
@@ -58,20 +61,23 @@ def test_overwrite_picks_the_same_and_changes_only_the_callers_buffer_when_asked
 
 
 def test_candidates_that_end_early_leave_the_batch_without_changing_the_others(generator, monkeypatch) -> None:
-    """In-place graphs drop a finished row by moving the later rows up inside the cache buffers; the tokens
-    and finishes are those of copying the kept rows into fresh buffers (how it was done before)."""
+    """Finished candidates stop decoding: as one sequence they just add no more tokens; as batch rows (graphs
+    without an attention bias) the later rows move up inside the cache buffers. Both give the tokens and finishes
+    of copying the kept rows into fresh buffers (how it was done before)."""
     options = GenerationOptions(candidates=5, max_new_tokens=12, min_new_tokens=0, temperature=1.3, top_k=20)
     prompt = generator.encode_prompt(COMMENT, options).ids
     full, _ = generator.generate(prompt, options, candidate_rngs(0, 5), reuse_prefix=False)
     # make two tokens the rows sampled "EOS", so rows end at different steps
     monkeypatch.setattr(generator, "eos_set", set(generator.eos_set) | {full[0].token_ids[3], full[2].token_ids[6]})
-    moved, _ = generator.generate(prompt, options, candidate_rngs(0, 5), reuse_prefix=False)
-    finishes = [g.finish_reason for g in moved]
+    runs = [generator.generate(prompt, options, candidate_rngs(0, 5), reuse_prefix=False)[0]]
+    finishes = [g.finish_reason for g in runs[0]]
     assert "eos" in finishes and "length" in finishes, finishes  # rows left mid-run, others ran on
+    monkeypatch.setattr(generator, "one_sequence", False)
+    runs.append(generator.generate(prompt, options, candidate_rngs(0, 5), reuse_prefix=False)[0])
     copied = lambda cache, buffers, keep: {n: ort.OrtValue.ortvalue_from_numpy(v.numpy()[keep]) for n, v in cache.items()}  # noqa: E731
     monkeypatch.setattr(generator, "drop_rows", copied)
-    again, _ = generator.generate(prompt, options, candidate_rngs(0, 5), reuse_prefix=False)
-    assert [(g.token_ids, g.finish_reason) for g in moved] == [(g.token_ids, g.finish_reason) for g in again]
+    runs.append(generator.generate(prompt, options, candidate_rngs(0, 5), reuse_prefix=False)[0])
+    assert len({tuple((g.token_ids, g.finish_reason) for g in run) for run in runs}) == 1
 
 
 def test_a_reply_on_the_last_replys_spare_buffers_gives_the_tokens_of_fresh_ones(generator) -> None:

@@ -1,4 +1,5 @@
-"""The generator graph a bundle ships computes the last position's logits only (export.quantize.prune_lm_head)."""
+"""The generator graph a bundle ships computes the last `logits_to_keep` positions' logits only (export.quantize.prune_lm_head):
+the last one in a prefill, every row's in a one-sequence decode step."""
 
 from __future__ import annotations
 
@@ -19,27 +20,31 @@ COMMENT = "has anyone tried the pasta place near campus"
 
 
 @pytest.mark.parametrize("bundle", ["gpt2_bundle", "llama_bundle", "gpt2_fp32_bundle", "llama_fp32_bundle"])
-def test_bundle_generators_return_the_last_position_only(bundle, request):
+def test_bundle_generators_return_the_kept_positions_only(bundle, request):
     graph = onnx.load(str(Path(request.getfixturevalue(bundle)) / "generator" / "model.onnx"), load_external_data=False).graph
     logits = next(o for o in graph.output if o.name == "logits")
-    assert logits.type.tensor_type.shape.dim[1].dim_value == 1
-    assert any(node.name == "/lm_head/prune/Gather" for node in graph.node)
+    assert logits.type.tensor_type.shape.dim[1].dim_param == "logits_to_keep"
+    assert "logits_to_keep" in {i.name for i in graph.input}
+    assert any(node.name == "/lm_head/prune/Slice" for node in graph.node)
 
 
 @pytest.mark.parametrize("bundle", ["gpt2_bundle", "llama_bundle"])
 def test_pruned_head_gives_the_full_heads_last_logits(bundle, request, tmp_path):
-    """The same graph with the Gather taken out again returns every position; its last one equals the pruned graph's."""
+    """The same graph with the Slice taken out again returns every position; its last one equals the pruned graph's."""
     source = Path(request.getfixturevalue(bundle))
     copy = tmp_path / "bundle"
     shutil.copytree(source, copy)
     model = onnx.load(str(copy / "generator" / "model.onnx"), load_external_data=False)
     graph = model.graph
     head = next(node for node in graph.node if "logits" in node.output)
-    gather = next(node for node in graph.node if node.name == "/lm_head/prune/Gather")
-    head.input[0] = gather.input[0]
+    cut = next(node for node in graph.node if node.name == "/lm_head/prune/Slice")
+    head.input[0] = cut.input[0]
     keep = [node for node in graph.node if not node.name.startswith("/lm_head/prune/")]
     del graph.node[:]
     graph.node.extend(keep)
+    inputs = [i for i in graph.input if i.name != "logits_to_keep"]
+    del graph.input[:]
+    graph.input.extend(inputs)
     logits = next(o for o in graph.output if o.name == "logits")
     logits.type.tensor_type.shape.dim[1].dim_param = "sequence_length"
     onnx.save(model, str(copy / "generator" / "model.onnx"))

@@ -9,6 +9,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
 
@@ -66,7 +67,7 @@ def test_in_place_cache_equals_a_grown_copy(llama_bundle):
     def steps(in_place: bool) -> list[np.ndarray]:
         generator.in_place = in_place
         logits, cache = generator.forward(np.array([prompt]), 0, generator.empty_cache(1))
-        cache, out = generator.room_for(cache, 3, len(prompt) + 6), []
+        cache, out = {name: ort.OrtValue.ortvalue_from_numpy(b) for name, b in generator.grown(cache, 3, len(prompt) + 6).items()}, []
         for step in range(6):
             logits, cache = generator.forward(tokens + step, len(prompt) + step, cache)
             out.append(logits)
