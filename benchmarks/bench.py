@@ -92,12 +92,14 @@ def copy_bandwidth_gbs(megabytes: int = 512, repeats: int = 5) -> float:
 
 def decode_floor(step_bytes: dict[str, Any], prompt_tokens: int, t: int, ns: list[int], bandwidth_gbs: float) -> dict[str, Any]:
     """The ms a decode step takes at `bandwidth_gbs` when it reads only what it must: the weights a system reports
-    (`systems.common.StepBytes`: model file less a table that is only gathered) plus each row's KV cache at its mean length over the T steps."""
-    mean_length = prompt_tokens + t / 2  # the prompt plus half the new tokens
-    per_row = step_bytes["kv_per_token"] * mean_length
-    floor = {str(n): (step_bytes["weights"] + n * per_row) / (bandwidth_gbs * 1e9) * 1e3 for n in ns}
-    return {"weights_read_bytes": step_bytes["weights"], "kv_cache_bytes_per_candidate": per_row, "kv_mean_length": mean_length,
-            "how": step_bytes["how"], "floor_ms_per_step": floor}
+    (`systems.common.StepBytes`: model file less a table that is only gathered) plus the KV cache, the prompt's
+    once (the candidates share it: llama.cpp's seq_cp cells, replyrank's one sequence) and each row's own tokens
+    at their mean count over the T steps."""
+    shared = step_bytes["kv_per_token"] * prompt_tokens
+    per_row = step_bytes["kv_per_token"] * t / 2
+    floor = {str(n): (step_bytes["weights"] + shared + n * per_row) / (bandwidth_gbs * 1e9) * 1e3 for n in ns}
+    return {"weights_read_bytes": step_bytes["weights"], "kv_cache_prompt_bytes": shared, "kv_cache_bytes_per_candidate": per_row,
+            "kv_mean_new_tokens": t / 2, "how": step_bytes["how"], "floor_ms_per_step": floor}
 
 
 # ---------------------------------------------------------------------------- the machine
@@ -387,7 +389,8 @@ def markdown(results: dict[str, Any]) -> str:
         per_n = ", ".join(f"N={n}: {ms:.2f} ms" for n, ms in item["floor_ms_per_step"].items())
         lines.append(
             f"- {name}: a decode step reads {item['weights_read_bytes'] / 1e6:.1f} MB of weights ({item['how']}) "
-            f"+ {item['kv_cache_bytes_per_candidate'] / 1e6:.2f} MB of KV cache per candidate (mean length {item['kv_mean_length']:.0f}): "
+            f"+ {item['kv_cache_prompt_bytes'] / 1e6:.2f} MB of the prompt's KV cache (read once: the candidates share it) "
+            f"+ {item['kv_cache_bytes_per_candidate'] / 1e6:.2f} MB per candidate ({item['kv_mean_new_tokens']:.0f} new tokens on average): "
             f"floor {per_n}."
         )
         measured = results["systems"].get(name, {}).get("steps", {}).get("decode_ms_per_step", {})

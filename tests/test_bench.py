@@ -14,11 +14,11 @@ from bench import decode_floor  # noqa: E402
 from systems.common import KernelClock, StepBytes, onnx_step_bytes  # noqa: E402
 
 
-def test_floor_is_weights_plus_each_rows_cache_at_its_mean_length_over_bandwidth():
+def test_floor_is_weights_plus_the_prompts_cache_once_and_each_rows_new_tokens_over_bandwidth():
     floor = decode_floor({"weights": 100_000_000, "kv_per_token": 1_000, "how": "x"}, prompt_tokens=90, t=20, ns=[1, 8], bandwidth_gbs=10.0)
-    assert floor["kv_mean_length"] == 100  # 90 + 20 / 2
-    assert floor["floor_ms_per_step"]["1"] == pytest.approx((100e6 + 100e3) / 10e9 * 1e3)
-    assert floor["floor_ms_per_step"]["8"] == pytest.approx((100e6 + 8 * 100e3) / 10e9 * 1e3)
+    assert floor["kv_cache_prompt_bytes"] == 90_000 and floor["kv_cache_bytes_per_candidate"] == 10_000  # 20 / 2 tokens
+    assert floor["floor_ms_per_step"]["1"] == pytest.approx((100e6 + 90e3 + 10e3) / 10e9 * 1e3)
+    assert floor["floor_ms_per_step"]["8"] == pytest.approx((100e6 + 90e3 + 8 * 10e3) / 10e9 * 1e3)
 
 
 def test_onnx_step_bytes_leave_out_the_gathered_embedding(llama_bundle):

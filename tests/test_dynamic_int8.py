@@ -36,7 +36,10 @@ def fp32_llama(models, tmp_path_factory) -> tuple[Path, object]:
 
 def _logits(model: onnx.ModelProto, ids: list[int]) -> np.ndarray:
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    feed = {"input_ids": np.array([ids], dtype=np.int64), "attention_mask": np.ones((1, len(ids)), dtype=np.int64)}
+    feed = {
+        "input_ids": np.array([ids], dtype=np.int64), "attention_mask": np.ones((1, len(ids)), dtype=np.int64),
+        "position_ids": np.arange(len(ids), dtype=np.int64)[None], "attention_bias": np.zeros((1, 1, len(ids), len(ids)), dtype=np.float32),
+    }
     for arg in session.get_inputs():
         if arg.name.startswith("past_key_values."):
             feed[arg.name] = np.zeros((1, arg.shape[1], 0, arg.shape[3]), dtype=np.float32)
