@@ -141,7 +141,9 @@ def decode_as_one_sequence(path: Path) -> bool:
 
 def prune_lm_head(path: Path) -> bool:
     """Make the LM head compute the last `logits_to_keep` positions' logits only (a graph input, (1,) int64; `logits`
-    becomes (batch, logits_to_keep, vocab)); False where the graph has no such head.
+    becomes (batch, logits_to_keep, vocab)), and return each one's `top_k` largest logits and their ids too (input
+    `top_k`, outputs `top_logits` and `top_ids`, most likely first, equal logits in id order: ONNX TopK's order, which
+    is `replyrank.generate.top_k`'s); False where the graph has no such head.
 
     A prefill needs only the next token's logits (1), yet the exported head multiplies every prompt
     position by the vocabulary (SmolLM2: 49,152 x 576 per token) and returns them all; a decode step
@@ -149,6 +151,10 @@ def prune_lm_head(path: Path) -> bool:
     onnxruntime-genai's builder prunes the head, a Slice of the hidden states goes between the final
     norm and the head (transformers' `logits_to_keep` is the same idea). Only the graph file changes:
     its weights stay where they are.
+
+    The top logits spare the sampling loop a search of the whole vocabulary on logits the CPU's caches no
+    longer hold: ONNX Runtime's TopK of 8 rows of 49,152 took 0.16 ms a call, `generate.top_k` 0.26 ms on
+    warm logits and about 0.5 ms in the decode loop (2 threads, this Xeon).
     """
     model = onnx.load(str(path), load_external_data=False)
     graph = model.graph
@@ -164,9 +170,14 @@ def prune_lm_head(path: Path) -> bool:
     at = list(graph.node).index(head)
     graph.node.insert(at, last)
     graph.node.insert(at, negate)
-    length = next(output for output in graph.output if output.name == "logits").type.tensor_type.shape.dim[1]
-    length.ClearField("dim_value")
-    length.dim_param = "logits_to_keep"
+    logits = next(output for output in graph.output if output.name == "logits").type.tensor_type
+    logits.shape.dim[1].ClearField("dim_value")
+    logits.shape.dim[1].dim_param = "logits_to_keep"
+    graph.input.append(helper.make_tensor_value_info("top_k", onnx.TensorProto.INT64, [1]))
+    graph.node.append(helper.make_node("TopK", ["logits", "top_k"], ["top_logits", "top_ids"], name="/lm_head/TopK", axis=-1))
+    shape = [logits.shape.dim[0].dim_param or logits.shape.dim[0].dim_value, "logits_to_keep", "top_k"]
+    graph.output.extend([helper.make_tensor_value_info("top_logits", logits.elem_type, shape),
+                         helper.make_tensor_value_info("top_ids", onnx.TensorProto.INT64, shape)])
     onnx.save(model, str(path))
     return True
 

@@ -417,7 +417,8 @@ def _scorer_spec(entry: Mapping[str, Any], name: str) -> ScorerSpec:
 
 # The default bundle's recipe: raised whenever what `replyrank build-default` builds changes (its adapter, block, heads),
 # written into the bundle's `training` by the build, so a bundle cached by an earlier version can be told apart.
-# 5: 4's generator graph with an attention bias, so the candidates decode as one sequence (generate.Candidates, latest);
+# 5: 4's generator graph with an attention bias, so the candidates decode as one sequence (generate.Candidates), and a
+#    head that returns each position's top_k logits for the sampling (export.quantize.prune_lm_head; latest);
 # 4: round 6 with the smoothed dynamic-int8 layout and the fp32 prefix cache (export.quantize, 2026-12-03);
 # 3: round 6 of the DPO-replay run (2026-12-03, later); 2: its round 4, both at MatMulNBits block 32; 1 (or none): earlier builds;
 # "custom": built with another adapter or block (`build-default --adapter/--untuned`), which is the user's choice.

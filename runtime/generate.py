@@ -211,11 +211,14 @@ def top_k(logits: np.ndarray, k: int) -> np.ndarray:
 
 def sample_next(
     logits: np.ndarray, history: list[list[int]], options: GenerationOptions, rngs: list[np.random.Generator], ban: np.ndarray | None,
-    overwrite: bool = False,
+    overwrite: bool = False, top: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
     """Pick one token per row of `logits` (rows, vocab); row i draws only from `rngs[i]`.
 
     `overwrite=True`: the logits are a float32 buffer the caller no longer needs, changed in place (no copy).
+    `top`: these rows' largest logits and their ids as the graph found them ((rows, K) each, most likely first,
+    equal logits in id order), which the draw takes instead of searching `logits` wherever they hold its top-k:
+    no repetition penalty, and at least top_k of them left after the ban. The same tokens either way.
     """
     # a copy only where the logits are changed below and they are not ours to change
     changed = ban is not None or options.repetition_penalty != 1.0
@@ -232,7 +235,16 @@ def sample_next(
     # greedy: the most likely token, and no random draw at all
     if options.temperature == 0:
         return logits.argmax(axis=-1)
-    token_ids, probs = sampling_distribution(logits, options)
+    banned = 0 if ban is None else len(ban)
+    if top is not None and options.repetition_penalty == 1.0 and 0 < options.top_k <= top[1].shape[-1] - banned:
+        # top-k from the graph's candidates: the banned ones out, then the k most likely of the rest, in order
+        values, ids = top
+        if ban is not None:
+            values = np.where((ids[..., None] == ban).any(axis=-1), -np.inf, values)  # a ban is an id or two: np.isin costs 20x
+        order = np.argsort(-values, axis=-1, kind="stable")[:, : options.top_k]
+        token_ids, probs = np.take_along_axis(ids, order, axis=-1), draw_weights(np.take_along_axis(values, order, axis=-1), options)
+    else:
+        token_ids, probs = sampling_distribution(logits, options)
     # sample: one uniform draw per row from that row's own generator, inverted through the CDF
     draws = np.array([rng.random() for rng in rngs])
     cdf = np.cumsum(probs, axis=-1)
@@ -248,14 +260,18 @@ def sampling_distribution(logits: np.ndarray, options: GenerationOptions) -> tup
     # top-k: keep the k most likely tokens of each row, most likely first (all tokens when k is 0)
     k = options.top_k if 0 < options.top_k < logits.shape[-1] else logits.shape[-1]
     token_ids = top_k(logits, k)
-    kept = np.take_along_axis(logits, token_ids, axis=-1)
+    return token_ids, draw_weights(np.take_along_axis(logits, token_ids, axis=-1), options)
+
+
+def draw_weights(kept: np.ndarray, options: GenerationOptions) -> np.ndarray:
+    """The weights a draw gives each row's kept logits (rows, k; most likely first) under `options`' temperature and top-p."""
     # temperature, then softmax in float64: sharpen (< 1) or flatten (> 1) the distribution
     probs = np.exp((kept - kept[:, :1]) / options.temperature, dtype=np.float64)
     probs /= probs.sum(axis=-1, keepdims=True)
     # top-p: keep the smallest prefix of tokens whose probability reaches p (the top token always stays)
     if options.top_p < 1.0:
         probs[np.cumsum(probs, axis=-1) - probs >= options.top_p] = 0.0
-    return token_ids, probs
+    return probs
 
 
 class Generator:
@@ -301,6 +317,8 @@ class Generator:
         self.last_logits_only = logits_info.shape[1] == 1 or "logits_to_keep" in self.input_names
         # graphs whose attention takes a bias decode the candidates as one sequence on the prompt's cache (see Candidates)
         self.one_sequence = "attention_bias" in self.input_names
+        # graphs that also return each position's top_k logits, for the draw (export.quantize.prune_lm_head)
+        self.top_candidates = "top_k" in self.input_names
         # where both are known, a decode step writes its logits straight into a buffer of ours (no output list to fetch)
         self.vocab = vocab if isinstance(vocab, int) else None
         self.logits_dtype = _ONNX_FLOAT.get(logits_info.type)
@@ -360,7 +378,7 @@ class Generator:
     def forward(
         self, input_ids: np.ndarray, past_length: int, cache: dict[str, ort.OrtValue],
         binding: ort.IOBinding | None = None, out: np.ndarray | None = None,
-        positions: np.ndarray | None = None, bias: np.ndarray | None = None,
+        positions: np.ndarray | None = None, bias: np.ndarray | None = None, top: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> tuple[np.ndarray, dict[str, ort.OrtValue]]:
         """One forward pass: logits (batch, length, vocab), or (batch, 1, vocab) from a graph whose head is pruned
         (`last_logits_only`), and the new cache, kept as OrtValues between steps.
@@ -371,7 +389,8 @@ class Generator:
         in-place step, (batch, 1, vocab) of `logits_dtype`, returned instead of a new array.
         `positions`: the tokens' positions (batch, length), `past_length` onwards by default. `bias`: the
         attention bias (batch, 1, length, past_length + length) of a one-sequence decode step (`Candidates`),
-        which returns every position's logits; without it, attention is causal alone.
+        which returns every position's logits; without it, attention is causal alone. `top`: buffers of ours,
+        (batch, kept, K) float and int64, for an in-place step's K largest logits and their ids (`top_candidates` graphs).
         """
         batch, length = input_ids.shape
         in_place = self.in_place and cache[self.past_names[0]].shape()[2] >= past_length + length
@@ -389,11 +408,16 @@ class Generator:
             binding.bind_cpu_input("attention_bias", bias if bias is not None else np.zeros((batch, 1, length, past_length + length), np.float32))
         if "logits_to_keep" in self.input_names:
             binding.bind_cpu_input("logits_to_keep", np.array([kept], dtype=np.int64))
+        if "top_k" in self.input_names:
+            binding.bind_cpu_input("top_k", np.array([top[1].shape[-1] if top is not None else 1], dtype=np.int64))
         logits = None
         if in_place and self.vocab is not None and self.logits_dtype is not None:
             shape = (batch, kept, self.vocab)
             logits = out if out is not None and out.shape == shape else np.empty(shape, dtype=self.logits_dtype)
             binding.bind_output("logits", "cpu", element_type=self.logits_dtype, shape=list(logits.shape), buffer_ptr=logits.ctypes.data)
+            if top is not None:
+                for name, buffer in zip(("top_logits", "top_ids"), top):
+                    binding.bind_output(name, "cpu", element_type=buffer.dtype.type, shape=list(buffer.shape), buffer_ptr=buffer.ctypes.data)
         else:
             binding.bind_output("logits", "cpu")
         if not in_place:
@@ -500,7 +524,9 @@ class Generator:
         logits, cache = self.forward(np.array([prompt_ids[cached:]], dtype=np.int64), cached, past)
         prefill_s = time.perf_counter() - start
         # share it: every candidate starts from the same prompt cache and next-token logits
-        candidates = Candidates(self, len(prompt_ids), cache, len(rngs), options.max_new_tokens)
+        # the graph's top candidates hold a draw's top-k where no repetition penalty reorders the logits (see sample_next)
+        top = options.top_k + len(self.eos_ids) if options.top_k and options.repetition_penalty == 1.0 else 0
+        candidates = Candidates(self, len(prompt_ids), cache, len(rngs), options.max_new_tokens, top)
         try:
             generations = self.decode(prompt_ids, options, rngs, logits[:, -1], candidates)
         finally:
@@ -525,7 +551,7 @@ class Generator:
             rows = candidates.rows
             ban = self.eos_ids if step < options.min_new_tokens else None
             history = [prompt_ids + tokens[row] for row in rows] if options.repetition_penalty != 1.0 else []
-            picks = sample_next(logits, history, options, [rngs[row] for row in rows], ban, overwrite=True)  # the logits are ours
+            picks = sample_next(logits, history, options, [rngs[row] for row in rows], ban, True, candidates.top)  # the logits are ours
             # append it, and mark candidates that hit EOS or a stop string
             done = []
             for position, (row, token) in enumerate(zip(rows, picks.tolist())):
@@ -569,7 +595,10 @@ class Candidates:
     the one sequence would outgrow the model's context.
     """
 
-    def __init__(self, generator: Generator, prompt_length: int, cache: dict[str, ort.OrtValue], rows: int, max_new_tokens: int):
+    def __init__(
+        self, generator: Generator, prompt_length: int, cache: dict[str, ort.OrtValue], rows: int, max_new_tokens: int, top: int = 0,
+    ):
+        """`top`: how many of each row's largest logits a step also returns (`top_candidates` graphs, in place; 0: none)."""
         self.generator = generator
         self.rows = list(range(rows))  # the candidates still running, in step order
         self.position = prompt_length  # the position of every running row's next token
@@ -587,6 +616,9 @@ class Candidates:
         self.binding = generator.bind_cache(self.cache) if generator.in_place else None
         shape = (1, rows, generator.vocab) if self.one_sequence else (rows, 1, generator.vocab)
         self.logits = np.empty(shape, dtype=generator.logits_dtype) if generator.in_place and generator.vocab and generator.logits_dtype else None
+        top = min(top, generator.vocab or 0) if generator.top_candidates and self.logits is not None else 0
+        self.top_buffers = (np.empty((*shape[:2], top), dtype=self.logits.dtype), np.empty((*shape[:2], top), dtype=np.int64)) if top else None
+        self.top: tuple[np.ndarray, np.ndarray] | None = None  # the last step's, (rows, top) each
 
     def keep(self, positions: list[int]) -> None:
         """Only the running rows at `positions` (ascending) run on."""
@@ -602,13 +634,17 @@ class Candidates:
             self.bias[self.rows, self.length + np.arange(k)] = 0.0  # each row's new token, seen by its row alone
             bias = np.ascontiguousarray(self.bias[self.rows, : self.length + k])[None, None]
             out = self.logits[:, :k] if self.logits is not None else None
+            top = tuple(buffer[:, :k] for buffer in self.top_buffers) if self.top_buffers else None
             positions = np.full((1, k), self.position, dtype=np.int64)
-            logits, self.cache = self.generator.forward(tokens[None], self.length, self.cache, self.binding, out, positions, bias)
+            logits, self.cache = self.generator.forward(tokens[None], self.length, self.cache, self.binding, out, positions, bias, top)
             logits = logits[0, -k:]
+            self.top = tuple(buffer[0] for buffer in top) if top else None
             self.length += k
         else:
             out = self.logits[:k] if self.logits is not None else None
-            logits, self.cache = self.generator.forward(tokens[:, None], self.position, self.cache, self.binding, out)
+            top = tuple(buffer[:k] for buffer in self.top_buffers) if self.top_buffers else None
+            logits, self.cache = self.generator.forward(tokens[:, None], self.position, self.cache, self.binding, out, top=top)
             logits = logits[:, -1]
+            self.top = tuple(buffer[:, -1] for buffer in top) if top else None
         self.position += 1
         return logits

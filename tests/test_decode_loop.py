@@ -95,3 +95,15 @@ def test_a_reply_on_the_last_replys_spare_buffers_gives_the_tokens_of_fresh_ones
     assert all(a is b for a, b in zip(generator.spare.values(), spare.values()))  # the same buffers, kept again
     generator.keep_spare({name: np.zeros(SPARE_BYTES // len(spare) + 1, np.uint8) for name in spare})
     assert all(a is b for a, b in zip(generator.spare.values(), spare.values()))  # too large: not kept
+
+
+@pytest.mark.parametrize("options", [SEEDED, GenerationOptions(candidates=4, max_new_tokens=12, min_new_tokens=3, temperature=0.8, top_k=10, top_p=0.9)])
+def test_the_graphs_top_logits_give_the_tokens_of_searching_the_whole_vocabulary(generator, options, monkeypatch) -> None:
+    """A decode step's top_k logits from the graph (export.quantize.prune_lm_head) stand in for the sampling's own
+    search of the vocabulary; the tokens and finishes are the same."""
+    assert generator.top_candidates
+    prompt = generator.encode_prompt(COMMENT, options).ids
+    runs = [generator.generate(prompt, options, candidate_rngs(seed, options.candidates))[0] for seed in (0, 1)]
+    monkeypatch.setattr(generator, "top_candidates", False)
+    searched = [generator.generate(prompt, options, candidate_rngs(seed, options.candidates))[0] for seed in (0, 1)]
+    assert [[(g.token_ids, g.finish_reason) for g in run] for run in runs] == [[(g.token_ids, g.finish_reason) for g in run] for run in searched]

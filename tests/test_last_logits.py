@@ -26,6 +26,7 @@ def test_bundle_generators_return_the_kept_positions_only(bundle, request):
     assert logits.type.tensor_type.shape.dim[1].dim_param == "logits_to_keep"
     assert "logits_to_keep" in {i.name for i in graph.input}
     assert any(node.name == "/lm_head/prune/Slice" for node in graph.node)
+    assert "top_k" in {i.name for i in graph.input} and {"top_logits", "top_ids"} <= {o.name for o in graph.output}
 
 
 @pytest.mark.parametrize("bundle", ["gpt2_bundle", "llama_bundle"])
@@ -39,12 +40,15 @@ def test_pruned_head_gives_the_full_heads_last_logits(bundle, request, tmp_path)
     head = next(node for node in graph.node if "logits" in node.output)
     cut = next(node for node in graph.node if node.name == "/lm_head/prune/Slice")
     head.input[0] = cut.input[0]
-    keep = [node for node in graph.node if not node.name.startswith("/lm_head/prune/")]
+    keep = [node for node in graph.node if not node.name.startswith("/lm_head/prune/") and node.op_type != "TopK"]
     del graph.node[:]
     graph.node.extend(keep)
-    inputs = [i for i in graph.input if i.name != "logits_to_keep"]
+    inputs = [i for i in graph.input if i.name not in ("logits_to_keep", "top_k")]
     del graph.input[:]
     graph.input.extend(inputs)
+    outputs = [o for o in graph.output if o.name not in ("top_logits", "top_ids")]
+    del graph.output[:]
+    graph.output.extend(outputs)
     logits = next(o for o in graph.output if o.name == "logits")
     logits.type.tensor_type.shape.dim[1].dim_param = "sequence_length"
     onnx.save(model, str(copy / "generator" / "model.onnx"))

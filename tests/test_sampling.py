@@ -109,3 +109,24 @@ def test_top_k_from_group_maxima_equals_a_full_stable_sort_ties_and_bans_include
     for k in (1, 2, 40, vocab):
         expected = np.argsort(-logits, axis=-1, kind="stable")[:, :k]
         assert np.array_equal(top_k(logits, k), expected), k
+
+
+@pytest.mark.parametrize("ban", [None, [3], [3, 7]])
+@pytest.mark.parametrize("options", [GenerationOptions(top_k=40), GenerationOptions(top_k=5, top_p=0.8, temperature=1.3), GenerationOptions(top_k=1)])
+def test_the_graphs_top_candidates_give_the_tokens_of_the_whole_logits(options, ban):
+    """`top`: each row's largest logits and their ids in ONNX TopK's order (ties in id order), as a graph's head
+    returns them (export.quantize.prune_lm_head), with room for the ban; the picks are those of searching the logits."""
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(len(SEEDS), 600)).astype(np.float32).round(1)  # rounded: many equal logits
+    logits[:, 3] = 9.0  # the banned tokens would win every row
+    logits[:, 7] = 8.0
+    ids = np.argsort(-logits, axis=-1, kind="stable")[:, : options.top_k + 2]
+    top = (np.take_along_axis(logits, ids, axis=-1), ids)
+    banned = None if ban is None else np.array(ban)
+    whole = sample_next(logits, [], options, candidate_rngs(1, len(SEEDS)), banned)
+    assert np.array_equal(sample_next(logits, [], options, candidate_rngs(1, len(SEEDS)), banned, top=top), whole)
+    if ban:
+        assert not np.isin(whole, ban).any()
+    # too few candidates left after the ban, or a penalty that reorders the logits: the whole logits are searched
+    short = (top[0][:, : options.top_k], top[1][:, : options.top_k])
+    assert np.array_equal(sample_next(logits, [], options, candidate_rngs(1, len(SEEDS)), banned, top=short), whole)
