@@ -257,12 +257,16 @@ def test_dpo_rounds_train_on_real_replies_preferred_over_the_least_human_candida
     tune = [tuple(p) for p in json.loads((work / "round-1" / adversarial.SAMPLES).read_text())["tune"]]
     options = AdversarialOptions(discriminator=replace(AdversarialOptions().discriminator, device="cpu"))
     logit = sum(np.log(q / (1 - q)) for q in (adversarial._judge_of(work / f"round-{j}", options).raw(tune) for j in (0, 1))) / 2
-    own, worst = {p[0]: p[1].strip() for p in history["preferences"]}, {}
+    own, rivals = {p[0]: p[1].strip() for p in history["preferences"]}, {}
     for i, (comment, reply) in enumerate(tune):
         if comment in own and reply.strip() and reply.strip() != own[comment]:
-            if comment not in worst or logit[i] < logit[worst[comment]]:
-                worst[comment] = i
-    assert sorted(p[2] for p in history["preferences"]) == sorted(tune[worst[p[0]]][1] for p in history["preferences"])
+            rivals.setdefault(comment, []).append(i)
+    assert sorted(own) == sorted(rivals)
+    # each rejected reply is its comment's lowest under that mean logit, to within float noise: the run scored with the
+    # judges it held in memory, this test with the ones it saved, and tiny models' candidates come close to ties
+    for comment, _, rejected in history["preferences"]:
+        lowest = min(logit[i] for i in rivals[comment])
+        assert min(logit[i] for i in rivals[comment] if tune[i][1] == rejected) <= lowest + 1e-4
 
 
 @pytest.mark.skipif(not DUMPS[0].exists(), reason="../shared/data/reddit is not there")
