@@ -3,7 +3,8 @@
 One code path serves every graph that optimum's `text-generation-with-past` export (or a graph
 with the same interface) produces, GPT-2 and Llama-family alike: the feed is built from the
 inputs the graph declares (`input_ids`, `attention_mask`, `position_ids`,
-`past_key_values.{i}.key/value`), and `present.{i}.*` outputs become the next step's past.
+`past_key_values.{i}.key/value`, and the bundles' `attention_bias`, `logits_to_keep` and `top_k`),
+and `present.{i}.*` outputs become the next step's past.
 
 The comment's prompt is prefilled once, with batch 1; the N candidates then decode together, one
 token each a step (`Candidates`). Where the graph's attention takes a bias (the bundles' fused
@@ -58,7 +59,7 @@ TOP_K_GROUPS = 256  # see top_k: a top-k of up to this many tokens is taken from
 # token's cache costs 46 KB, so 256 comment tokens and 32 candidates x 256 new tokens hold about
 # 0.4 GB (0.8 GB where each candidate holds its own copy of the prompt's: graphs without an
 # attention bias), and decoding them takes tens of seconds on two cores.
-MAX_CANDIDATES = 32  # candidate replies one call writes (they decode as one batch)
+MAX_CANDIDATES = 32  # candidate replies one call writes (they decode together)
 MAX_NEW_TOKENS = 256  # tokens one candidate may add
 MAX_STOP_STRINGS = 8  # each is searched for after every token of every candidate
 MAX_COMMENT_CHARS = 40_000  # Reddit's longest post body; `Bot.reply` cuts a longer comment, the server refuses it
