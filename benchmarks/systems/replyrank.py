@@ -60,6 +60,10 @@ def load(name: str, args: dict[str, Any]) -> System:
     layout = bot.bundle.validation.get("generator_layout") or {}
     kernels = f" ({layout['dynamic_int8']} MatMuls dynamic int8, {layout['matmul_nbits']} MatMulNBits)" if layout.get("dynamic_int8") else ""
     notes = [f"graph: {bot.bundle.generator.graph}", f"quantization: {bot.bundle.quantization}{kernels}"]
+    if bot.generator.one_sequence:
+        notes.append("decode: the N candidates as one sequence on the prompt's single cache (attention bias)")
+    if bot.generator.top_candidates:
+        notes.append("sampling: from the graph's top-k logits (TopK in the graph)")
     if bot.bundle.shared_scorer:
         notes.append("scorers: one graph with two heads, run once per job")
     if prompt_ids != args["prompt_ids"]:
@@ -69,7 +73,7 @@ def load(name: str, args: dict[str, Any]) -> System:
         lambda texts: bot.scorers(comment, texts, [DISCRIMINATOR]),
         lambda texts: bot.scorers(comment, texts, [UPVOTES]),
         job=job,
-        notes=notes + ["job = Bot.reply (tokenize, prefill once at batch 1, decode N rows, score, select)",
+        notes=notes + ["job = Bot.reply (tokenize, prefill once at batch 1, decode the N candidates together, score, select)",
                        "kernel time: the generator's and the scorers' session runs"],
         kernel=clock,
         step_bytes=onnx_step_bytes(bot.bundle.folder(bot.bundle.generator)),
