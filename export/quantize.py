@@ -117,8 +117,8 @@ def decode_as_one_sequence(path: Path) -> bool:
     The prompt's cache is then held and read once for all candidates, instead of once per candidate: each
     candidate's new token attends to the prompt and to its own earlier tokens, the bias hiding the others', and
     the rotary embedding takes the position from `position_ids`. llama.cpp's batched decoding shares the prompt's
-    cells the same way (`llama_memory_seq_cp`). Measured on the default bundle's generator, 2 threads, one decode
-    step of 8 candidates: 16.4 -> 14.5 ms after a 94-token prompt, 20.2 -> 17.0 ms after 300 tokens; 16 candidates
+    cells the same way (`llama_memory_seq_cp`). Measured by a scratch script on the default bundle's generator,
+    2 threads, one decode step of 8 candidates: 16.4 -> 14.5 ms after a 94-token prompt, 20.2 -> 17.0 ms after 300 tokens; 16 candidates
     after 300 tokens: 35.7 -> 24.7 ms. Only the graph file changes.
     """
     model = onnx.load(str(path), load_external_data=False)

@@ -633,7 +633,7 @@ class Candidates:
         k, tokens = len(self.rows), tokens.astype(np.int64)
         if self.one_sequence:
             self.bias[self.rows, self.length + np.arange(k)] = 0.0  # each row's new token, seen by its row alone
-            bias = np.ascontiguousarray(self.bias[self.rows, : self.length + k])[None, None]
+            bias = self.bias[self.rows, : self.length + k][None, None]  # a row-indexed copy: contiguous
             out = self.logits[:, :k] if self.logits is not None else None
             top = tuple(buffer[:, :k] for buffer in self.top_buffers) if self.top_buffers else None
             positions = np.full((1, k), self.position, dtype=np.int64)

@@ -103,7 +103,11 @@ def test_the_graphs_top_logits_give_the_tokens_of_searching_the_whole_vocabulary
     search of the vocabulary; the tokens and finishes are the same."""
     assert generator.top_candidates
     prompt = generator.encode_prompt(COMMENT, options).ids
+    searches = []  # which steps searched the whole vocabulary
+    monkeypatch.setattr(replyrank.generate, "top_k", lambda logits, k, search=replyrank.generate.top_k: searches.append(k) or search(logits, k))
     runs = [generator.generate(prompt, options, candidate_rngs(seed, options.candidates))[0] for seed in (0, 1)]
+    assert len(searches) == 2  # the first step of each (the prefill's logits) alone
     monkeypatch.setattr(generator, "top_candidates", False)
     searched = [generator.generate(prompt, options, candidate_rngs(seed, options.candidates))[0] for seed in (0, 1)]
+    assert len(searches) > 2 + 2
     assert [[(g.token_ids, g.finish_reason) for g in run] for run in runs] == [[(g.token_ids, g.finish_reason) for g in run] for run in searched]

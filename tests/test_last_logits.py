@@ -12,7 +12,7 @@ import onnx
 import pytest
 
 import replyrank
-from replyrank.export.quantize import prune_lm_head
+from replyrank.export.quantize import decode_as_one_sequence, prune_lm_head
 from replyrank.export.validate import candidate_logits
 from replyrank.generate import GenerationOptions, Generator
 
@@ -67,7 +67,9 @@ def test_pruned_head_gives_the_full_heads_last_logits(bundle, request, tmp_path)
     np.testing.assert_allclose(forced[0], b[0, start - 1 : -1], atol=1e-3)
 
 
-def test_prune_leaves_a_graph_without_such_a_head_alone(tmp_path):
+@pytest.mark.parametrize("rewrite", [prune_lm_head, decode_as_one_sequence])
+def test_the_graph_passes_leave_a_graph_without_their_node_alone(rewrite, tmp_path):
+    """No MatMul head (prune_lm_head), no GroupQueryAttention (decode_as_one_sequence): False, and the file as it was."""
     from onnx import TensorProto, helper
 
     graph = helper.make_graph([helper.make_node("Relu", ["x"], ["logits"])], "g",
@@ -75,4 +77,5 @@ def test_prune_leaves_a_graph_without_such_a_head_alone(tmp_path):
                               [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, "s", 4])])
     path = tmp_path / "model.onnx"
     onnx.save(helper.make_model(graph), str(path))
-    assert prune_lm_head(path) is False
+    before = path.read_bytes()
+    assert rewrite(path) is False and path.read_bytes() == before

@@ -8,10 +8,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper
 
 import replyrank
-from replyrank.export.quantize import decode_as_one_sequence
 from replyrank.generate import Candidates, GenerationOptions
 
 COMMENT = "has anyone tried the pasta place near campus"
@@ -65,13 +63,3 @@ def test_bundle_graphs_give_every_attention_the_bias(bundle, request):
     assert attention and all(node.input[10] == "attention_bias" for node in attention)
     rotary = [node for node in attention if any(a.name == "do_rotary" and a.i for a in node.attribute)]
     assert all(node.input[9] == "position_ids" for node in rotary)
-
-
-def test_a_graph_without_group_query_attention_is_left_alone(tmp_path):
-    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["logits"])], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "s", 4])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, "s", 4])])
-    path = tmp_path / "model.onnx"
-    onnx.save(helper.make_model(graph), str(path))
-    before = path.read_bytes()
-    assert decode_as_one_sequence(path) is False and path.read_bytes() == before
