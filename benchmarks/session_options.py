@@ -23,8 +23,7 @@ from dataclasses import replace
 import onnxruntime as ort
 
 import replyrank
-import replyrank.generate
-import replyrank.score
+import replyrank.sessions
 from replyrank.generate import GenerationOptions
 from replyrank.sessions import create_session
 
@@ -45,11 +44,11 @@ def bot_with(bundle: str, entries: dict[str, object]) -> replyrank.Bot:
             options.add_session_config_entry(key, str(value))
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
-    replyrank.generate.create_session = replyrank.score.create_session = session
+    replyrank.sessions.create_session = session  # what open_part calls
     try:
         return replyrank.load(bundle, threads=2)
     finally:
-        replyrank.generate.create_session = replyrank.score.create_session = create_session
+        replyrank.sessions.create_session = create_session
 
 
 def main() -> None:

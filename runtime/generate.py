@@ -42,7 +42,7 @@ import numpy as np
 import onnxruntime as ort
 
 from .errors import BundleError, DeadlineExceeded, InputError
-from .sessions import create_session, load_tokenizer
+from .sessions import open_part
 
 if TYPE_CHECKING:  # bundle.py records GenerationOptions in its specs, so it imports this module
     from .bundle import GeneratorSpec
@@ -286,7 +286,7 @@ class Generator:
         self.eos_ids = np.array(spec.eos_token_ids, dtype=np.int64)
         self.eos_set = set(spec.eos_token_ids)  # looked up for every row of every step
         self.context_length = spec.context_length
-        self.tokenizer = load_tokenizer(model_dir / "tokenizer.json")
+        self.session, self.tokenizer = open_part(model_dir, threads)
         # The template's own markup (e.g. <|im_start|>) is parsed as special tokens, once, here;
         # after that the flag is set for good and a user's typed "<|endoftext|>" stays text.
         prefix, suffix = self.template.split("{comment}")
@@ -296,7 +296,6 @@ class Generator:
         if spec.bos_token_id is not None:
             self.prefix_ids = [spec.bos_token_id] + self.prefix_ids
 
-        self.session = create_session(model_dir / "model.onnx", threads)
         self.in_place = spec.kv_cache == "in-place"
         # the cache buffers of the last finished `generate`, for the next one (in-place graphs; see `grown`)
         self.spare: dict[str, np.ndarray] | None = None

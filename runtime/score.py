@@ -26,7 +26,7 @@ import numpy as np
 from .bundle import Bundle, ScorerSpec
 from .errors import BundleError
 from .filters import normalize_text
-from .sessions import create_session, load_tokenizer
+from .sessions import open_part
 
 
 class PairGraph:
@@ -37,13 +37,12 @@ class PairGraph:
     """
 
     def __init__(self, model_dir: Path, spec: ScorerSpec, threads: int | None = None, readers: Sequence[ScorerSpec] = ()):
-        self.tokenizer = load_tokenizer(model_dir / "tokenizer.json")
+        self.session, self.tokenizer = open_part(model_dir, threads)
         # A user's "[SEP]" or "[CLS]" is text, not markup: only the post-processor adds specials.
         self.tokenizer.encode_special_tokens = True
         self.tokenizer.enable_truncation(spec.max_length, strategy="longest_first")
         self.tokenizer.no_padding()  # each pair runs alone (the module's docstring says why)
         self.normalize = spec.text_normalization == "dialogrpt"  # the text the scorer was trained on
-        self.session = create_session(model_dir / "model.onnx", threads)
         self.input_names = {i.name for i in self.session.get_inputs()}
         outputs = {o.name: o.shape[-1] for o in self.session.get_outputs()}
         for reader in readers or [spec]:

@@ -9,6 +9,8 @@ faster-whisper's VAD session set their options the same explicit way).
 from __future__ import annotations
 
 import os
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import onnxruntime as ort
@@ -63,3 +65,23 @@ def load_tokenizer(path: Path) -> Tokenizer:
         return Tokenizer.from_file(str(path))
     except Exception as error:  # tokenizers raises a bare Exception for malformed files
         raise BundleError(f"{path} is not a readable tokenizer ({error}); re-export the bundle") from error
+
+
+# tokenizers reads a tokenizer.json holding the GIL the whole time (SmolLM2's: ~95 ms here), while ONNX Runtime
+# builds a session without it, all but the first few ms (reading the graph, then Python between two calls).
+# So `open_part` starts the tokenizer once the build is past them: opening the default bundle took 314 -> 240 ms
+# (benchmarks/startup.py); a build slower to start than this just waits for the tokenizer, as in sequence.
+TOKENIZER_DELAY_S = 0.02
+
+
+def open_part(folder: Path, threads: int | None = None) -> tuple[ort.InferenceSession, Tokenizer]:
+    """A part folder's session (`model.onnx`) and tokenizer (`tokenizer.json`), read side by side."""
+
+    def read_tokenizer() -> Tokenizer:
+        time.sleep(TOKENIZER_DELAY_S)
+        return load_tokenizer(folder / "tokenizer.json")
+
+    with ThreadPoolExecutor(1) as pool:
+        tokenizer = pool.submit(read_tokenizer)
+        session = create_session(folder / "model.onnx", threads)
+        return session, tokenizer.result()
