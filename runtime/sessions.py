@@ -67,7 +67,7 @@ def load_tokenizer(path: Path) -> Tokenizer:
         raise BundleError(f"{path} is not a readable tokenizer ({error}); re-export the bundle") from error
 
 
-# tokenizers reads a tokenizer.json holding the GIL the whole time (SmolLM2's: ~95 ms here), while ONNX Runtime
+# tokenizers reads a tokenizer.json holding the GIL the whole time (SmolLM2's: ~90 ms here), while ONNX Runtime
 # builds a session without it, all but the first few ms (reading the graph, then Python between two calls).
 # So `open_part` starts the tokenizer once the build is past them: opening the default bundle took 322 -> 231 ms
 # (benchmarks/startup.py); a build slower to start than this just waits for the tokenizer, as in sequence.
