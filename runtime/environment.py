@@ -1,11 +1,41 @@
-"""What a run ran on, for the records benchmarks, soak runs and exports keep: package versions, the CPU model and its int8 dot product."""
+"""Facts about the machine and the install, each computed in one place: usable cores, installed and
+missing packages, the CPU model and its int8 dot product; and the one atomic file writer."""
 
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
+import os
 import platform
-from collections.abc import Iterable
+import sys
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the OS tells it), at least 1."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
+def missing_package(names: Iterable[str]) -> str | None:
+    """The first of `names` that cannot be imported, or None; nothing is imported to find out."""
+    for name in names:
+        try:
+            if sys.modules.get(name, False) is None or importlib.util.find_spec(name) is None:
+                return name
+        except (ImportError, ValueError):  # a parent package missing, or a module set to None
+            return name
+    return None
+
+
+def write_atomically(path: Path, write: Callable[[Path], Any]) -> None:
+    """Write through `write(tmp)` beside `path`, then rename: readers (and a restart) see the whole file or none."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
 
 
 def package_versions(names: Iterable[str]) -> dict[str, str | None]:

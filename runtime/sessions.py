@@ -16,12 +16,13 @@ from pathlib import Path
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
+from .environment import available_cores
 from .errors import BundleError
 
 
 def default_threads() -> int:
-    """Physical-ish core count: ONNX Runtime's default, made explicit so sessions can share it."""
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    """The usable cores: ONNX Runtime's default, made explicit so sessions can share it."""
+    return available_cores()
 
 
 # How long an idle worker spins before it sleeps. A decode step is ~300 small operators, and on

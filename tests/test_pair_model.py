@@ -117,7 +117,8 @@ def test_train_upvotes_then_realism_then_export_from_the_cli(models, gpt2_bundle
     assert realism.exit_code == 0, realism.output
     assert 0 <= json.loads(realism.stdout)["realism"]["roc_auc"] <= 1
     export = runner.invoke(main, ["export", "--generator", str(models["gpt2"]), "--scorer", str(tmp_path / "scorer"),
-                                  "--out", str(tmp_path / "bundle"), "--quantize", "none"])
+                                  "--out", str(tmp_path / "bundle"), "--quantize", "none",
+                                  *[arg for f in COLLEGE for arg in ("--validation-data", str(f))]])
     assert export.exit_code == 0, export.output
     bot = replyrank.load(tmp_path / "bundle")
     assert bot.bundle.shared_scorer and bot.bundle.upvotes.pairwise_scale == report["heads"]["upvotes"]["bt_scale"]
