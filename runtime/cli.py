@@ -52,7 +52,7 @@ def _read_comment(comment: str) -> str:
 
 
 def _entry_points(group: str) -> dict[str, Any]:
-    import importlib.metadata  # ~30 ms of imports: only the build commands look their entry points up
+    import importlib.metadata  # imported late: only the build commands look their entry points up
 
     return {entry.name: entry for entry in importlib.metadata.entry_points(group=group)}
 
