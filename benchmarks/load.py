@@ -33,6 +33,8 @@ from urllib.parse import urlsplit
 import httpx
 import psutil
 
+from portable import portable
+
 COMMENTS = (
     "Any tips for surviving finals week?",
     "I just got accepted into my dream college but I can't afford it. What should I do?",
@@ -226,7 +228,7 @@ def main(argv: list[str] | None = None) -> dict:
         results = {**meta, "run": asdict(run)}
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=2) + "\n")
+        args.out.write_text(portable(json.dumps(results, indent=2)) + "\n")
     return results
 
 

