@@ -34,11 +34,10 @@ import shutil
 import sys
 import time
 from dataclasses import asdict, replace
-from importlib.metadata import version
 from pathlib import Path
 
 from replyrank.batch import RESULTS, WORK, BatchOptions, Ranker, run_batch
-from replyrank.environment import cpu_model
+from replyrank.environment import available_cores, cpu_model, package_versions
 
 
 def _sampling(bundle: str, overrides: dict) -> object:
@@ -177,8 +176,8 @@ def main(argv: list[str] | None = None) -> dict:
         "stage_rows_per_s": first["rates"]["stage_rows_per_s"],
         "select_rows_per_s": first["rates"]["select_rows_per_s"],
         "cpu": cpu_model(),
-        "cores": len(os.sched_getaffinity(0)),
-        "versions": {name: version(name) for name in ("replyrank", "ray", "pyarrow", "onnxruntime", "numpy")},
+        "cores": available_cores(),
+        "versions": package_versions(("replyrank", "ray", "pyarrow", "onnxruntime", "numpy")),
         "systems": {},
     }
     print(f"plain loop over {first['output_rows']} rows", file=sys.stderr)

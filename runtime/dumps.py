@@ -23,7 +23,7 @@ import logging
 import lzma
 import random
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -71,14 +71,36 @@ class Filters:
     bot_authors: tuple[str, ...] = ("AutoModerator",)
     drop_bot_suffix: bool = True  # author names ending in "bot", any case
 
+    def drop_reason(self, text: str, author: str) -> str | None:
+        """Why a row with this (cleaned) text and author is not usable, or None: the reasons `load_pairs` counts."""
+        if self.drop_deleted and (not text or text in _DELETED):
+            return "deleted"
+        if author in self.bot_authors or (self.drop_bot_suffix and author.lower().endswith("bot")):
+            return "bot"
+        if len(text) < self.min_chars:
+            return "min_chars"
+        if len(text) > self.max_chars:
+            return "max_chars"
+        return None
+
 
 def read_dump(path: str | Path, limit: int | None = None) -> Iterator[dict[str, Any]]:
+    """Stream the JSON objects of a dump, raising `DataError` at the first bad line; see `iter_rows`."""
+    return iter_rows(path, limit)
+
+
+def iter_rows(
+    path: str | Path, limit: int | None = None, on_bad_line: Callable[[DataError], None] | None = None
+) -> Iterator[dict[str, Any]]:
     """Stream the JSON objects of a `.zst`, `.bz2`, `.xz` or plain `.jsonl`/`.json`/`.ndjson` dump.
 
     Reads one line at a time and never holds the whole file. Blank lines are
-    skipped; `limit` stops after that many objects. Raises `DataError` naming
-    the file (and the line, where there is one) for a file that is not a dump,
-    a compressed stream cut short, and a line that is not a JSON object.
+    skipped; `limit` stops after that many objects. A line that is not a JSON
+    object raises `DataError` naming the file and the line, or, given
+    `on_bad_line`, is handed to it as that error and skipped: one bad line in a
+    month of Reddit should cost that line, not the month. A file that is not a
+    dump and a compressed stream cut short always raise `DataError` (nothing
+    after them can be read); the rows before them have been yielded.
     """
     path = Path(path)
     if not path.is_file():
@@ -99,17 +121,27 @@ def read_dump(path: str | Path, limit: int | None = None) -> Iterator[dict[str, 
             line_no += 1
             if not line.strip():
                 continue
-            try:
-                row = json.loads(line)
-            except UnicodeDecodeError:
-                raise DataError(f"{path}: line {line_no} is not UTF-8 text; is this a Pushshift dump?") from None
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}: line {line_no} is not JSON ({exc.msg}); is this a Pushshift dump?") from None
-            if not isinstance(row, dict):
-                kind = type(row).__name__
-                raise DataError(f"{path}: line {line_no} is JSON but not an object (got {kind})")
+            row = _parse_line(line, path, line_no)
+            if isinstance(row, DataError):
+                if on_bad_line is None:
+                    raise row
+                on_bad_line(row)
+                continue
             count += 1
             yield row
+
+
+def _parse_line(line: bytes, path: Path, line_no: int) -> dict[str, Any] | DataError:
+    """The line's JSON object, or the error that says why it is not one."""
+    try:
+        row = json.loads(line)
+    except UnicodeDecodeError:
+        return DataError(f"{path}: line {line_no} is not UTF-8 text; is this a Pushshift dump?")
+    except json.JSONDecodeError as exc:
+        return DataError(f"{path}: line {line_no} is not JSON ({exc.msg}); is this a Pushshift dump?")
+    if not isinstance(row, dict):
+        return DataError(f"{path}: line {line_no} is JSON but not an object (got {type(row).__name__})")
+    return row
 
 
 def _binary_lines(raw: BinaryIO, path: Path) -> Iterator[bytes]:
@@ -203,7 +235,7 @@ def load_pairs_with_stats(
         file_kind = Path(path).name[:3].upper()
         for row in read_dump(path, limit):
             counts["rows"] += 1
-            if _is_submission(row, file_kind):
+            if is_submission(row, file_kind):
                 counts["submissions"] += 1
                 _add_submission(row, filters, texts, dropped, counts)
             else:
@@ -225,7 +257,9 @@ def load_pairs_with_stats(
     return pairs, stats
 
 
-def _is_submission(row: dict[str, Any], file_kind: str) -> bool:
+def is_submission(row: dict[str, Any], file_kind: str) -> bool:
+    """Whether a dump row is a submission: it has a title; a comment has a body or a parent; else its file's
+    prefix (`RS_` or `RC_`, upper case) decides."""
     if "title" in row:
         return True
     if "body" in row or "parent_id" in row:
@@ -240,10 +274,7 @@ def _add_submission(
         counts["dropped_bad_row"] += 1
         return
     name = "t3_" + str(row["id"])
-    title = _clean(row["title"])
-    selftext = _clean(row.get("selftext") or "")
-    # A removed selftext leaves the title, which is still what repliers answered.
-    text = title if selftext in _DELETED or not selftext else f"{title}\n\n{selftext}"
+    text = submission_text(row["title"], row.get("selftext") or "")
     _keep_text(name, text, str(row.get("author") or ""), filters, texts, dropped, counts)
 
 
@@ -270,7 +301,7 @@ def _add_comment(
         counts["dropped_bad_row"] += 1
         return
     name = "t1_" + comment_id
-    text = _clean(body)
+    text = clean_text(body)
     if not _keep_text(name, text, str(row.get("author") or ""), filters, texts, dropped, counts):
         return
     replies.append(
@@ -287,8 +318,16 @@ def _add_comment(
     )
 
 
-def _clean(text: str) -> str:
+def clean_text(text: str) -> str:
+    """A dump's text as the models see it: Reddit stores it HTML-escaped (`&amp;`, `&gt;`)."""
     return html.unescape(text).strip()
+
+
+def submission_text(title: str, selftext: str) -> str:
+    """What a submission's repliers answered: its title and selftext, cleaned. A removed selftext
+    leaves the title, which is still what they answered."""
+    title, selftext = clean_text(title), clean_text(selftext)
+    return title if selftext in _DELETED or not selftext else f"{title}\n\n{selftext}"
 
 
 def _keep_text(
@@ -304,25 +343,13 @@ def _keep_text(
     if name in texts or name in dropped:
         counts["dropped_duplicate"] += 1  # the same row in two files, or twice in one
         return False
-    reason = _drop_reason(text, author, filters)
+    reason = filters.drop_reason(text, author)
     if reason is not None:
         counts["dropped_" + reason] += 1
         dropped.add(name)
         return False
     texts[name] = text
     return True
-
-
-def _drop_reason(text: str, author: str, filters: Filters) -> str | None:
-    if filters.drop_deleted and (not text or text in _DELETED):
-        return "deleted"
-    if author in filters.bot_authors or (filters.drop_bot_suffix and author.lower().endswith("bot")):
-        return "bot"
-    if len(text) < filters.min_chars:
-        return "min_chars"
-    if len(text) > filters.max_chars:
-        return "max_chars"
-    return None
 
 
 _REASON_HINTS = {
