@@ -269,43 +269,80 @@ def info(bundle: str | None, json_: bool) -> None:
 
 @main.command(name="eval")
 @click.option("--bundle", type=click.Path(), default=None, help=BUNDLE_HELP)
-@click.option("--data", multiple=True, required=True, type=click.Path(), help="Pushshift dump (RC_ and its RS_; .zst/.bz2/.xz/.jsonl); repeat.")
+@click.option("--data", multiple=True, type=click.Path(),
+              help="Pushshift dumps (RC_ and their RS_; .zst/.bz2/.xz/.jsonl): several after one --data, or --data again.")
+@click.argument("more_data", nargs=-1, type=click.Path(), metavar="[DATA]...")
 @click.option("--split", type=click.Choice(["all", "test"]), default="all", show_default=True,
               help="all: every thread (dumps the bundle never saw); test: only the test threads of the training split.")
-@click.option("--pairs", type=int, default=400, show_default=True, help="Sibling pairs per gap (at most).")
+@click.option("--pairs", type=int, default=2000, show_default=True, help="Pairs per protocol (each gap, DialogRPT's filter, SHP), at most.")
+@click.option("--relevance-sets", type=int, default=500, show_default=True,
+              help="Sets of the real reply and 9 replies to other threads (0: skip relevance).")
 @click.option("--realism-comments", type=int, default=50, show_default=True, help="Comments to write candidates for (0: skip the realism check).")
+@click.option("--resamples", type=int, default=1000, show_default=True, help="Bootstrap resamples of each 95% interval.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=int, default=None)
 @click.option("--json", "json_", is_flag=True, help="One JSON object on stdout.")
 def eval_command(
-    bundle: str | None, data: tuple[str, ...], split: str, pairs: int, realism_comments: int, seed: int, threads: int | None, json_: bool
+    bundle: str | None, data: tuple[str, ...], more_data: tuple[str, ...], split: str, pairs: int, relevance_sets: int,
+    realism_comments: int, resamples: int, seed: int, threads: int | None, json_: bool,
 ) -> None:
-    """How well the bundle's scores predict Reddit: DialogRPT's sibling protocol on DATA, beside time and length baselines."""
+    """How well the bundle's scores predict Reddit: DialogRPT's and SHP's protocols and relevance on DATA,
+    beside the time and length baselines, each figure with its bootstrap 95% interval."""
     from .evaluate import EvalOptions, evaluate_bundle
 
-    if pairs < 1 or realism_comments < 0 or seed < 0:
-        raise click.UsageError("--pairs must be at least 1, --realism-comments and --seed at least 0")
+    files = [*data, *more_data]
+    if not files:
+        raise click.UsageError("give the dumps to evaluate on with --data (several after one --data are fine)")
+    if pairs < 1 or resamples < 1 or relevance_sets < 0 or realism_comments < 0 or seed < 0:
+        raise click.UsageError("--pairs and --resamples must be at least 1; --relevance-sets, --realism-comments and --seed at least 0")
     bot = _load(bundle, threads)
-    options = EvalOptions(pairs_per_gap=pairs, seed=seed)
-    report = evaluate_bundle(bot, list(data), options, realism_comments, split, progress=lambda m: click.echo(m, err=True))
+    options = EvalOptions(pairs_per_gap=pairs, relevance_sets=relevance_sets, resamples=resamples, seed=seed)
+    report = evaluate_bundle(bot, files, options, realism_comments, split, progress=lambda m: click.echo(m, err=True))
     if json_:
         emit_json(report)
         return
+    _print_eval(report, files, split)
+
+
+def _print_eval(report: dict, files: list[str], split: str) -> None:
+    """`eval`'s table: each figure with its 95% interval, and the model's margins over the baselines on the same pairs."""
     upvotes = report["upvotes"]
-    click.echo(f"{upvotes['score']} vs Reddit on {upvotes['replies_scored']} replies ({split} threads of {', '.join(Path(f).name for f in data)})")
-    click.echo(f"{'pairs':12} {'n':>5}  {'model':>6}  {'time':>6}  {'length':>6}")
+    intervals = upvotes["intervals"]
+    click.echo(f"{upvotes['score']} vs Reddit on {upvotes['replies_scored']} replies ({split} threads of {', '.join(Path(f).name for f in files)})")
+    click.echo(f"{'pairs':12} {'n':>5}  {'model [95% CI]':22} {'time':>6}  {'length':>6}  {'model-length':>24}  {'model-time':>24}")
     for name, accuracy in upvotes["pairwise"].items():
-        click.echo(f"{name:12} {upvotes['pairs'][name]:5}  {accuracy['model']:6.3f}  {accuracy['time']:6.3f}  {accuracy['length']:6.3f}")
+        margins = upvotes["margins"][name]
+        click.echo(f"{name:12} {upvotes['pairs'][name]:5}  {_ci(accuracy['model'], intervals['pairwise'][name]['model'])}  "
+                   f"{accuracy['time']:6.3f}  {accuracy['length']:6.3f}  "
+                   f"{_ci(margins['model-length']['value'], margins['model-length']['interval'], signed=True)}  "
+                   f"{_ci(margins['model-time']['value'], margins['model-time']['interval'], signed=True)}")
+    fewer = [f"{name} {n}" for name, n in upvotes["pairs"].items() if n < upvotes["pairs_requested"]]
+    if fewer:
+        click.echo(f"fewer than the {upvotes['pairs_requested']} pairs asked for, all the data holds: {', '.join(fewer)}")
     if "spearman" in upvotes:
-        s = upvotes["spearman"]
-        click.echo(f"spearman     {upvotes['random_replies']:5}  {_num(s['model'])}  {'':6}  {_num(s['length'])}")
+        s, ci = upvotes["spearman"], intervals.get("spearman", {})
+        click.echo(f"spearman     {upvotes['random_replies']:5}  {_ci(s['model'], ci.get('model'))}  {'':6}  {_num(s['length'])}")
     if "hits_at_1" in upvotes:
-        h = upvotes["hits_at_1"]
-        click.echo(f"hits@1       {upvotes['groups']:5}  {h['model']:6.3f}  {h['time']:6.3f}  {h['length']:6.3f}  (chance {h['chance']:.3f})")
+        h, margin = upvotes["hits_at_1"], upvotes["margins"]["hits_at_1"]["model-time"]
+        click.echo(f"hits@1       {upvotes['groups']:5}  {_ci(h['model'], intervals['hits_at_1']['model'])}  {h['time']:6.3f}  "
+                   f"{h['length']:6.3f}  (chance {h['chance']:.3f}; model-time {_ci(margin['value'], margin['interval'], signed=True)})")
+    if "relevance" in report:
+        r = report["relevance"]
+        click.echo(f"relevance: hits@1 of the real reply among {r['candidates_per_set']} ({r['sets']} sets, chance {r['chance']:.3f}): "
+                   + ", ".join(f"{name} {_ci(hits, r['intervals'][name])}" for name, hits in r["hits_at_1"].items()))
     if "realism" in report:
         r = report["realism"]
-        click.echo(f"realism: ROC-AUC real vs own candidates {r['roc_auc_real_vs_candidates']:.3f} "
-                   f"({r['comments']} comments, {r['candidates']} candidates), share kept {r['share_kept']:.3f} at {r['threshold']:.3f}")
+        kept = f"share kept {r['share_kept']:.3f} at {r['threshold']:.3f}" if r["share_kept"] is not None else "no candidates"
+        click.echo(f"realism: ROC-AUC real vs own candidates {_ci(r['roc_auc_real_vs_candidates'], r['roc_auc_interval'])} "
+                   f"({r['comments']} comments, {r['candidates']} candidates), {kept}")
+
+
+def _ci(value: float | None, interval: list[float] | None, signed: bool = False) -> str:
+    """A figure and its interval, e.g. `0.701 [0.685, 0.718]`."""
+    if value is None:
+        return f"{'-':>22}"
+    number = f"{value:+.3f}" if signed else f"{value:.3f}"
+    return f"{number} [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else f"{number:22}"
 
 
 def _num(value: float | None) -> str:

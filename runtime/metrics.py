@@ -6,12 +6,18 @@ correlation and the pairwise accuracy of DialogRPT (Gao et al., 2020): the share
 of sibling pairs where the model ranks the higher-scored reply above the
 lower-scored one. The generator gets perplexity. Plain numpy, so the runtime's
 `eval` needs nothing beyond it; ties get average ranks, as in SciPy.
+
+Every figure `eval` reports carries a percentile bootstrap 95% interval (Efron & Tibshirani, 1993):
+the statistic recomputed on resamples of its items drawn with replacement. A difference of two
+rankers on the same pairs is resampled pairwise (one index set for both), so the interval of the
+margin is narrower than the two intervals side by side would suggest; a ROC-AUC is resampled
+within each class, so every resample keeps both.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -56,10 +62,70 @@ def pairwise_accuracy(pred_hi: ArrayLike, pred_lo: ArrayLike) -> float:
     `pred_hi[i]` and `pred_lo[i]` are the model's scores of pair i's higher- and
     lower-voted reply; a tie counts half, so a constant model scores 0.5.
     """
+    return float(np.mean(pairwise_outcomes(pred_hi, pred_lo)))
+
+
+def pairwise_outcomes(pred_hi: ArrayLike, pred_lo: ArrayLike) -> np.ndarray:
+    """Per pair: 1 where the higher-voted reply scores higher, 0.5 for a tie, 0 otherwise."""
     hi, lo = _same_length(pred_hi, pred_lo, "pairwise_accuracy")
     if hi.size == 0:
         raise ValueError("pairwise_accuracy needs at least one pair")
-    return float(np.mean((hi > lo) + 0.5 * (hi == lo)))
+    return (hi > lo) + 0.5 * (hi == lo)
+
+
+def bootstrap_interval(
+    statistic: Callable[[np.ndarray], float], size: int, resamples: int = 1000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of `statistic(indices)` over `size` items resampled with replacement.
+
+    `statistic` gets an index array (length `size`, repeats allowed) and computes the figure on
+    those items, so one call serves any statistic and paired statistics resample their pairs together.
+    Resamples where the statistic is undefined (it raises ValueError, e.g. a constant Spearman input)
+    are left out.
+    """
+    if size < 1 or resamples < 1 or not 0 < level < 1:
+        raise ValueError(f"bootstrap_interval needs size >= 1, resamples >= 1 and 0 < level < 1; got {size}, {resamples}, {level}")
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(resamples):
+        try:
+            values.append(statistic(rng.integers(0, size, size)))
+        except ValueError:
+            continue
+    if not values:
+        raise ValueError("the statistic is undefined on every resample")
+    tail = (1 - level) / 2
+    low, high = np.quantile(values, [tail, 1 - tail])
+    return float(low), float(high)
+
+
+def mean_interval(outcomes: ArrayLike, resamples: int = 1000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Bootstrap interval of the mean of per-item outcomes (pairwise accuracy, hits@1, a paired difference)."""
+    values = np.asarray(outcomes, dtype=float).ravel()
+    if values.size == 0:
+        raise ValueError("mean_interval needs at least one outcome")
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, values.size, (resamples, values.size))].mean(axis=1)  # one row a resample
+    tail = (1 - level) / 2
+    low, high = np.quantile(means, [tail, 1 - tail])
+    return float(low), float(high)
+
+
+def roc_auc_interval(labels: ArrayLike, probs: ArrayLike, resamples: int = 1000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Bootstrap interval of `roc_auc`, resampling positives and negatives each within their class."""
+    labels_arr, probs_arr = _same_length(labels, probs, "roc_auc_interval")
+    classes = np.unique(labels_arr)
+    if classes.size < 2:
+        raise ValueError(f"roc_auc needs labels of both classes; got only {classes.tolist()}")
+    positives, negatives = np.flatnonzero(labels_arr == classes[-1]), np.flatnonzero(labels_arr != classes[-1])
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(resamples):
+        rows = np.concatenate([rng.choice(positives, positives.size), rng.choice(negatives, negatives.size)])
+        values.append(roc_auc(labels_arr[rows], probs_arr[rows]))
+    tail = (1 - level) / 2
+    low, high = np.quantile(values, [tail, 1 - tail])
+    return float(low), float(high)
 
 
 def perplexity(total_nll: float, n_tokens: int) -> float:

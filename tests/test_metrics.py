@@ -7,7 +7,10 @@ import math
 import numpy as np
 import pytest
 
-from replyrank.metrics import balanced_accuracy, pairwise_accuracy, perplexity, roc_auc, spearman
+from replyrank.metrics import (
+    balanced_accuracy, bootstrap_interval, mean_interval, pairwise_accuracy, pairwise_outcomes, perplexity, roc_auc,
+    roc_auc_interval, spearman,
+)
 
 
 def test_roc_auc() -> None:
@@ -53,3 +56,34 @@ def test_perplexity() -> None:
     assert perplexity(1e6, 1) == math.inf
     with pytest.raises(ValueError):
         perplexity(1.0, 0)
+
+
+def test_pairwise_outcomes_count_a_tie_half() -> None:
+    assert pairwise_outcomes([3, 1, 2], [1, 3, 2]).tolist() == [1.0, 0.0, 0.5]
+
+
+def test_intervals_of_a_constant_outcome_have_no_width() -> None:
+    assert mean_interval([1, 1, 1, 1]) == (1.0, 1.0)
+    assert roc_auc_interval([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9]) == (1.0, 1.0)  # every resample keeps both classes
+    assert bootstrap_interval(lambda rows: 0.25, 10) == (0.25, 0.25)
+
+
+def test_mean_interval_matches_the_normal_approximation() -> None:
+    # 400 outcomes, 60% ones: standard error sqrt(0.6 * 0.4 / 400) = 0.0245, so the 95% interval is about 0.6 +- 0.048
+    low, high = mean_interval([1] * 240 + [0] * 160, resamples=4000)
+    assert low == pytest.approx(0.552, abs=0.01) and high == pytest.approx(0.648, abs=0.01)
+
+
+def test_bootstrap_interval_resamples_pairs_together() -> None:
+    # a paired difference that is always exactly 0.5: resampling rows together keeps it, whatever the spread of each side
+    first = np.arange(50, dtype=float)
+    second = first - 0.5
+    assert bootstrap_interval(lambda rows: float(np.mean(first[rows] - second[rows])), 50) == (0.5, 0.5)
+
+
+def test_bootstrap_interval_skips_resamples_where_the_statistic_is_undefined() -> None:
+    values = np.array([1.0, 2.0])
+    low, high = bootstrap_interval(lambda rows: spearman(values[rows], values[rows]), 2, resamples=200)
+    assert low == high == pytest.approx(1.0)  # resamples of one repeated item have no ranking and are left out
+    with pytest.raises(ValueError, match="undefined on every resample"):
+        bootstrap_interval(lambda rows: spearman(values[:1][rows], values[:1][rows]), 1)
