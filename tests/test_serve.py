@@ -3,7 +3,8 @@ tiny bundle, and a real HTTP client (httpx). Every endpoint, auth on and off, ea
 (429), the deadline (504), SIGTERM draining, and a schemathesis fuzz of /openapi.json.
 
 Where a test needs requests that take a while, the server runs with every decode step slowed by a
-sleep (`_SLOW`), so timings do not depend on how fast this machine is."""
+sleep (`step_s`), so timings do not depend on how fast this machine is. A test that waits for the
+server polls for what it waits for (`wait_until`), never sleeps a fixed time."""
 
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 import jsonschema
@@ -35,6 +37,7 @@ from replyrank.cli import main
 COMMENT = "what do you think about the new library in town"
 QUICK = {"candidates": 2, "max_new_tokens": 6, "seed": 1}
 RESULT = json.loads(RESULT_SCHEMA.read_text())
+T = TypeVar("T")
 
 # the launcher: optionally slow each forward pass of the generator, optionally hold the bundle's
 # load until a file exists, then run the real `replyrank serve`
@@ -52,15 +55,23 @@ if step_s:
 if hold:
     load = bot.Bot.__init__
     def held(self, *args, **kwargs):
-        for _ in range(600):
-            if Path(hold).exists():
-                break
+        given_up = time.monotonic() + 60
+        while not Path(hold).exists() and time.monotonic() < given_up:
             time.sleep(0.05)
         load(self, *args, **kwargs)
     bot.Bot.__init__ = held
 from replyrank.cli import main
 main(["serve", *sys.argv[3:]], prog_name="replyrank")
 """
+
+
+def wait_until(condition: Callable[[], T], what: str, timeout_s: float = 30.0) -> T:
+    """Poll `condition` until it returns something true, and return that; fail after `timeout_s`."""
+    given_up = time.monotonic() + timeout_s
+    while not (found := condition()):
+        assert time.monotonic() < given_up, f"gave up after {timeout_s:g} s waiting for {what}"
+        time.sleep(0.02)
+    return found
 
 
 class Server:
@@ -73,6 +84,13 @@ class Server:
     def client(self, **kwargs) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=30, **kwargs)
 
+    def is_ready(self) -> bool:
+        return httpx.get(f"{self.url}/ready").status_code == 200
+
+    def in_progress(self) -> int:
+        """Requests running or queued, as /v1/info reports them (for a server without an API key)."""
+        return httpx.get(f"{self.url}/v1/info").json()["server"]["in_progress"]
+
 
 @contextmanager
 def serving(bundle: Path, tmp_path: Path, *args: str, step_s: float = 0.0, hold: Path | None = None, ready: bool = True) -> Iterator[Server]:
@@ -81,21 +99,13 @@ def serving(bundle: Path, tmp_path: Path, *args: str, step_s: float = 0.0, hold:
     with log.open("wb") as stderr:
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr)
     try:
-        url = None
-        for _ in range(300):
-            found = re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", log.read_text(errors="replace"))
-            if found:
-                url = found.group(1)
-                break
+        def bound() -> re.Match | None:
             assert process.poll() is None, log.read_text()
-            time.sleep(0.05)
-        assert url, log.read_text()
-        server = Server(process, log, url)
+            return re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", log.read_text(errors="replace"))
+
+        server = Server(process, log, wait_until(bound, "the server to listen").group(1))
         if ready:
-            for _ in range(300):
-                if httpx.get(f"{url}/ready").status_code == 200:
-                    break
-                time.sleep(0.05)
+            wait_until(server.is_ready, "the bundle to load")
         yield server
     finally:
         if process.poll() is None:
@@ -153,9 +163,9 @@ def test_health_ready_info_and_the_access_log(server):
     assert set(info["versions"]) >= {"replyrank", "onnxruntime", "fastapi", "uvicorn"}
     assert {"/v1/reply", "/v1/score", "/v1/info", "/health", "/ready"} <= set(schema["paths"])
     assert schema["components"]["schemas"]["Result"]["required"] == RESULT["required"]
-    time.sleep(0.2)
+    # a request's line is written once its response is sent, so the client may see the answer first
+    wait_until(lambda: re.search(r"127\.0\.0\.1 GET /no/such/path 404 \d+\.\d ms", server.stderr()), "the access log")
     assert re.search(r"127\.0\.0\.1 GET /health 200 \d+\.\d ms", server.stderr())
-    assert re.search(r"127\.0\.0\.1 GET /no/such/path 404 \d+\.\d ms", server.stderr())
 
 
 def test_ready_is_503_until_the_bundle_is_loaded(gpt2_bundle, tmp_path):
@@ -166,10 +176,7 @@ def test_ready_is_503_until_the_bundle_is_loaded(gpt2_bundle, tmp_path):
         assert "loading" in not_ready["error"] and client.get("/ready").headers["Retry-After"] == "1"
         _is_error(client.post("/v1/reply", json={"comment": COMMENT}), 503, "not_ready")
         hold.touch()
-        for _ in range(200):
-            if client.get("/ready").status_code == 200:
-                break
-            time.sleep(0.05)
+        wait_until(server.is_ready, "the bundle to load")
         assert client.post("/v1/reply", json={"comment": COMMENT, **QUICK}).status_code == 200
 
 
@@ -344,17 +351,24 @@ def test_the_deadline_stops_the_decode_and_answers_504(gpt2_bundle, tmp_path):
         assert client.post("/v1/reply", json={"comment": COMMENT, **QUICK}).status_code == 200
 
 
+def _refused(url: str) -> bool:
+    try:
+        httpx.get(f"{url}/health", timeout=2)
+    except httpx.ConnectError:
+        return True
+    return False
+
+
 def test_sigterm_finishes_requests_in_flight_then_exits(gpt2_bundle, tmp_path):
-    long = {"comment": COMMENT, "candidates": 1, "max_new_tokens": 40, "min_new_tokens": 40, "seed": 0}  # 40 x 30 ms: 1.2 s
+    long = {"comment": COMMENT, "candidates": 1, "max_new_tokens": 60, "min_new_tokens": 60, "seed": 0}  # 60 x 30 ms: 1.8 s
     with serving(gpt2_bundle, tmp_path, "--max-concurrency", "1", "--threads", "1", step_s=0.03) as server:
         in_flight: list[httpx.Response] = []
         request = threading.Thread(target=lambda: in_flight.extend(_post_all(server.url, [long])))
         request.start()
-        time.sleep(0.4)
+        wait_until(server.in_progress, "the request to be admitted")
         server.process.send_signal(signal.SIGTERM)
-        time.sleep(0.3)
-        with pytest.raises(httpx.ConnectError):  # no longer accepting
-            httpx.get(f"{server.url}/health", timeout=2)
+        wait_until(lambda: _refused(server.url), "the server to stop accepting")
+        assert request.is_alive()  # it stopped accepting while the request was still decoding
         request.join(30)
         assert in_flight and in_flight[0].status_code == 200, in_flight
         assert len(in_flight[0].json()["candidates"][0]["text"]) > 0
