@@ -1,14 +1,21 @@
 """The harness that measures one system of the reply-job benchmark, in a process of its own.
 
-    python benchmarks/harness.py SYSTEM --json-args '{...}'     (bench.py builds the arguments)
+    python benchmarks/harness.py SYSTEM --mode serve --json-args '{...}'     (bench.py starts it)
 
 PyTorch's and ONNX Runtime's thread pools fight when they share a process, so `bench.py` starts
-this script once per system and reads back the one JSON line it prints on stdout (everything the
-libraries print goes to stderr). Each system is a small module in `systems/` whose `load(name,
-args)` returns the same three things (`systems.common.System`): sample N candidates of exactly T
-new tokens from the prompt's token ids, and score (comment, reply) pairs with the discriminator and
-with the upvote model. The measuring code here is shared, so every system gets the same warm-up,
-the same runs and the same clock (`perf_counter`), as onnxruntime-genai's `benchmark_e2e.py` does it.
+this script once per system. In `--mode serve` it loads the system and prints one JSON line (the
+load's figures, or the error), then answers requests on stdin, one JSON line each, with one JSON
+line on stdout (everything the libraries print goes to stderr): `{"job": SEED}` runs the reply
+job once and answers its timings; `{"rest": true}` measures the decode steps and the scaling
+curves, answers them and exits. So `bench.py` can interleave the systems' timed jobs, one system's
+run after the other's, while each stays loaded in its own process: a machine whose speed drifts
+during the benchmark slows every system alike instead of the one whose block of runs it hits.
+
+Each system is a small module in `systems/` whose `load(name, args)` returns the same three things
+(`systems.common.System`): sample N candidates of exactly T new tokens from the prompt's token ids,
+and score (comment, reply) pairs with the discriminator and with the upvote model. The measuring
+code here is shared, so every system gets the same warm-up, the same runs and the same clock
+(`perf_counter`), as onnxruntime-genai's `benchmark_e2e.py` does it.
 
 A system module may also define `prepare(args)`: a conversion it needs first (optimum's ONNX
 export, CTranslate2's int8 model, the genai builder's int4 model), run in `--mode prepare`, a
@@ -30,7 +37,7 @@ import traceback
 from pathlib import Path
 from dataclasses import asdict
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any, Callable, TextIO
 
 from replyrank.environment import package_versions
 from systems.common import System
@@ -102,10 +109,8 @@ def summary(values: list[float]) -> dict[str, float]:
     return {"min": min(values), "median": statistics.median(values), "max": max(values), "n": len(values)}
 
 
-def measure_job(system: System, args: dict[str, Any]) -> dict[str, Any]:
-    n, t = args["n"], args["t"]
-    timed_job(system, n, t, seed=10_000)  # warm-up: first-call allocations, lazy init, page faults
-    runs = [timed_job(system, n, t, seed=i) for i in range(args["runs"])]
+def job_summary(runs: list[dict[str, Any]], t: int) -> dict[str, Any]:
+    """Min, median and max of each stage over the timed jobs `runs` (rows of `timed_job`), and whether every candidate had T tokens."""
     stages = sorted({key for run in runs for key in run if key.endswith("_ms")})
     result: dict[str, Any] = {stage: summary([run[stage] for run in runs if stage in run]) for stage in stages}
     result["new_tokens"] = [min(run["new_tokens_min"] for run in runs), max(run["new_tokens_max"] for run in runs)]
@@ -168,32 +173,65 @@ def section(result: dict[str, Any], name: str, work: Callable[[], Any]) -> None:
         traceback.print_exc()
 
 
-def measure(name: str, args: dict[str, Any]) -> dict[str, Any]:
+def load_system(name: str, args: dict[str, Any]) -> tuple[System | None, dict[str, Any]]:
+    """The loaded system (None where it failed) and what its load reports: versions, load time, RSS, notes."""
     result: dict[str, Any] = {"system": name}
     start = time.perf_counter()
     try:
         module = system_module(name)
         result["versions"] = package_versions(module.PACKAGES)
         if hasattr(module, "preload"):
-            args = {**args, **module.preload(args)}
+            args.update(module.preload(args))
             start = time.perf_counter()
         system: System = module.load(name, {**args, "system": name})
     except Exception as error:
         traceback.print_exc()
-        return {**result, "error": f"load: {type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"}
+        return None, {**result, "error": f"load: {type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"}
     result["load_s"] = time.perf_counter() - start
     result["rss_after_load_mb"] = _current_rss_mb()
     result["notes"] = system.notes
     if system.step_bytes is not None:
         result["step_bytes"] = asdict(system.step_bytes)
-    section(result, "job", lambda: measure_job(system, args))
-    result["peak_rss_job_mb"] = peak_rss_mb()
+    return system, result
+
+
+def job(system: System, args: dict[str, Any], seed: int) -> dict[str, Any]:
+    """One reply job at the benchmark's N and T; a failure is an answer with an error, not a crash."""
+    try:
+        return timed_job(system, args["n"], args["t"], seed)
+    except Exception as error:
+        traceback.print_exc()
+        return {"error": f"{type(error).__name__}: {error}"}
+
+
+def rest(system: System, args: dict[str, Any]) -> dict[str, Any]:
+    """What follows the timed jobs: peak RSS so far, the decode steps, the scaling curves, peak RSS after everything."""
+    result: dict[str, Any] = {"peak_rss_job_mb": peak_rss_mb()}
     if args["decode_ns"]:
         section(result, "steps", lambda: measure_steps(system, args))
     if args["scaling_ns"] or args["scaling_ts"]:
         section(result, "scaling", lambda: measure_scaling(system, args))
     result["peak_rss_mb"] = peak_rss_mb()
     return result
+
+
+def serve(name: str, args: dict[str, Any], requests: TextIO, answers: TextIO) -> None:
+    """Load the system, answer its load, then one answer per request line until `rest` or the end of input."""
+    def answer(result: dict[str, Any]) -> None:
+        answers.write(json.dumps(result) + "\n")
+        answers.flush()
+
+    system, loaded = load_system(name, args)
+    answer(loaded)
+    if system is None:
+        return
+    for line in requests:
+        request = json.loads(line)
+        if "job" in request:
+            answer(job(system, args, int(request["job"])))
+        elif request.get("rest"):
+            answer(rest(system, args))
+            return
 
 
 def _current_rss_mb() -> float:
@@ -216,15 +254,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("system", choices=SYSTEMS)
     parser.add_argument("--json-args", required=True, help="the settings bench.py passes, as one JSON object")
-    parser.add_argument("--mode", choices=("prepare", "measure"), default="measure")
+    parser.add_argument("--mode", choices=("prepare", "serve"), default="serve")
     options = parser.parse_args(argv)
-    # stdout carries the one JSON line; whatever the libraries print goes to stderr
-    result_out = os.fdopen(os.dup(sys.stdout.fileno()), "w")
+    # stdout carries the JSON lines; whatever the libraries print goes to stderr
+    answers = os.fdopen(os.dup(sys.stdout.fileno()), "w")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     args = json.loads(options.json_args)
-    result = prepare(options.system, args) if options.mode == "prepare" else measure(options.system, args)
-    result_out.write(json.dumps(result) + "\n")
-    result_out.flush()
+    if options.mode == "prepare":
+        answers.write(json.dumps(prepare(options.system, args)) + "\n")
+        answers.flush()
+    else:
+        serve(options.system, args, sys.stdin, answers)
     return 0
 
 

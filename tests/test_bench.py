@@ -1,16 +1,17 @@
-"""The benchmark's own arithmetic: the bandwidth floor, the bytes a decode step reads, the time inside the kernels."""
+"""The benchmark's own arithmetic: the bandwidth floor, the bytes a decode step reads, the time inside the kernels, and the
+interleaved passes that make a ratio of two systems hold on a machine whose speed drifts."""
 
 from __future__ import annotations
 
+import argparse
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from bench import decode_floor  # noqa: E402
+from bench import add_ratios, decode_floor, interleave  # noqa: E402
 from systems.common import KernelClock, StepBytes, onnx_step_bytes  # noqa: E402
 
 
@@ -35,8 +36,69 @@ def test_onnx_step_bytes_leave_out_the_gathered_embedding(llama_bundle):
 
 
 def test_kernel_clock_counts_only_the_wrapped_calls():
-    clock = KernelClock()
-    nap = clock.wrap(lambda seconds: time.sleep(seconds) or "done")
-    assert nap(0.02) == "done"
-    time.sleep(0.02)  # not wrapped: outside the kernels
-    assert 0.015 < clock.seconds < 0.035
+    now = [0.0]
+
+    def kernel(seconds: float) -> str:
+        now[0] += seconds
+        return "done"
+
+    def failing_kernel() -> None:
+        now[0] += 0.25
+        raise RuntimeError("the runtime failed")
+
+    clock = KernelClock(clock=lambda: now[0])
+    assert clock.wrap(kernel)(0.02) == "done"
+    now[0] += 0.5  # not wrapped: outside the kernels
+    with pytest.raises(RuntimeError):
+        clock.wrap(failing_kernel)()  # a call that fails still spent its time inside
+    assert clock.seconds == pytest.approx(0.27)
+
+
+class DriftingMachine:
+    """Fake systems on a machine that slows down call after call: a job of `base` ms takes base x (1 + drift x calls so far)."""
+
+    def __init__(self, bases: dict[str, float], drift: float) -> None:
+        self.bases, self.drift, self.calls = bases, drift, []
+
+    def child(self, system: str) -> "FakeChild":
+        return FakeChild(self, system)
+
+
+class FakeChild:
+    def __init__(self, machine: DriftingMachine, system: str) -> None:
+        self.machine, self.system = machine, system
+
+    def ask(self, request: dict, what: str) -> dict:
+        machine = self.machine
+        total = machine.bases[self.system] * (1 + machine.drift * len(machine.calls))
+        machine.calls.append((self.system, request["job"]))
+        return {"total_ms": total, "generate_ms": total, "new_tokens_min": 4, "new_tokens_max": 4, "texts": ["a reply"]}
+
+
+def run_passes(machine: DriftingMachine, passes: int, runs: int) -> dict:
+    results = {"systems": {name: {"system": name} for name in machine.bases}}
+    interleave({name: machine.child(name) for name in machine.bases}, argparse.Namespace(passes=passes, runs=runs, t=4), results)
+    add_ratios(results)
+    return results
+
+
+def test_systems_take_turns_run_by_run_and_the_first_rotates_each_pass():
+    machine = DriftingMachine({"replyrank": 100.0, "peer": 150.0}, drift=0.0)
+    results = run_passes(machine, passes=2, runs=3)
+    # the same seed for both systems at each turn, so they sample the same job
+    assert machine.calls == [("replyrank", 0), ("peer", 0), ("replyrank", 1), ("peer", 1), ("replyrank", 2), ("peer", 2),
+                             ("peer", 3), ("replyrank", 3), ("peer", 4), ("replyrank", 4), ("peer", 5), ("replyrank", 5)]
+    assert [one["order"] for one in results["passes"]] == [["replyrank", "peer"], ["peer", "replyrank"]]
+    assert results["systems"]["peer"]["job"]["total_ms"]["n"] == 6 and results["systems"]["peer"]["job"]["forced_length_ok"]
+    ratio = results["systems"]["peer"]["ratio_to_replyrank"]
+    assert ratio["per_pass"] == pytest.approx([1.5, 1.5]) and ratio["median"] == pytest.approx(1.5)
+
+
+def test_a_drifting_machine_moves_each_pass_little_and_the_median_of_passes_less():
+    # the machine gets 10% slower with every job: its 20 runs of one system after the 20 of the other would read 1.5 as 3.0
+    machine = DriftingMachine({"replyrank": 100.0, "peer": 150.0}, drift=0.1)
+    ratio = run_passes(machine, passes=4, runs=5)["systems"]["peer"]["ratio_to_replyrank"]
+    assert len(ratio["per_pass"]) == 4
+    assert all(abs(r / 1.5 - 1) < 0.1 for r in ratio["per_pass"])
+    assert abs(ratio["median"] / 1.5 - 1) < 0.03
+    assert ratio["min"] <= ratio["iqr"][0] <= ratio["median"] <= ratio["iqr"][1] <= ratio["max"]
