@@ -15,8 +15,8 @@ else. The export side builds them and calls `Bundle.write`; the runtime calls `B
 keeps what it resolves (the folder it read, sessions) outside the specs.
 
 The two scorers may share one graph: when their `path`s are the same, the folder holds one
-sequence-classification graph with one output per scorer (`ScorerSpec.output`), the pairs are
-tokenized and run once, and each scorer reads its own output (see `replyrank.score.Scorers`).
+sequence-classification graph with one output per scorer (`ScorerSpec.output`), each pair is
+tokenized and run once, and each scorer reads its own output of that run (see `replyrank.score.Scorers`).
 
 `Bundle.read` checks everything that can be checked without running a model: the format
 version, that every listed path stays inside the folder, that every file exists and has the
@@ -43,7 +43,7 @@ import numpy as np
 
 from .errors import BundleError
 from .filters import COPY_WORDS, training_ngram_set
-from .generate import GenerationOptions
+from .options import GenerationOptions
 
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
@@ -55,7 +55,7 @@ SCORERS = (DISCRIMINATOR, UPVOTES)
 REALISM_THRESHOLD = 0.5  # a candidate is kept at realism >= this, until export calibrates the bundle's own
 SCORER_MAX_LENGTH = 256  # tokens of a (comment, reply) pair, longest first truncated
 # GenerationOptions fields that belong to one call, not to a deployment: never written into a manifest
-PER_CALL_OPTIONS = ("seed", "deadline")
+PER_CALL_OPTIONS = ("seed",)
 TEXT_NORMALIZATIONS = ("dialogrpt",)  # see replyrank.filters.normalize_text
 TRAINING_NGRAMS = "training_ngrams.npy"  # in the generator folder, see with_training_ngrams
 PREFIX_CACHE = "prefix_cache.npz"  # in the generator folder, see with_prefix_cache
@@ -175,7 +175,7 @@ class Bundle:
 
     @property
     def shared_scorer(self) -> bool:
-        """True when both scorers read one graph (one session, one run per batch of pairs)."""
+        """True when both scorers read one graph (one session; each pair runs once, for both scores)."""
         return self.discriminator.path == self.upvotes.path
 
     @property
@@ -415,13 +415,13 @@ def _scorer_spec(entry: Mapping[str, Any], name: str) -> ScorerSpec:
     )
 
 
-# The default bundle's recipe: raised whenever what `replyrank build-default` builds changes (its adapter, block, heads),
-# written into the bundle's `training` by the build, so a bundle cached by an earlier version can be told apart.
-# 5: 4's generator graph with an attention bias, so the candidates decode as one sequence (generate.Candidates), and a
-#    head that returns each position's top_k logits for the sampling (export.quantize.prune_lm_head; latest);
-# 4: round 6 with the smoothed dynamic-int8 layout and the fp32 prefix cache (export.quantize, 2026-12-03);
-# 3: round 6 of the DPO-replay run (2026-12-03, later); 2: its round 4, both at MatMulNBits block 32; 1 (or none): earlier builds;
-# "custom": built with another adapter or block (`build-default --adapter/--untuned`), which is the user's choice.
+# The version of what `replyrank build-default` builds (export.default): SmolLM2-135M-Instruct with the shipped
+# generator adapter merged, quantized at MatMulNBits block `export.default.GENERATOR_BLOCK_SIZE` with the smoothed dynamic-int8
+# projections, its graph taking an attention bias (candidates decode as one sequence, `generate.Candidates`) and
+# returning each kept position's top-k logits (export.quantize.prune_lm_head), the template prefix's cache from the
+# fp32 graph, and one MiniLM scorer with both heads. The build writes it into the bundle's `training`, so that a
+# cached default bundle built by another recipe is told apart (`stale_default`); raise it whenever what the build
+# produces changes. "custom": built with another adapter or block (`build-default --adapter/--untuned`), the user's choice.
 DEFAULT_RECIPE = 5
 
 
@@ -434,7 +434,7 @@ def stale_default(bundle: Bundle) -> str | None:
     if built in (DEFAULT_RECIPE, "custom"):
         return None
     return (f"the default bundle in {bundle.root} was built by an earlier recipe ({built}, this version's is {DEFAULT_RECIPE}); "
-            "`replyrank build-default --force` rebuilds it (about 6 minutes)")
+            "`replyrank build-default --force` rebuilds it (it takes minutes)")
 
 
 def cpu_mismatch(bundle: Bundle) -> str | None:

@@ -1,22 +1,17 @@
-"""Candidate replies from an exported causal LM: a numpy sampling loop over the ONNX KV cache.
+"""Candidate replies from an exported causal LM: the `Generator` and its decode loop over the ONNX KV cache.
 
 One code path serves every graph that optimum's `text-generation-with-past` export (or a graph
 with the same interface) produces, GPT-2 and Llama-family alike: the feed is built from the
 inputs the graph declares (`input_ids`, `attention_mask`, `position_ids`,
 `past_key_values.{i}.key/value`, and the bundles' `attention_bias`, `logits_to_keep` and `top_k`),
-and `present.{i}.*` outputs become the next step's past.
+and `present.{i}.*` outputs become the next step's past (`replyrank.kv_cache`).
 
 The comment's prompt is prefilled once, with batch 1; the N candidates then decode together, one
-token each a step (`Candidates`). Where the graph's attention takes a bias (the bundles' fused
-graphs) they decode as one sequence after the prompt's single cache, each token seeing the prompt
-and its own candidate's tokens; other graphs repeat the prompt's cache for one batch row per
-candidate. Graphs whose attention writes the new keys and values into its past buffer
-(GroupQueryAttention, manifest `"kv_cache": "in-place"`) get one buffer with room for the whole
-decode, bound as both past and present, so a step copies nothing; other graphs return a grown copy
-of the cache every step. Each candidate draws its random numbers from its own generator, so a seed
-reproduces a run; candidate i is the same whether it is decoded alone or beside others where the
-graph's kernels treat rows apart (MatMulNBits), not where one activation scale is shared by a
-step's rows (the dynamic-int8 projections of export.quantize). Candidates that finish stop costing decode work.
+token each a step (`Candidates`), each drawing from its own random generator (`replyrank.sampling`),
+so a seed reproduces a run. Candidate i is the same whether it is decoded alone or beside others
+where the graph's kernels treat rows apart (MatMulNBits), not where one activation scale is shared
+by a step's rows (the dynamic-int8 projections of export.quantize). Candidates that finish stop
+costing decode work.
 
 The prompt template's constant prefix (BOS, system prompt, few-shot examples: everything before
 `{comment}`) is prefilled once, when the `Generator` is built (or read from the bundle, which ships it as its
@@ -24,16 +19,16 @@ fp32 graph computed it: `GeneratorSpec.prefix_cache`); every prompt that starts 
 prefills only the comment and the template's suffix on top of that cache (the prefix caching of
 vLLM and llama.cpp's `cache_prompt`, for one fixed prefix). The prefix cache is only ever read:
 its buffer is exactly the prefix long, so no graph writes into it (see `forward`), and threads share it.
+
+The options, limits and deadline (`replyrank.options`) and the sampling functions are re-exported
+here, where callers have always imported them.
 """
 
 from __future__ import annotations
 
 import re
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -42,96 +37,33 @@ import numpy as np
 import onnxruntime as ort
 
 from .errors import BundleError, DeadlineExceeded, InputError
+from .kv_cache import PAST_PREFIX, SPARE_BYTES, KVCache, bind_in_place, present_name
+from .options import (
+    MAX_CANDIDATES,
+    MAX_COMMENT_CHARS,
+    MAX_NEW_TOKENS,
+    MAX_REPLIES,
+    MAX_REPLY_CHARS,
+    MAX_STOP_STRINGS,
+    GenerationOptions,
+    check_replies,
+    deadline,
+    past_deadline,
+)
+from .sampling import TOP_K_GROUPS, candidate_rngs, draw_weights, sample_next, sampling_distribution, top_k
 from .sessions import open_part
 
-if TYPE_CHECKING:  # bundle.py records GenerationOptions in its specs, so it imports this module
+if TYPE_CHECKING:
     from .bundle import GeneratorSpec
 
+__all__ = [
+    "MAX_CANDIDATES", "MAX_COMMENT_CHARS", "MAX_NEW_TOKENS", "MAX_REPLIES", "MAX_REPLY_CHARS", "MAX_STOP_STRINGS",
+    "SPARE_BYTES", "TOP_K_GROUPS", "Candidates", "Generation", "GenerationOptions", "Generator", "Prompt", "Sample",
+    "candidate_rngs", "check_replies", "deadline", "draw_weights", "sample_next", "sampling_distribution", "top_k",
+    "whole_sentences",
+]
+
 _ONNX_FLOAT = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
-# The most cache buffer memory a generator keeps between replies for the next one (`Generator.keep_spare`): the
-# default bundle's 8 candidates of a ~100-token prompt take 49 MB; larger decodes free theirs.
-SPARE_BYTES = 64 << 20
-TOP_K_GROUPS = 256  # see top_k: a top-k of up to this many tokens is taken from the groups' maxima
-
-# The most one call may ask for, so that no request can exhaust the machine. `Bot`, the CLI and
-# `replyrank serve` all refuse more (the server's flags may only lower them). The sizes come from
-# the KV cache: for the default bundle's SmolLM2-135M (30 layers, 3 KV heads of 64, fp32) a
-# token's cache costs 46 KB, so 256 comment tokens and 32 candidates x 256 new tokens hold about
-# 0.4 GB (0.8 GB where each candidate holds its own copy of the prompt's: graphs without an
-# attention bias), and decoding them takes tens of seconds on two cores.
-MAX_CANDIDATES = 32  # candidate replies one call writes (they decode together)
-MAX_NEW_TOKENS = 256  # tokens one candidate may add
-MAX_STOP_STRINGS = 8  # each is searched for after every token of every candidate
-MAX_COMMENT_CHARS = 40_000  # Reddit's longest post body; `Bot.reply` cuts a longer comment, the server refuses it
-MAX_REPLIES = 64  # replies one `Bot.score` call ranks (they are scored as one batch)
-MAX_REPLY_CHARS = 10_000  # Reddit's longest comment; a scorer reads at most its max_length tokens of it
-
-# A caller's deadline for the decodes it starts (the server's per-request timeout). It is a
-# context variable rather than an option: it belongs to one call, never to a bundle's sampling.
-_deadline: ContextVar[float | None] = ContextVar("replyrank_deadline", default=None)
-
-
-@contextmanager
-def deadline(at: float | None) -> Iterator[None]:
-    """Inside this block, a decode stops with `DeadlineExceeded` once `time.monotonic()` passes `at`.
-
-    Checked between decode steps, so the thread is free again about one step after the deadline:
-    `with deadline(time.monotonic() + 5): bot.reply(comment)`. None sets no deadline.
-    """
-    token = _deadline.set(at)
-    try:
-        yield
-    finally:
-        _deadline.reset(token)
-
-
-@dataclass(frozen=True)
-class GenerationOptions:
-    """How candidates are sampled. `temperature=0` means greedy decoding."""
-
-    candidates: int = 8
-    max_new_tokens: int = 40
-    min_new_tokens: int = 1
-    temperature: float = 0.7
-    top_k: int = 40  # 0 disables
-    top_p: float = 1.0  # 1.0 disables
-    repetition_penalty: float = 1.0  # 1.0 disables; CTRL's rule, as transformers applies it
-    stop: tuple[str, ...] = ()
-    max_comment_tokens: int = 256
-    seed: int | None = None  # any integer >= 0; None draws fresh entropy
-
-    def check(self) -> None:
-        if not 1 <= self.candidates <= MAX_CANDIDATES:
-            raise InputError(f"candidates must be between 1 and {MAX_CANDIDATES}, got {self.candidates}")
-        if not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS:
-            raise InputError(f"max_new_tokens must be between 1 and {MAX_NEW_TOKENS}, got {self.max_new_tokens}")
-        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
-            raise InputError(f"min_new_tokens must be between 0 and max_new_tokens, got {self.min_new_tokens}")
-        if not self.temperature >= 0:
-            raise InputError(f"temperature must be >= 0, got {self.temperature}")
-        if self.top_k < 0:
-            raise InputError(f"top_k must be >= 0 (0 disables it), got {self.top_k}")
-        if not 0 < self.top_p <= 1:
-            raise InputError(f"top_p must be in (0, 1], got {self.top_p}")
-        if not self.repetition_penalty > 0:
-            raise InputError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
-        if self.max_comment_tokens < 1:
-            raise InputError(f"max_comment_tokens must be at least 1, got {self.max_comment_tokens}")
-        if len(self.stop) > MAX_STOP_STRINGS or not all(isinstance(s, str) and s for s in self.stop):
-            raise InputError(f"stop takes at most {MAX_STOP_STRINGS} non-empty strings, got {self.stop!r}")
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0):
-            raise InputError(f"seed must be an integer >= 0, got {self.seed!r}")
-
-
-def check_replies(replies: list[str]) -> None:
-    """Refuse more replies to score than `MAX_REPLIES`, or one longer than `MAX_REPLY_CHARS`."""
-    if len(replies) > MAX_REPLIES:
-        raise InputError(f"at most {MAX_REPLIES} replies can be ranked at once, got {len(replies)}")
-    for reply in replies:
-        if isinstance(reply, str) and len(reply) > MAX_REPLY_CHARS:
-            raise InputError(f"a reply may be at most {MAX_REPLY_CHARS} characters, got one of {len(reply)}")
-
-
 _LIST_MARKER = re.compile(r"\s+\d{1,2}[.)]$")  # a numbered list's next number, cut off after it
 _SENTENCE_END = re.compile(r"""[.!?…]+["')\]]*(?=\s|$)|\n""")
 
@@ -176,109 +108,22 @@ class Sample:
     prefill_s: float
 
 
-def candidate_rngs(seed: int | None, candidates: int) -> list[np.random.Generator]:
-    """One independent random generator per candidate, spawned from `seed` (None: fresh entropy).
-
-    Candidate i draws only from the i-th (its tokens also depend on its batch-mates where a graph's rows share a scale).
-    """
-    return [np.random.default_rng(child) for child in np.random.SeedSequence(seed).spawn(candidates)]
-
-
-def top_k(logits: np.ndarray, k: int) -> np.ndarray:
-    """The ids of each row's `k` largest logits (rows, vocab), largest first, equal logits in id order
-    (except, where the row has fewer than TOP_K_GROUPS tokens or k is larger, which of the logits tied
-    at the k-th place are kept: argpartition's choice, as before this function).
-
-    Exact, and about 3x faster than partitioning the whole vocabulary (0.4 against 1.4 ms for 8 rows
-    of 49,152): split a row's tokens into TOP_K_GROUPS interleaved groups; the k-th largest group
-    maximum is at most the row's k-th largest logit (the k largest maxima are k distinct logits), so
-    only the few tokens at or above it can be among the k, and only those are sorted.
-    """
-    rows, vocab = logits.shape
-    if not k <= TOP_K_GROUPS <= vocab:  # too few groups for k: partition the whole row
-        ids = np.sort(np.argpartition(logits, -k, axis=-1)[:, -k:], axis=-1) if k < vocab else np.tile(np.arange(vocab), (rows, 1))
-        order = np.argsort(-np.take_along_axis(logits, ids, axis=-1), axis=-1, kind="stable")
-        return np.take_along_axis(ids, order, axis=-1)
-    # group j holds tokens j, j + TOP_K_GROUPS, ... (a vocabulary's last vocab % TOP_K_GROUPS tokens are in none,
-    # which only lowers the floor: they are still compared with it)
-    grouped = logits[:, : vocab - vocab % TOP_K_GROUPS].reshape(rows, -1, TOP_K_GROUPS)
-    floor = np.partition(grouped.max(axis=1), -k, axis=-1)[:, -k]
-    ids = np.empty((rows, k), dtype=np.int64)
-    for row in range(rows):
-        candidates = np.flatnonzero(logits[row] >= floor[row])
-        ids[row] = candidates[np.argsort(-logits[row, candidates], kind="stable")[:k]]
-    return ids
-
-
-def sample_next(
-    logits: np.ndarray, history: list[list[int]], options: GenerationOptions, rngs: list[np.random.Generator], ban: np.ndarray | None,
-    overwrite: bool = False, top: tuple[np.ndarray, np.ndarray] | None = None,
-) -> np.ndarray:
-    """Pick one token per row of `logits` (rows, vocab); row i draws only from `rngs[i]`.
-
-    `overwrite=True`: the logits are a float32 buffer the caller no longer needs, changed in place (no copy).
-    `top`: these rows' largest logits and their ids as the graph found them ((rows, K) each, most likely first,
-    equal logits in id order), which the draw takes instead of searching `logits` wherever they hold its top-k:
-    no repetition penalty, and at least top_k of them left after the ban. The same tokens either way.
-    """
-    # a copy only where the logits are changed below and they are not ours to change
-    changed = ban is not None or options.repetition_penalty != 1.0
-    logits = logits.astype(np.float32, copy=changed and not overwrite)
-    # forbid tokens that may not come yet (EOS before min_new_tokens)
-    if ban is not None:
-        logits[:, ban] = -np.inf
-    # repetition penalty: make every token already in the row's text less likely
-    if options.repetition_penalty != 1.0:
-        for row, seen in enumerate(history):
-            ids = np.unique(seen)
-            values = logits[row, ids]
-            logits[row, ids] = np.where(values > 0, values / options.repetition_penalty, values * options.repetition_penalty)
-    # greedy: the most likely token, and no random draw at all
-    if options.temperature == 0:
-        return logits.argmax(axis=-1)
-    banned = 0 if ban is None else len(ban)
-    if top is not None and options.repetition_penalty == 1.0 and 0 < options.top_k <= top[1].shape[-1] - banned:
-        # top-k from the graph's candidates: the banned ones out, then the k most likely of the rest, in order
-        values, ids = top
-        if ban is not None:
-            values = np.where((ids[..., None] == ban).any(axis=-1), -np.inf, values)  # a ban is an id or two: np.isin costs 20x
-        order = np.argsort(-values, axis=-1, kind="stable")[:, : options.top_k]
-        token_ids, probs = np.take_along_axis(ids, order, axis=-1), draw_weights(np.take_along_axis(values, order, axis=-1), options)
-    else:
-        token_ids, probs = sampling_distribution(logits, options)
-    # sample: one uniform draw per row from that row's own generator, inverted through the CDF
-    draws = np.array([rng.random() for rng in rngs])
-    cdf = np.cumsum(probs, axis=-1)
-    picks = np.minimum((cdf < draws[:, None] * cdf[:, -1:]).sum(axis=-1), token_ids.shape[-1] - 1)
-    return token_ids[np.arange(len(token_ids)), picks]
-
-
-def sampling_distribution(logits: np.ndarray, options: GenerationOptions) -> tuple[np.ndarray, np.ndarray]:
-    """What a draw chooses from, per row of `logits` (rows, vocab): token ids, most likely first, and their weights
-    (float64; they sum to 1 unless top-p cut tokens to 0). Greedy (temperature 0): the most likely token alone."""
-    if options.temperature == 0:
-        return logits.argmax(axis=-1)[:, None], np.ones((len(logits), 1))
-    # top-k: keep the k most likely tokens of each row, most likely first (all tokens when k is 0)
-    k = options.top_k if 0 < options.top_k < logits.shape[-1] else logits.shape[-1]
-    token_ids = top_k(logits, k)
-    return token_ids, draw_weights(np.take_along_axis(logits, token_ids, axis=-1), options)
-
-
-def draw_weights(kept: np.ndarray, options: GenerationOptions) -> np.ndarray:
-    """The weights a draw gives each row's kept logits (rows, k; most likely first) under `options`' temperature and top-p."""
-    # temperature, then softmax in float64: sharpen (< 1) or flatten (> 1) the distribution
-    probs = np.exp((kept - kept[:, :1]) / options.temperature, dtype=np.float64)
-    probs /= probs.sum(axis=-1, keepdims=True)
-    # top-p: keep the smallest prefix of tokens whose probability reaches p (the top token always stays)
-    if options.top_p < 1.0:
-        probs[np.cumsum(probs, axis=-1) - probs >= options.top_p] = 0.0
-    return probs
-
-
 class Generator:
-    """An exported causal LM, its tokenizer and its prompt template, ready to sample replies."""
+    """An exported causal LM, its tokenizer and its prompt template, ready to sample replies.
 
-    def __init__(self, model_dir: Path, spec: GeneratorSpec, threads: int | None = None):
+    The keyword options choose between ways of decoding that give the same tokens (the tests compare them):
+    one_sequence: True decodes the candidates as one sequence on the prompt's single cache where the graph's
+        attention takes a bias (see `Candidates`); False gives each candidate a batch row and its own copy of
+        the prompt's cache.
+    graph_top_k: True draws from the largest logits that a graph with a `top_k` input returns
+        (export.quantize.prune_lm_head) wherever they hold the draw's top-k; False searches the whole vocabulary.
+    spare_bytes: the most cache buffer memory kept from one decode for the next (see `KVCache`); 0 keeps none.
+    """
+
+    def __init__(
+        self, model_dir: Path, spec: GeneratorSpec, threads: int | None = None, *,
+        one_sequence: bool = True, graph_top_k: bool = True, spare_bytes: int = SPARE_BYTES,
+    ):
         self.spec = spec
         self.template = spec.prompt_template
         if self.template.count("{comment}") != 1:
@@ -297,13 +142,12 @@ class Generator:
             self.prefix_ids = [spec.bos_token_id] + self.prefix_ids
 
         self.in_place = spec.kv_cache == "in-place"
-        # the cache buffers of the last finished `generate`, for the next one (in-place graphs; see `grown`)
-        self.spare: dict[str, np.ndarray] | None = None
-        self.spare_lock = threading.Lock()
+        self.spares: deque[dict[str, np.ndarray]] = deque(maxlen=1)  # the last in-place decode's buffers (KVCache)
+        self.spare_bytes = spare_bytes
         inputs = {i.name: i for i in self.session.get_inputs()}
         self.input_names = set(inputs)
-        self.past_names = [name for name in inputs if name.startswith("past_key_values.")]
-        self.present_names = ["present." + name[len("past_key_values.") :] for name in self.past_names]
+        self.past_names = [name for name in inputs if name.startswith(PAST_PREFIX)]
+        self.present_names = [present_name(name) for name in self.past_names]
         missing = {"input_ids", "logits", *self.present_names} - self.input_names - {o.name for o in self.session.get_outputs()}
         if missing or not self.past_names:
             raise BundleError(f"the generator graph is not a KV-cache causal LM (missing {sorted(missing) or 'past inputs'}); re-export it")
@@ -315,10 +159,10 @@ class Generator:
         # a graph exported with its LM head pruned returns the last position's logits only, (batch, 1, vocab), in a
         # prefill (a graph with `logits_to_keep`: in a one-sequence decode step, every position's)
         self.last_logits_only = logits_info.shape[1] == 1 or "logits_to_keep" in self.input_names
-        # graphs whose attention takes a bias decode the candidates as one sequence on the prompt's cache (see Candidates)
-        self.one_sequence = "attention_bias" in self.input_names
-        # graphs that also return each position's top_k logits, for the draw (export.quantize.prune_lm_head)
-        self.top_candidates = "top_k" in self.input_names
+        # graphs whose attention takes a bias can decode the candidates as one sequence on the prompt's cache
+        self.one_sequence = one_sequence and "attention_bias" in self.input_names
+        # graphs that also return each position's top_k logits, for the draw
+        self.top_candidates = graph_top_k and "top_k" in self.input_names
         # where both are known, a decode step writes its logits straight into a buffer of ours (no output list to fetch)
         self.vocab = vocab if isinstance(vocab, int) else None
         self.logits_dtype = _ONNX_FLOAT.get(logits_info.type)
@@ -328,19 +172,24 @@ class Generator:
                 "the bundle mixes files of different models: re-export it"
             )
         # the template's prefix, prefilled once for every call (None when the template has none)
-        self.prefix_cache: dict[str, ort.OrtValue] | None = None
-        self.prefix_prefill_s = 0.0
-        if self.prefix_ids:
-            if len(self.prefix_ids) >= self.context_length:
-                raise BundleError(
-                    f"the prompt template's prefix is {len(self.prefix_ids)} tokens, no room left in the generator's "
-                    f"{self.context_length}-token context; shorten the template and re-export the bundle"
-                )
-            start = time.perf_counter()
-            self.prefix_cache = self.stored_prefix_cache(model_dir)
-            if self.prefix_cache is None:
-                _, self.prefix_cache = self.forward(np.array([self.prefix_ids], dtype=np.int64), 0, self.empty_cache(1))
-            self.prefix_prefill_s = time.perf_counter() - start
+        start = time.perf_counter()
+        self.prefix_cache = self.prefill_prefix(model_dir)
+        self.prefix_prefill_s = time.perf_counter() - start if self.prefix_cache is not None else 0.0
+
+    def prefill_prefix(self, model_dir: Path) -> dict[str, ort.OrtValue] | None:
+        """The template prefix's cache: the bundle's (`stored_prefix_cache`), else prefilled by this graph; None without a prefix."""
+        if not self.prefix_ids:
+            return None
+        if len(self.prefix_ids) >= self.context_length:
+            raise BundleError(
+                f"the prompt template's prefix is {len(self.prefix_ids)} tokens, no room left in the generator's "
+                f"{self.context_length}-token context; shorten the template and re-export the bundle"
+            )
+        stored = self.stored_prefix_cache(model_dir)
+        if stored is not None:
+            return stored
+        _, cache = self.forward(np.array([self.prefix_ids], dtype=np.int64), 0, self.empty_cache(1))
+        return cache
 
     def stored_prefix_cache(self, model_dir: Path) -> dict[str, ort.OrtValue] | None:
         """The prefix's cache that the bundle ships (`GeneratorSpec.prefix_cache`, computed by the fp32 graph at export),
@@ -383,10 +232,10 @@ class Generator:
         """One forward pass: logits (batch, length, vocab), or (batch, 1, vocab) from a graph whose head is pruned
         (`last_logits_only`), and the new cache, kept as OrtValues between steps.
 
-        A cache with room beyond `past_length` (see `Candidates`) is updated in place and returned as is.
-        `binding`: one from `bind_cache(cache)`, which a decode loop reuses step after step (the cache stays
-        bound; only the inputs and the logits are bound again). `out`: a buffer of ours for the logits of an
-        in-place step, (batch, 1, vocab) of `logits_dtype`, returned instead of a new array.
+        A cache with room beyond `past_length` (see `KVCache`) is updated in place and returned as is.
+        `binding`: a `KVCache`'s, which a decode loop reuses step after step (the cache stays bound; only the
+        inputs and the logits are bound again). `out`: a buffer of ours for the logits of an in-place step,
+        (batch, 1, vocab) of `logits_dtype`, returned instead of a new array.
         `positions`: the tokens' positions (batch, length), `past_length` onwards by default. `bias`: the
         attention bias (batch, 1, length, past_length + length) of a one-sequence decode step (`Candidates`),
         which returns every position's logits; without it, attention is causal alone. `top`: buffers of ours,
@@ -395,7 +244,7 @@ class Generator:
         batch, length = input_ids.shape
         in_place = self.in_place and cache[self.past_names[0]].shape()[2] >= past_length + length
         if binding is None:
-            binding = self.bind_cache(cache) if in_place else self.session.io_binding()
+            binding = bind_in_place(self.session, cache) if in_place else self.session.io_binding()
         kept = length if bias is not None or not self.last_logits_only else 1
         binding.bind_cpu_input("input_ids", input_ids)
         if "attention_mask" in self.input_names:
@@ -430,69 +279,18 @@ class Generator:
         output, *presents = binding.get_outputs()
         return output.numpy(), cache if in_place else dict(zip(self.past_names, presents))
 
-    def bind_cache(self, cache: dict[str, ort.OrtValue]) -> ort.IOBinding:
-        """A binding with each of `cache`'s buffers bound as both the past and the present of its layer (in-place graphs)."""
-        binding = self.session.io_binding()
-        for past, present in zip(self.past_names, self.present_names):
-            binding.bind_ortvalue_input(past, cache[past])
-            binding.bind_ortvalue_output(present, cache[past])
-        return binding
-
     def empty_cache(self, batch: int) -> dict[str, ort.OrtValue]:
+        """A cache of no positions, the past of a prefill from scratch."""
         empty = np.zeros((batch, self.kv_heads, 0, self.head_dim), dtype=self.cache_dtype)
         return {name: ort.OrtValue.ortvalue_from_numpy(empty) for name in self.past_names}
 
-    def grown(self, cache: dict[str, ort.OrtValue], rows: int, length: int) -> dict[str, np.ndarray]:
-        """The batch-1 prompt cache repeated for `rows` rows (in-place graphs: in buffers `length` long), as the arrays
-        that hold the memory the decode's OrtValues point to.
+    def new_kv_cache(self, prompt: dict[str, ort.OrtValue], rows: int, length: int) -> KVCache:
+        """A decode's cache: the prompt's batch-1 `prompt` cache for `rows` rows, with room for `length` positions in place."""
+        return KVCache(self.session, prompt, rows, length, self.in_place, self.spares, self.spare_bytes)
 
-        In-place graphs take the spare buffers a finished `generate` left (`keep_spare`) when they have
-        at least `rows` rows and `length` positions: the batch is their first rows, and a longer buffer
-        only means positions the attention never reads. Fresh buffers cost ~10 ms a reply in page faults
-        (35-49 MB), 1% of it. One array a layer: a single block for all layers fills 3x faster (huge
-        pages) but raised the benchmark's peak RSS from 385 to 418-431 MB.
-        """
-        spare = self.take_spare(rows, length) if self.in_place else None
-        grown = {}
-        for name, value in cache.items():
-            prompt = value.numpy()
-            if self.in_place:
-                buffer = spare[name][:rows] if spare else np.zeros((rows, self.kv_heads, length, self.head_dim), dtype=prompt.dtype)
-                buffer[:, :, : prompt.shape[2]] = prompt
-            else:
-                buffer = np.repeat(prompt, rows, axis=0)
-            grown[name] = buffer
-        return grown
-
-    def take_spare(self, rows: int, length: int) -> dict[str, np.ndarray] | None:
-        """The spare buffers, if they hold `rows` x `length`; either way there is no spare after this."""
-        with self.spare_lock:
-            spare, self.spare = self.spare, None
-        first = next(iter(spare.values())) if spare else None
-        return spare if first is not None and first.shape[0] >= rows and first.shape[2] >= length else None
-
-    def keep_spare(self, buffers: dict[str, np.ndarray]) -> None:
-        """Keep a finished decode's cache buffers (`grown`'s, or the spare they are the first rows of) for the next
-        one, when they are at most SPARE_BYTES: what stays allocated between replies is bounded."""
-        owners = {name: buffer if buffer.base is None else buffer.base for name, buffer in buffers.items()}
-        if sum(owner.nbytes for owner in owners.values()) <= SPARE_BYTES:
-            with self.spare_lock:
-                self.spare = owners
-
-    def drop_rows(self, cache: dict[str, ort.OrtValue], buffers: dict[str, np.ndarray], keep: list[int]) -> dict[str, ort.OrtValue]:
-        """The cache of the batch rows `keep` (ascending) alone.
-
-        In-place graphs: the kept rows move up inside `buffers` (`grown`'s, whose leading rows are the
-        batch), and the cache is their first len(keep) rows, so nothing is allocated (a copy into fresh
-        buffers took ~6 ms each time a candidate ended, 4% of a reply). Other graphs: a copy of the kept rows.
-        """
-        if not self.in_place:
-            return {name: ort.OrtValue.ortvalue_from_numpy(value.numpy()[keep]) for name, value in cache.items()}
-        first = next((to for to, row in enumerate(keep) if to != row), len(keep))  # rows before it stay where they are
-        for buffer in buffers.values():
-            for to in range(first, len(keep)):
-                buffer[to] = buffer[keep[to]]
-        return {name: ort.OrtValue.ortvalue_from_numpy(buffer[: len(keep)]) for name, buffer in buffers.items()}
+    def grown(self, prompt: dict[str, ort.OrtValue], rows: int, length: int) -> dict[str, np.ndarray]:
+        """The arrays of a fresh `KVCache` (no spare taken), for a caller that steps `forward` itself."""
+        return KVCache(self.session, prompt, rows, length, self.in_place).buffers
 
     def sample(self, comment: str, options: GenerationOptions) -> Sample:
         """`options.candidates` replies to `comment`, seeded from `options.seed`: the one way candidates are sampled."""
@@ -530,8 +328,7 @@ class Generator:
         try:
             generations = self.decode(prompt_ids, options, rngs, logits[:, -1], candidates)
         finally:
-            if self.in_place:
-                self.keep_spare(candidates.buffers)
+            candidates.kv_cache.release()
         return generations, prefill_s
 
     def decode(
@@ -542,16 +339,15 @@ class Generator:
         logits = np.repeat(logits, n, axis=0)
         tokens: list[list[int]] = [[] for _ in range(n)]
         finish: list[str] = ["length"] * n
-        stop_at = _deadline.get()
         for step in range(options.max_new_tokens):
             # a caller's deadline (see `deadline`) stops the decode between steps
-            if stop_at is not None and time.monotonic() > stop_at:
+            if past_deadline():
                 raise DeadlineExceeded(f"the deadline passed after {step} of up to {options.max_new_tokens} new tokens")
-            # sample the next token of every unfinished candidate
+            # sample the next token of every unfinished candidate (the logits are ours to overwrite)
             rows = candidates.rows
             ban = self.eos_ids if step < options.min_new_tokens else None
             history = [prompt_ids + tokens[row] for row in rows] if options.repetition_penalty != 1.0 else []
-            picks = sample_next(logits, history, options, [rngs[row] for row in rows], ban, True, candidates.top)  # the logits are ours
+            picks = sample_next(logits, history, options, [rngs[row] for row in rows], ban, True, candidates.top)
             # append it, and mark candidates that hit EOS or a stop string
             done = []
             for position, (row, token) in enumerate(zip(rows, picks.tolist())):
@@ -574,9 +370,10 @@ class Generator:
                 picks = picks[keep]
             # decode: one step for the rows still running
             logits = candidates.step(picks)
-        return [Generation(self._text(tokens[row], options.stop, finish[row]), tuple(tokens[row]), finish[row]) for row in range(n)]
+        return [Generation(self.text(tokens[row], options.stop, finish[row]), tuple(tokens[row]), finish[row]) for row in range(n)]
 
-    def _text(self, token_ids: list[int], stop: tuple[str, ...], finish: str) -> str:
+    def text(self, token_ids: list[int], stop: tuple[str, ...], finish: str) -> str:
+        """A candidate's reply: its tokens as text, cut before a stop string, or at its last whole sentence where the limit cut it."""
         text = self.tokenizer.decode(token_ids, skip_special_tokens=True)
         for s in stop:
             text = text.split(s, 1)[0]
@@ -584,14 +381,14 @@ class Generator:
 
 
 class Candidates:
-    """The cache of the candidates a `Generator` decodes, and one decode step of the rows still running.
+    """The candidates a `Generator` decodes: which still run, at what position, and one decode step of them.
 
     Two layouts. One sequence (`Generator.one_sequence`: graphs whose attention takes a bias, see
     export.quantize.decode_as_one_sequence): the prompt's cache once, then the rows' tokens one step after
     another, every step's tokens side by side; each token is at its row's position and attends to the prompt and
     to its own row's tokens, the bias hiding the others'. So a step reads the prompt once whatever the rows, and
     a finished row just adds no more tokens. Otherwise one batch row per candidate: the prompt's cache repeated
-    for each, and a finished row's cache leaves the batch (`Generator.drop_rows`); so do graphs with a bias where
+    for each, and a finished row's cache leaves the batch (`KVCache.drop_rows`); so do graphs with a bias where
     the one sequence would outgrow the model's context.
     """
 
@@ -608,12 +405,10 @@ class Candidates:
             self.length = prompt_length  # the cache's used length: the prompt, then every token decoded so far
             self.bias = np.full((rows, prompt_length + rows * max_new_tokens), -np.inf, dtype=np.float32)
             self.bias[:, :prompt_length] = 0.0  # row i sees the prompt, then its own tokens (set as they come)
-            self.buffers = generator.grown(cache, 1, self.bias.shape[1])
+            self.kv_cache = generator.new_kv_cache(cache, 1, self.bias.shape[1])
         else:
-            self.buffers = generator.grown(cache, rows, prompt_length + max_new_tokens)
-        self.cache = {name: ort.OrtValue.ortvalue_from_numpy(buffer) for name, buffer in self.buffers.items()}
-        # in-place graphs: the cache stays bound from step to step, and every step writes its logits into one buffer
-        self.binding = generator.bind_cache(self.cache) if generator.in_place else None
+            self.kv_cache = generator.new_kv_cache(cache, rows, prompt_length + max_new_tokens)
+        # in-place graphs: every step writes its logits (and its top candidates) into buffers of ours
         shape = (1, rows, generator.vocab) if self.one_sequence else (rows, 1, generator.vocab)
         self.logits = np.empty(shape, dtype=generator.logits_dtype) if generator.in_place and generator.vocab and generator.logits_dtype else None
         top = min(top, generator.vocab or 0) if generator.top_candidates and self.logits is not None else 0
@@ -624,26 +419,26 @@ class Candidates:
         """Only the running rows at `positions` (ascending) run on."""
         self.rows = [self.rows[p] for p in positions]
         if not self.one_sequence:
-            self.cache = self.generator.drop_rows(self.cache, self.buffers, positions)
-            self.binding = self.generator.bind_cache(self.cache) if self.generator.in_place else None
+            self.kv_cache.drop_rows(positions)
 
     def step(self, tokens: np.ndarray) -> np.ndarray:
         """Append each running row's next token (`tokens`, in `rows` order); their next-token logits (rows, vocab)."""
         k, tokens = len(self.rows), tokens.astype(np.int64)
+        kv = self.kv_cache
         if self.one_sequence:
             self.bias[self.rows, self.length + np.arange(k)] = 0.0  # each row's new token, seen by its row alone
             bias = self.bias[self.rows, : self.length + k][None, None]  # a row-indexed copy: contiguous
             out = self.logits[:, :k] if self.logits is not None else None
             top = tuple(buffer[:, :k] for buffer in self.top_buffers) if self.top_buffers else None
             positions = np.full((1, k), self.position, dtype=np.int64)
-            logits, self.cache = self.generator.forward(tokens[None], self.length, self.cache, self.binding, out, positions, bias, top)
+            logits, kv.cache = self.generator.forward(tokens[None], self.length, kv.cache, kv.binding, out, positions, bias, top)
             logits = logits[0, -k:]
             self.top = tuple(buffer[0] for buffer in top) if top else None
             self.length += k
         else:
             out = self.logits[:k] if self.logits is not None else None
             top = tuple(buffer[:k] for buffer in self.top_buffers) if self.top_buffers else None
-            logits, self.cache = self.generator.forward(tokens[:, None], self.position, self.cache, self.binding, out, top=top)
+            logits, kv.cache = self.generator.forward(tokens[:, None], self.position, kv.cache, kv.binding, out, top=top)
             logits = logits[:, -1]
             self.top = tuple(buffer[:, -1] for buffer in top) if top else None
         self.position += 1

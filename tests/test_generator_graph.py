@@ -1,5 +1,6 @@
-"""The generator graph a bundle ships computes the last `logits_to_keep` positions' logits only (export.quantize.prune_lm_head):
-the last one in a prefill, every row's in a one-sequence decode step."""
+"""The generator graph a bundle ships: it computes the last `logits_to_keep` positions' logits only, the last one in a
+prefill and every row's in a one-sequence decode step, and their top_k (export.quantize.prune_lm_head); every attention
+takes the bias that lets the candidates decode as one sequence (export.quantize.decode_as_one_sequence)."""
 
 from __future__ import annotations
 
@@ -65,6 +66,16 @@ def test_pruned_head_gives_the_full_heads_last_logits(bundle, request, tmp_path)
     start = len(own.prefix_ids) + 2
     forced = candidate_logits(own, prompt[:start], np.array([prompt[start:]]))
     np.testing.assert_allclose(forced[0], b[0, start - 1 : -1], atol=1e-3)
+
+
+@pytest.mark.parametrize("bundle", ["llama_bundle", "gpt2_bundle", "llama_dynamic_bundle"])
+def test_bundle_graphs_give_every_attention_the_bias(bundle, request):
+    graph = onnx.load(str(Path(request.getfixturevalue(bundle)) / "generator" / "model.onnx"), load_external_data=False).graph
+    assert {"attention_bias", "position_ids", "logits_to_keep"} <= {i.name for i in graph.input}
+    attention = [node for node in graph.node if node.op_type == "GroupQueryAttention"]
+    assert attention and all(node.input[10] == "attention_bias" for node in attention)
+    rotary = [node for node in attention if any(a.name == "do_rotary" and a.i for a in node.attribute)]
+    assert all(node.input[9] == "position_ids" for node in rotary)
 
 
 @pytest.mark.parametrize("rewrite", [prune_lm_head, decode_as_one_sequence])

@@ -1,13 +1,15 @@
 """`sample_next` against distributions worked out by hand: greedy, EOS ban, top-k, top-p,
 repetition penalty and temperature, each through the exact inverse-CDF pick a fixed rng makes,
-and the temperature also through empirical frequencies."""
+and the temperature also through empirical frequencies; the graph's top candidates and an
+overwritten buffer give the same picks."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from replyrank.generate import GenerationOptions, candidate_rngs, sample_next, top_k
+from replyrank.options import GenerationOptions
+from replyrank.sampling import candidate_rngs, sample_next, top_k
 
 SEEDS = range(200)
 
@@ -130,3 +132,15 @@ def test_the_graphs_top_candidates_give_the_tokens_of_the_whole_logits(options, 
     # too few candidates left after the ban, or a penalty that reorders the logits: the whole logits are searched
     short = (top[0][:, : options.top_k], top[1][:, : options.top_k])
     assert np.array_equal(sample_next(logits, [], options, candidate_rngs(1, len(SEEDS)), banned, top=short), whole)
+
+
+def test_overwrite_picks_the_same_and_changes_only_the_callers_buffer_when_asked():
+    logits = np.random.default_rng(0).standard_normal((4, 600)).astype(np.float32)
+    logits[:, 7] = 10.0  # the banned token would win every row
+    options, ban = GenerationOptions(temperature=0.8, top_k=30), np.array([7])
+    kept = logits.copy()
+    copied = sample_next(logits, [], options, candidate_rngs(3, 4), ban)
+    assert np.array_equal(logits, kept)  # not asked: the caller's logits stay as they were
+    overwritten = sample_next(logits, [], options, candidate_rngs(3, 4), ban, overwrite=True)
+    assert np.array_equal(copied, overwritten) and 7 not in copied
+    assert np.all(logits[:, 7] == -np.inf)  # asked: the ban was written into the buffer itself
