@@ -3,16 +3,14 @@
 A `PairGraph` is one graph and its tokenizer: the pairs are tokenized in one call and run one
 pair per run, unpadded, and it returns the outputs asked for. One run per pair keeps a pair's
 scores independent of the pairs beside it: a dynamically quantized graph quantizes a run's
-activations with one scale, so in a shared batch a candidate's realism moved by up to 0.064 and its
-upvote logit by up to 0.086 with its siblings (the default bundle, 8 candidates, measured), for a
-cost of about 6 ms per 8 pairs (36 against 31 ms). The feed holds only the
-inputs the graph declares (BERT has `token_type_ids`, RoBERTa and DistilBERT do not), always as
-int64, as fastembed builds it. A `ScorerSpec` says which output a score is read from and how
-(`read_score`).
+activations with one scale, so in a shared batch a candidate's scores would move with its
+siblings. The feed holds only the inputs the graph declares (BERT has `token_type_ids`, RoBERTa
+and DistilBERT do not), always as int64, as fastembed builds it. A `ScorerSpec` says which output
+a score is read from and how (`read_score`).
 
 `Scorers` holds the bundle's two scorers. When their specs name the same part folder (one
-graph with two heads), it opens ONE session and runs each pair ONCE, reading both outputs from
-that run; otherwise each scorer has its own graph.
+graph with two heads), it opens one session and runs each pair once, reading both outputs from
+that run; otherwise each scorer has its own graph, and each runs every pair.
 """
 
 from __future__ import annotations

@@ -25,13 +25,12 @@ def default_threads() -> int:
     return available_cores()
 
 
-# How long an idle worker spins before it sleeps. A decode step is ~300 small operators, and on
-# a 2-vCPU VM waking a sleeping worker for each costs more than the operators themselves (ORT
-# profile at N = 8: SkipSimplifiedLayerNormalization 1.8 ms a step asleep, 0.8 ms spinning). The reply
-# job (N = 8 x 32 tokens, benchmarks/session_options.py, benchmarks/results/round5): no spinning
-# 972 ms, 5 us 881, 20 us 809, unbounded 803; beside a busy loop on one of the two cores 1,211 /
-# 1,145 / 1,413 / 1,736. 5 us keeps half the gain and loses nothing under load: the gaps inside a
-# run are shorter, the gaps between runs (sampling in Python) and a contended core's are longer.
+# How long an idle worker spins before it sleeps. A decode step is a few hundred small operators,
+# and on a machine of few cores waking a sleeping worker for each costs more than the operators
+# themselves, so workers spin a little. A short spin keeps much of the gain and loses nothing when
+# another process contends for the cores: the gaps inside a run are shorter than it, the gaps
+# between runs (sampling in Python) and a contended core's are longer (benchmarks/probes/session_options.py
+# measures the choices).
 SPIN_US = 5
 
 
@@ -68,10 +67,10 @@ def load_tokenizer(path: Path) -> Tokenizer:
         raise BundleError(f"{path} is not a readable tokenizer ({error}); re-export the bundle") from error
 
 
-# tokenizers reads a tokenizer.json holding the GIL the whole time (SmolLM2's: ~90 ms here), while ONNX Runtime
-# builds a session without it, all but the first few ms (reading the graph, then Python between two calls).
-# So `open_part` starts the tokenizer once the build is past them: opening the default bundle took 322 -> 231 ms
-# (benchmarks/startup.py); a build slower to start than this just waits for the tokenizer, as in sequence.
+# tokenizers reads a tokenizer.json holding the GIL the whole time, while ONNX Runtime builds a session
+# without it, all but its first steps (reading the graph, then Python between two calls). So `open_part`
+# starts the tokenizer once the build is past them, and the two overlap (benchmarks/startup.py measures
+# the opening); a build slower to start than this just waits for the tokenizer, as in sequence.
 TOKENIZER_DELAY_S = 0.02
 
 
