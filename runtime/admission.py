@@ -7,7 +7,7 @@
   runs out (text-embeddings-inference and llama.cpp's server answer the same way);
 - a deadline, `timeout_s` from arrival, queueing included: a request that waited past it gets 504
   without running, and one that runs past it has its decode stopped between steps
-  (`replyrank.generate.deadline`), which frees its thread, and gets 504 too.
+  (`replyrank.options.deadline`), which frees its thread, and gets 504 too.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from . import generate
+from . import options
 from .api import ApiError, error_body
 from .errors import DeadlineExceeded
 
@@ -65,7 +65,7 @@ class Admission:
     def _before(self, deadline: float, work: Callable[[], T]) -> T:
         if time.monotonic() > deadline:
             raise ApiError(504, "timeout", f"the request waited in the queue past its {self.timeout_s:g} s deadline; retry later")
-        with generate.deadline(deadline):
+        with options.deadline(deadline):
             return work()
 
     def shutdown(self) -> None:

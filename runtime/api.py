@@ -11,24 +11,24 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from . import generate
+from . import options
 from .errors import InputError
 
 
 @dataclass(frozen=True)
 class Limits:
     """The most one request may ask for. The defaults are the library's own limits
-    (`replyrank.generate.MAX_*`, which `Bot` enforces too); a server may only lower them."""
+    (`replyrank.options.MAX_*`, which `Bot` enforces too); a server may only lower them."""
 
     max_body_bytes: int = 1 << 20  # 413 above this; 64 replies of 10,000 characters fit
-    max_comment_chars: int = generate.MAX_COMMENT_CHARS
-    max_candidates: int = generate.MAX_CANDIDATES
-    max_new_tokens: int = generate.MAX_NEW_TOKENS
-    max_replies: int = generate.MAX_REPLIES
-    max_reply_chars: int = generate.MAX_REPLY_CHARS
+    max_comment_chars: int = options.MAX_COMMENT_CHARS
+    max_candidates: int = options.MAX_CANDIDATES
+    max_new_tokens: int = options.MAX_NEW_TOKENS
+    max_replies: int = options.MAX_REPLIES
+    max_reply_chars: int = options.MAX_REPLY_CHARS
 
     def check(self) -> None:
-        ceilings = {f.name: getattr(generate, f.name.upper(), None) for f in fields(self)}
+        ceilings = {f.name: getattr(options, f.name.upper(), None) for f in fields(self)}
         for name, value in asdict(self).items():
             ceiling = ceilings[name]
             if value < 1 or (ceiling is not None and value > ceiling):
@@ -112,7 +112,7 @@ def request_models(limits: Limits) -> Models:
         top_k: option(int, ge=0, le=1 << 20, description=f"0 disables. {bundle_default}")
         top_p: option(float, gt=0, le=1, allow_inf_nan=False)
         repetition_penalty: option(float, gt=0, le=100, allow_inf_nan=False)
-        stop: option(list[Annotated[str, Field(min_length=1)]], max_length=generate.MAX_STOP_STRINGS,
+        stop: option(list[Annotated[str, Field(min_length=1)]], max_length=options.MAX_STOP_STRINGS,
                      description=f"Stop a candidate at any of these strings. {bundle_default}")
         max_comment_tokens: option(int, ge=1, le=1 << 20)
         seed: int | None = Field(None, ge=0, le=2**63 - 1, description="Reproduce a run exactly (default: fresh entropy).")

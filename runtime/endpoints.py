@@ -33,12 +33,13 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
-from . import __version__, generate
+from . import __version__
 from .admission import Admission, BodyLimit
 from .api import ERROR_DESCRIPTIONS, STATUS_TYPES, ApiError, Models, ServerConfig, error_body, request_models, with_result_schema
 from .bot import RESULT_SCHEMA, Bot
 from .environment import package_versions
 from .errors import InputError, ReplyrankError
+from .options import check_replies
 
 LOG = logging.getLogger("replyrank.serve")
 # the packages whose versions /v1/info reports
@@ -163,7 +164,7 @@ async def score(state: ServerState, request: BaseModel) -> JSONResponse:
     bot = state.ready_bot()
     given = request.model_dump()
     comment, replies = given["comment"], given["replies"]
-    generate.check_replies(replies)
+    check_replies(replies)
     return await _answer(state, lambda: bot.score(comment, replies).to_dict())
 
 

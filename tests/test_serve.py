@@ -33,6 +33,7 @@ from schemathesis.checks import (
 import replyrank
 from replyrank.bot import RESULT_SCHEMA
 from replyrank.cli import main
+from replyrank.options import MAX_CANDIDATES, deadline
 
 COMMENT = "what do you think about the new library in town"
 QUICK = {"candidates": 2, "max_new_tokens": 6, "seed": 1}
@@ -158,7 +159,7 @@ def test_health_ready_info_and_the_access_log(server):
         assert client.get("/docs").status_code == 200
         schema = client.get("/openapi.json").json()
         _is_error(client.get("/no/such/path"), 404, "not_found")
-    assert info["limits"]["max_candidates"] == replyrank.generate.MAX_CANDIDATES
+    assert info["limits"]["max_candidates"] == MAX_CANDIDATES
     assert info["server"]["auth"] is False and info["server"]["threads"] == 1
     assert set(info["versions"]) >= {"replyrank", "onnxruntime", "fastapi", "uvicorn"}
     assert {"/v1/reply", "/v1/score", "/v1/info", "/health", "/ready"} <= set(schema["paths"])
@@ -300,8 +301,6 @@ def test_the_library_and_the_cli_refuse_what_would_exhaust_the_machine(gpt2_bund
 
 
 def test_a_deadline_stops_the_decode(gpt2_bundle):
-    from replyrank.generate import deadline
-
     bot = replyrank.load(gpt2_bundle)
     with deadline(time.monotonic() - 1), pytest.raises(replyrank.DeadlineExceeded, match="after 0 of up to 8 new tokens"):
         bot.reply(COMMENT, candidates=2, max_new_tokens=8)
