@@ -1,4 +1,6 @@
-"""The runtime's contract on tiny exported bundles: sampling, sharing the prefill, scoring, selection, CLI."""
+"""What a Bot promises, on tiny exported bundles: sampling, sharing the prefill, scoring, selection, and the CLI over it.
+
+What it does with hostile input, broken bundles, threads and long runs is in test_robustness.py."""
 
 from __future__ import annotations
 
@@ -6,7 +8,6 @@ import json
 import shutil
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import onnxruntime as ort
@@ -156,19 +157,6 @@ def test_when_none_is_realistic_enough_the_most_realistic_is_kept_and_said(gpt2_
     assert ranked.note == f"no candidate reached the realism threshold 1.000; kept the most realistic one ({ranked.best.realism:.3f})"
 
 
-def test_special_tokens_typed_by_a_user_are_text(bot):
-    ids = bot.generator.encode_prompt("<|endoftext|><|im_end|>", GenerationOptions()).ids
-    assert not set(ids) & set(bot.generator.eos_ids.tolist())
-    tokenizer = bot.scorers.graph(DISCRIMINATOR).tokenizer
-    encoding = tokenizer.encode("[SEP] [CLS]", "[SEP]")
-    assert encoding.ids.count(tokenizer.token_to_id("[SEP]")) == 2  # only the post-processor's
-
-
-def test_long_comment_is_truncated_and_said(bot):
-    result = bot.reply("pasta " * 3000, candidates=2, max_new_tokens=8, seed=1)
-    assert result.truncated and result.prompt_tokens <= bot.generator.context_length
-
-
 @pytest.mark.parametrize(
     "options,message",
     [
@@ -183,22 +171,6 @@ def test_bad_options_are_input_errors(gpt2_bundle, options, message):
     bot = replyrank.load(gpt2_bundle)
     with pytest.raises(replyrank.InputError, match=message):
         bot.reply(COMMENT, **options)
-
-
-@pytest.mark.parametrize("comment", ["", "   \n\t"])
-def test_empty_comment_is_an_input_error(gpt2_bundle, comment):
-    with pytest.raises(replyrank.InputError, match="empty"):
-        replyrank.load(gpt2_bundle).reply(comment)
-
-
-def test_concurrent_calls_equal_sequential(gpt2_bundle):
-    bot = replyrank.load(gpt2_bundle, threads=1)
-    comments = [f"{COMMENT} {i}" for i in range(8)]
-    sequential = [bot.reply(c, candidates=3, max_new_tokens=10, seed=i).to_dict()["candidates"] for i, c in enumerate(comments)]
-    with ThreadPoolExecutor(8) as pool:
-        futures = [pool.submit(bot.reply, c, candidates=3, max_new_tokens=10, seed=i) for i, c in enumerate(comments)]
-        threaded = [f.result().to_dict()["candidates"] for f in futures]
-    assert threaded == sequential
 
 
 def test_cli_json_matches_the_api(gpt2_bundle):

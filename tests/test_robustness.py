@@ -1,4 +1,4 @@
-"""Reliability (issue 5): hostile text, broken bundles, interrupted exports, threads, determinism, long runs.
+"""Robustness: hostile text, broken bundles, interrupted exports, threads, determinism, long runs.
 
 Every failure a user can cause must surface as a `ReplyrankError` with a message that says the
 fix (a `BundleError` at load time for a bad bundle, an `InputError` for text that cannot be

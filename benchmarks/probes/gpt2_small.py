@@ -9,7 +9,7 @@ installs, with fresh classification heads (2 labels and 1 output): the default b
 size, meaningless scores. Both bundles skip the quality gate (random weights have no quality to
 keep); the fused one is still checked against PyTorch by `export.gpt2.check_parity`.
 
-    python benchmarks/probes/gpt2_small.py --tokenizer-from /tmp/merged-generator --out /tmp/gpt2small [--unfused]
+    python benchmarks/probes/gpt2_small.py --tokenizer-from MERGED_GENERATOR --out OUT [--unfused]
 
 writes OUT/gpt2small (the Hugging Face folder), OUT/disc, OUT/upv, OUT/bundle (the fused graph,
 `replyrank export`'s default) and, with --unfused, OUT/bundle-unfused (optimum's graph, as before).
