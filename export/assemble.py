@@ -1,20 +1,20 @@
-"""`export_bundle`: three trained models → one validated, quantized bundle folder, written atomically.
+"""`export_bundle`: a generator and its scorers → one validated, quantized bundle folder, written atomically.
 
 Steps: (1) the generator becomes a fused KV-cache graph (onnxruntime-genai's model builder:
 GroupQueryAttention with rotary embedding, for the Llama family; export.gpt2's graph of the same
-ops for GPT-2) or optimum's `text-generation-with-past` graph (every other causal LM); (2) both scorers go
-through optimum's `text-classification` export, or one two-head scorer (export.rankers: realism and
-upvotes over one encoder) goes through torch.onnx as one graph with two outputs; (3) MatMuls are quantized to block-wise int8
-(or int4), with the generator's norm-fed projections smoothed to dynamic int8 where calibration texts are given
-(export.quantize), and the template prefix's KV cache computed by the fp32 graph; (4) parity and quality are measured and gated; (5) the realism threshold is
-calibrated on the bundle's own candidates; (6) the manifest is written and the finished folder
-is moved into place, so an interrupted export never leaves a half-written bundle behind.
+ops for GPT-2) or optimum's `text-generation-with-past` graph (every other causal LM);
+(2) the scorers become their graphs (export.scorers: one two-head graph, or one graph each);
+(3) MatMuls are quantized: the generator's to block-wise int8 (or int4), its norm-fed projections
+smoothed to dynamic int8 where calibration texts are given (export.quantize), the scorers' to
+dynamic int8; the template prefix's KV cache is computed by the fp32 graph; (4) parity and
+quality are measured and gated (export.validate); (5) the realism threshold is calibrated on the
+bundle's own candidates; (6) the manifest is written and the finished folder is moved into place,
+so an interrupted export never leaves a half-written bundle behind.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import shutil
 import sys
 import tempfile
@@ -27,23 +27,23 @@ import numpy as np
 import replyrank
 from replyrank.bundle import (
     DEFAULT_SCORES, DISCRIMINATOR, GENERATOR, MANIFEST, REALISM_THRESHOLD, SCORERS, TRAINING_NGRAMS, UPVOTES, Bundle, GeneratorSpec, Score,
-    ScorerSpec, with_prefix_cache,
+    with_prefix_cache,
 )
 from replyrank.environment import cpu_model, int8_dot_product
 from replyrank.errors import ReplyrankError
 from replyrank.filters import COPY_WORDS
 from replyrank.generate import GenerationOptions, Generator
 
-from .convert import SCORER_SPEC, Checkpoint, ExportError, check_scorer, export_onnx, generator_spec, materialize_causal_lm, split_gguf
+from . import gpt2
+from .build_log import build_log, terminal
+from .convert import Checkpoint, ExportError, copy_part_files, export_onnx, generator_spec, materialize_causal_lm, split_gguf
 from .folders import move_into_place
-from .quantize import BITS, BLOCK_SIZE, Calibration, decode_as_one_sequence, optimize_offline, prune_lm_head, quantize_model, quantize_scorer
-from . import gpt2, rankers
-from .validate import GATES, generator_quantized_vs_fp32, generator_vs_torch, pair_model_vs_torch, scorer_vs_torch, token_sequences
+from .quantize import BITS, BLOCK_SIZE, Calibration, decode_as_one_sequence, optimize_offline, prune_lm_head, quantize_model
+from .scorers import ScorerPart, export_part, finish_part, part_checks, part_specs, scorer_parts
+from .validate import GATES, generator_quantized_vs_fp32, generator_vs_torch, token_sequences
 
 # Causal LMs that onnxruntime-genai's builder turns into a fused graph; others go through optimum.
 FUSED_ARCHITECTURES = {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "Phi3ForCausalLM"}
-PART_FILES = ("tokenizer.json", "config.json", "generation_config.json")
-SCORER = "scorer"  # the part folder of a two-head scorer graph (both scorer specs point at it)
 
 # The deployment's sampling options: recorded in the bundle (GeneratorSpec.sampling), used by the
 # runtime as `Bot.reply`'s defaults, by calibration here and for the discriminator's fakes in training.
@@ -66,7 +66,7 @@ class ExportOptions:
 def _progress(steps: int) -> Callable[[str], None]:
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=steps, file=sys.stderr, unit="step", bar_format="{l_bar}{bar}| {n}/{total} [{elapsed}]")
+    bar = tqdm(total=steps, file=terminal(), unit="step", bar_format="{l_bar}{bar}| {n}/{total} [{elapsed}]")
 
     def advance(label: str) -> None:
         bar.set_description(label)
@@ -88,33 +88,23 @@ def _fused_export(checkpoint: Checkpoint, out_dir: Path, work: Path) -> bool:
         from onnxruntime_genai.models.builder import create_model
     except ImportError:
         return False
-    with contextlib.redirect_stdout(sys.stderr):  # the builder prints progress; stdout is for data
+    with contextlib.redirect_stdout(sys.stderr):  # the builder prints a line per layer and tensor; stdout is for data
         create_model("", str(checkpoint.folder), str(out_dir), "fp32", "cpu", str(work / "genai-cache"), filename="model.onnx")
-    for name in PART_FILES:
-        if (checkpoint.folder / name).is_file():
-            shutil.copy(checkpoint.folder / name, out_dir / name)
+    copy_part_files(checkpoint.folder, out_dir)
     return True
 
 
-def _finish_part(
-    fp32_dir: Path, part_dir: Path, scheme: str, scorer: bool = False, block_size: int = BLOCK_SIZE, calibration: Calibration | None = None,
-) -> dict | None:
-    """Quantize (or copy) the fp32 graph into the bundle, with only the files the runtime and optimum need; a generator's layout."""
+def _finish_generator(fp32_dir: Path, part_dir: Path, scheme: str, block_size: int, calibration: Calibration | None) -> dict | None:
+    """The generator's part folder: its graph quantized (its layout returned) or copied, the files the runtime reads beside it."""
     part_dir.mkdir(parents=True)
     layout = None
     if scheme == "none":
         for path in fp32_dir.glob("model.onnx*"):
             shutil.copy(path, part_dir / path.name)
-    elif scorer:
-        quantize_scorer(fp32_dir / "model.onnx", part_dir / "model.onnx")
-        optimize_offline(part_dir / "model.onnx")
+        prune_lm_head(part_dir / "model.onnx")  # a prefill needs the last position's logits only, a decode step each row's
     else:
         layout = _quantize_generator(fp32_dir, part_dir, scheme, block_size, calibration)
-    if scheme == "none" and not scorer:
-        prune_lm_head(part_dir / "model.onnx")  # a prefill needs the last position's logits only, a decode step each row's
-    for name in PART_FILES:
-        if (fp32_dir / name).is_file():
-            shutil.copy(fp32_dir / name, part_dir / name)
+    copy_part_files(fp32_dir, part_dir)
     return layout
 
 
@@ -160,7 +150,7 @@ def export_generator(
     calibration = None
     if calibration_pairs and quantize == "int8":
         calibration = Calibration(token_sequences(reference, calibration_pairs, limit=len(calibration_pairs)), skip=len(reference.prefix_ids))
-    layout = _finish_part(work / "generator-fp32", part_dir, quantize, block_size=block_size, calibration=calibration)
+    layout = _finish_generator(work / "generator-fp32", part_dir, quantize, block_size, calibration)
     if reference.prefix_cache is not None:
         spec = with_prefix_cache(spec, part_dir, reference.prefix_ids, {name: value.numpy() for name, value in reference.prefix_cache.items()})
     ngrams = Path(split_gguf(source)[0]) / TRAINING_NGRAMS  # train_generator's: its training replies' n-gram hashes
@@ -168,39 +158,6 @@ def export_generator(
         shutil.copy(ngrams, part_dir / TRAINING_NGRAMS)
         spec = replace(spec, training_ngrams=TRAINING_NGRAMS, training_ngram_words=COPY_WORDS)
     return spec, checkpoint, layout
-
-
-def scorer_spec(name: str, source: Checkpoint, score: Score) -> ScorerSpec:
-    """A trained scorer's spec: its kind by role, its tokenizer facts from its config, a regressor's target scaling."""
-    config = json.loads((source.folder / "config.json").read_text())
-    scaling = source.folder / SCORER_SPEC
-    extra = json.loads(scaling.read_text()) if scaling.is_file() else {}  # a regressor trained on standardized targets
-    return ScorerSpec(
-        path=name,
-        kind="probability" if name == DISCRIMINATOR else "regression",
-        score=score,
-        vocab_size=config["vocab_size"],
-        pad_token_id=config.get("pad_token_id") or 0,
-        output_scale=float(extra.get("output_scale", 1.0)),
-        output_offset=float(extra.get("output_offset", 0.0)),
-    )
-
-
-def pair_model_specs(info: dict[str, Any], model, scores: dict[str, Score]) -> dict[str, ScorerSpec]:
-    """The two scorer specs of one two-head graph: realism from `realism_logits`, upvotes from `upvotes`,
-    with the upvote head's calibration scale and each head's held-out figures from training."""
-    config = model.encoder.config
-    shared = {"path": SCORER, "max_length": info.get("options", {}).get("max_length", 128), "pad_token_id": config.pad_token_id or 0,
-              "vocab_size": config.vocab_size, "text_normalization": info.get("text_normalization")}
-    heads = info.get("heads", {})
-    upvotes = heads.get("upvotes", {})
-    return {
-        DISCRIMINATOR: ScorerSpec(kind="probability", score=scores[DISCRIMINATOR], output=rankers.OUTPUTS[0], label=1,
-                                  metrics=heads.get("realism", {}), **shared),
-        UPVOTES: ScorerSpec(kind="regression", score=rankers.UPVOTE_SCORE, output=rankers.OUTPUTS[1],
-                            pairwise_scale=upvotes.get("bt_scale") if upvotes.get("trained") else None,
-                            metrics={"training": upvotes, "evaluation": info.get("evaluation", {})}, **shared),
-    }
 
 
 def calibrate_threshold(bundle_dir: Path, comments: list[str], quantile: float = 0.5) -> float:
@@ -241,8 +198,11 @@ def export_bundle(
 ) -> Bundle:
     """Export, quantize, validate and calibrate three models into the bundle folder `out`; returns the bundle written.
 
-    `calibration_pairs` (real pairs other than `validation_pairs`) fit the generator's int8 smoothing; without them
-    every generator MatMul is MatMulNBits (export.quantize)."""
+    `discriminator` and `upvotes` are each a pair-model folder (`export.rankers`) or a transformers
+    sequence classifier; one pair-model folder given for both becomes one graph. `calibration_pairs`
+    (real pairs other than `validation_pairs`) fit the generator's int8 smoothing; without them
+    every generator MatMul is MatMulNBits (export.quantize). Third-party output goes to OUT/build.log (`export.build_log`).
+    """
     options = options or ExportOptions()
     if options.quantize not in (*BITS, "none"):
         raise ExportError(f"unknown quantization {options.quantize!r}; use int8, int4 or none")
@@ -250,90 +210,88 @@ def export_bundle(
         raise ExportError("give at least 4 real (comment, reply) pairs for validation")
     out = Path(out).expanduser().resolve()
     _target(out)
-    # one folder with both heads (export.rankers): one graph, one encoder pass for both scores
-    pair_model = discriminator == upvotes and rankers.is_pair_model(discriminator)
-    if pair_model:
-        model, tokenizer, info = rankers.load(discriminator)
-    else:
-        checkpoints = {DISCRIMINATOR: check_scorer(discriminator, 2, "discriminator"), UPVOTES: check_scorer(upvotes, 1, "upvote model")}
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    advance = _progress(7)
-    try:
-        with tempfile.TemporaryDirectory(prefix="replyrank-export-") as tmp:
-            work = Path(tmp)
-            spec, gen, layout = export_generator(
-                generator, staging / GENERATOR, work, options.quantize, options.prompt_template, options.fused, options.sampling,
-                options.block_size, calibration_pairs,
-            )
-            advance("generator exported")
-            if pair_model:
-                rankers.export_onnx(model, tokenizer, work / "scorer-fp32")
-                advance("scorer exported (two heads)")
-                _finish_part(work / "scorer-fp32", staging / SCORER, options.quantize, scorer=True)
-                advance(f"quantized ({options.quantize})")
-                scorers = pair_model_specs(info, model, options.scores)
-            else:
-                for name in SCORERS:
-                    export_onnx(checkpoints[name], work / f"{name}-fp32", "text-classification")
-                advance("scorers exported")
-                for name in SCORERS:
-                    _finish_part(work / f"{name}-fp32", staging / name, options.quantize, scorer=True)
-                advance(f"quantized ({options.quantize})")
-                scorers = {name: scorer_spec(name, checkpoints[name], options.scores[name]) for name in SCORERS}
-            validation: dict[str, Any] = {
-                "pairs": len(validation_pairs), "gates": GATES, "generator_block_size": options.block_size, "generator_layout": layout,
-            }
-            validation["generator_fp32_vs_torch"] = generator_vs_torch(work / "generator-fp32", spec, gen.folder, validation_pairs)
-            advance("generator parity")
-            if options.quantize != "none":
-                quality = generator_quantized_vs_fp32(work / "generator-fp32", staging / GENERATOR, spec, validation_pairs, options.sampling)
-                missed = _generator_failures(quality)
-                if missed and layout and layout["dynamic_int8"] and options.quality_gate:
-                    # the dynamic-int8 layout misses the gate on this model: weight-only MatMulNBits instead, and say so
-                    print(f"note: the dynamic-int8 layout missed the gate ({'; '.join(missed)}); quantizing weight-only", file=sys.stderr)
-                    layout = _quantize_generator(work / "generator-fp32", staging / GENERATOR, options.quantize, options.block_size, None)
-                    layout["fallback"] = f"the dynamic-int8 layout missed the gate: {'; '.join(missed)}"
-                    validation["generator_layout"] = layout
-                    quality = generator_quantized_vs_fp32(work / "generator-fp32", staging / GENERATOR, spec, validation_pairs, options.sampling)
-                validation["generator_quantized_vs_fp32"] = quality
-                if layout and layout["dynamic_int8"]:  # its int8 GEMMs differ between CPUs with and without VNNI
-                    layout["validated_on"] = {"cpu": cpu_model(), "int8_dot_product": int8_dot_product()}
-            advance("generator quality")
-            if pair_model:
-                checks = pair_model_vs_torch(staging / SCORER, scorers, model, tokenizer, validation_pairs)
-                validation.update({f"{name}_vs_torch": checks[name] for name in SCORERS})
-            else:
-                for name in SCORERS:
-                    validation[f"{name}_vs_torch"] = scorer_vs_torch(staging / name, scorers[name], checkpoints[name].folder, validation_pairs)
-            advance("scorer quality")
-        failures = _gate_failures(validation)
-        validation["passed"] = not failures
-        if failures and options.quality_gate:
-            raise ExportError("quantized bundle below the quality gate: " + "; ".join(failures) + " (use --quantize none, or --no-quality-gate)")
-        bundle = Bundle(
-            generator=spec,
-            discriminator=scorers[DISCRIMINATOR],
-            upvotes=scorers[UPVOTES],
-            realism_threshold=REALISM_THRESHOLD,
-            quantization=options.quantize,
-            sources={GENERATOR: generator, DISCRIMINATOR: discriminator, UPVOTES: upvotes},
-            validation=validation,
-            training=options.training,
-            replyrank_version=replyrank.__version__,
-        ).write(staging)
-        if options.realism_threshold is None:
-            threshold = calibrate_threshold(staging, [c for c, _ in validation_pairs[:12]])
-            how = "median realism of the bundle's own candidates (deployment sampling) on validation comments"
-            bundle = replace(bundle, realism_threshold=threshold, threshold_calibration=how)
-        else:
-            bundle = replace(bundle, realism_threshold=options.realism_threshold)
-        bundle = bundle.write(staging)
-        advance("calibrated")
-        move_into_place(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    with build_log(out):
+        parts = scorer_parts(discriminator, upvotes)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+        try:
+            bundle = _write_bundle(staging, generator, parts, validation_pairs, options, calibration_pairs)
+            move_into_place(staging, out)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
     return replace(bundle, root=out)
+
+
+def _write_bundle(
+    staging: Path, generator: str, parts: list[ScorerPart], pairs: list[tuple[str, str]], options: ExportOptions,
+    calibration_pairs: list[tuple[str, str]] | None,
+) -> Bundle:
+    """Every part, its checks and the manifest in `staging`; an ExportError where a quantized part misses the gate."""
+    advance = _progress(7)
+    with tempfile.TemporaryDirectory(prefix="replyrank-export-") as tmp:
+        work = Path(tmp)
+        spec, checkpoint, layout = export_generator(
+            generator, staging / GENERATOR, work, options.quantize, options.prompt_template, options.fused, options.sampling,
+            options.block_size, calibration_pairs,
+        )
+        advance("generator exported")
+        for part in parts:
+            export_part(part, work / f"{part.name}-fp32")
+        advance("scorers exported")
+        for part in parts:
+            finish_part(work / f"{part.name}-fp32", staging / part.name, options.quantize)
+        advance(f"quantized ({options.quantize})")
+        scorers = {role: scorer for part in parts for role, scorer in part_specs(part, options.scores).items()}
+        validation: dict[str, Any] = {"pairs": len(pairs), "gates": GATES, "generator_block_size": options.block_size, "generator_layout": layout}
+        validation["generator_fp32_vs_torch"] = generator_vs_torch(work / "generator-fp32", spec, checkpoint.folder, pairs)
+        advance("generator parity")
+        if options.quantize != "none":
+            validation.update(_quantized_generator_quality(work / "generator-fp32", staging / GENERATOR, spec, layout, pairs, options))
+        advance("generator quality")
+        for part in parts:
+            validation.update({f"{role}_vs_torch": check for role, check in part_checks(part, staging / part.name, scorers, pairs).items()})
+        advance("scorer quality")
+    failures = _gate_failures(validation)
+    validation["passed"] = not failures
+    if failures and options.quality_gate:
+        raise ExportError("quantized bundle below the quality gate: " + "; ".join(failures) + " (use --quantize none, or --no-quality-gate)")
+    bundle = Bundle(
+        generator=spec,
+        discriminator=scorers[DISCRIMINATOR],
+        upvotes=scorers[UPVOTES],
+        realism_threshold=REALISM_THRESHOLD,
+        quantization=options.quantize,
+        sources={GENERATOR: generator, **{role: part.source for part in parts for role in part.roles}},
+        validation=validation,
+        training=options.training,
+        replyrank_version=replyrank.__version__,
+    ).write(staging)
+    if options.realism_threshold is None:
+        threshold = calibrate_threshold(staging, [c for c, _ in pairs[:12]])
+        how = "median realism of the bundle's own candidates (deployment sampling) on validation comments"
+        bundle = replace(bundle, realism_threshold=threshold, threshold_calibration=how)
+    else:
+        bundle = replace(bundle, realism_threshold=options.realism_threshold)
+    bundle = bundle.write(staging)
+    advance("calibrated")
+    return bundle
+
+
+def _quantized_generator_quality(
+    fp32_dir: Path, part_dir: Path, spec: GeneratorSpec, layout: dict | None, pairs: list[tuple[str, str]], options: ExportOptions,
+) -> dict[str, Any]:
+    """The quantized generator against fp32 (`validate.generator_quantized_vs_fp32`) and its layout. A dynamic-int8 layout
+    that misses the gate is quantized again, weight-only, and the layout says why."""
+    quality = generator_quantized_vs_fp32(fp32_dir, part_dir, spec, pairs, options.sampling)
+    missed = _generator_failures(quality)
+    if missed and layout and layout["dynamic_int8"] and options.quality_gate:
+        print(f"note: the dynamic-int8 layout missed the gate ({'; '.join(missed)}); quantizing weight-only", file=terminal())
+        layout = _quantize_generator(fp32_dir, part_dir, options.quantize, options.block_size, None)
+        layout["fallback"] = f"the dynamic-int8 layout missed the gate: {'; '.join(missed)}"
+        quality = generator_quantized_vs_fp32(fp32_dir, part_dir, spec, pairs, options.sampling)
+    if layout and layout["dynamic_int8"]:  # its int8 GEMMs differ between CPUs with and without VNNI
+        layout["validated_on"] = {"cpu": cpu_model(), "int8_dot_product": int8_dot_product()}
+    return {"generator_layout": layout, "generator_quantized_vs_fp32": quality}
 
 
 def real_pairs(dumps: list[str]) -> list[tuple[str, str]]:

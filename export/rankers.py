@@ -1,6 +1,6 @@
 """One encoder, two heads: realism and upvotes from a single pass over each (comment, reply) pair.
 
-The 2020 reply bot ran two BERTs per candidate; DialogRPT (Gao et al., 2020) ranks with one
+The GPT-2 + BERT reply bot ran two BERTs per candidate; DialogRPT (Gao et al., 2020) ranks with one
 transformer per task and multiplies a human-likeness prior into the feedback ranker. Here both
 scores come out of one MiniLM-class encoder (mean-pooled, as sentence-transformers pools it):
 
@@ -15,7 +15,8 @@ Training happens in two places. The upvote head needs Reddit threads with votes 
 another machine can rebuild the encoder from the same base. The realism head is fitted where
 the generator runs (`train_realism`): multi-task fine-tuning of the whole encoder on real vs
 generated replies, while the upvote head is held to the upvote model's own scores on the same
-texts (distillation), so one encoder serves both heads.
+texts (distillation), so one encoder serves both heads. A discriminator (`train_discriminator`) is
+the same model with its realism head alone trained, from a fresh encoder: one trainer for both.
 """
 
 from __future__ import annotations
@@ -34,9 +35,11 @@ import numpy as np
 
 from replyrank.bundle import Score
 from replyrank.dumps import SiblingPair
-from replyrank.evaluate import EvalOptions
 
+from .build_log import terminal
 from .convert import ExportError
+from .folders import move_into_place
+from .train import seed_everything, torch_device
 
 HEADS_FILE = "heads.safetensors"
 CONFIG_FILE = "replyrank_pair_model.json"
@@ -64,20 +67,21 @@ class RankerOptions:
     lora_rank: int | None = None  # train a LoRA adapter (peft) instead of every encoder weight
     regression_weight: float = 0.0  # > 0: add MSE on standardised log-scores of single replies
     seed: int = 0
-    device: str | None = None
+    device: str | None = None  # None: cuda when there is one, else cpu
     bf16: bool = True  # autocast on CUDA
+    max_steps: int | None = None  # stop after this many optimizer steps (None: every epoch)
+
+    def steps(self, examples: int) -> int:
+        """Optimizer steps over `examples` rows (or pairs): the epochs' worth, at most `max_steps`."""
+        steps = max(1, int(examples * self.epochs) // self.batch_size)
+        return min(steps, self.max_steps) if self.max_steps else steps
 
 
-# the recipes, in one place: `train upvotes`' defaults (sized for a GPU), and the realism head's (`train realism`,
-# the default build, `train all`), which fits on a CPU
+# the recipes, in one place: `train upvotes`' defaults (sized for a GPU), the realism head's (`train realism`,
+# the default build, `train all`) and a fresh discriminator's (`train discriminator`, each adversarial round), which fit on a CPU
 UPVOTE_RECIPE = RankerOptions(epochs=2.0, batch_size=128, learning_rate=3e-4, lora_rank=32)
 REALISM_RECIPE = RankerOptions(epochs=2.0, batch_size=16, learning_rate=5e-5, max_length=128)
-
-
-def _torch_device(options: RankerOptions) -> str:
-    import torch
-
-    return options.device or ("cuda" if torch.cuda.is_available() else "cpu")
+DISCRIMINATOR_RECIPE = RankerOptions(epochs=1.0, batch_size=16, learning_rate=3e-5, max_length=128)
 
 
 def build_model(base: str, lora_rank: int | None = None):
@@ -165,13 +169,12 @@ def train_upvotes(
 
     if len(pairs) < 8:
         raise ExportError(f"too few sibling pairs to train the upvote head: {len(pairs)} (need 8)")
-    random.seed(options.seed)
-    torch.manual_seed(options.seed)
-    device = _torch_device(options)
+    seed_everything(options.seed)
+    device = torch_device(options.device)
     model, tokenizer = build_model(base, options.lora_rank)
     model.to(device)
     rng = np.random.default_rng(options.seed)
-    steps = max(1, int(len(pairs) * options.epochs) // options.batch_size)
+    steps = options.steps(len(pairs))
     order = np.concatenate([rng.permutation(len(pairs)) for _ in range(math.ceil(options.epochs) + 1)])
     targets = np.array([log_score(s) for _, _, s in singles]) if singles else np.zeros(1)
     offset, scale = float(targets.mean()), float(targets.std() or 1.0)
@@ -180,7 +183,7 @@ def train_upvotes(
     schedule = _schedule(optimizer, steps)
     model.train()
     losses = []
-    for step in tqdm(range(steps), desc="train upvotes", file=sys.stderr, disable=not progress, mininterval=10):
+    for step in tqdm(range(steps), desc="train upvotes", file=terminal(), disable=not progress, mininterval=10):
         chunk = [pairs[i] for i in order[step * options.batch_size : (step + 1) * options.batch_size]]
         texts = [(p.better.parent, p.better.reply) for p in chunk] + [(p.worse.parent, p.worse.reply) for p in chunk]
         with torch.autocast(device, dtype=torch.bfloat16, enabled=options.bf16 and device == "cuda"):
@@ -226,13 +229,11 @@ def fit_upvote_scale(better: np.ndarray, worse: np.ndarray) -> float:
 
 
 def save(model, tokenizer, out: str | Path, info: dict[str, Any], keep_adapter: bool = True) -> Path:
-    """Write `out/`: the encoder (LoRA merged in), its tokenizer, the two heads and `replyrank_scorer.json`.
+    """Write `out/`: the encoder (LoRA merged in), its tokenizer, the two heads and `info` (CONFIG_FILE).
 
     With a LoRA encoder, `out/adapter/` and `out/heads.safetensors` alone rebuild the scorer from its
     base (`load(base, adapter=...)`): the part small enough to move between machines.
     """
-    import torch
-
     out = Path(out)
     staging = out.with_name(f".{out.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
@@ -247,17 +248,19 @@ def save(model, tokenizer, out: str | Path, info: dict[str, Any], keep_adapter: 
     encoder.save_pretrained(staging / "encoder")
     tokenizer.save_pretrained(staging / "encoder")
     (staging / CONFIG_FILE).write_text(json.dumps(info, indent=2, default=_jsonable) + "\n")
-    shutil.rmtree(out, ignore_errors=True)
-    staging.rename(out)
+    move_into_place(staging, out)
     return out
+
+
+def read_info(folder: str | Path) -> dict[str, Any]:
+    """What a pair-model folder records: its heads' training figures, options and data."""
+    return json.loads((Path(folder) / CONFIG_FILE).read_text())
 
 
 def load(folder: str | Path, base: str | None = None):
     """(model, tokenizer, info) from a folder `save` wrote; with only `adapter/` there, `base` supplies the encoder."""
-    import torch
-
     folder = Path(folder)
-    info = json.loads((folder / CONFIG_FILE).read_text())
+    info = read_info(folder)
     if (folder / "encoder").is_dir():
         model, tokenizer = build_model(str(folder / "encoder"))
     else:
@@ -294,84 +297,16 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(f"cannot write {type(value).__name__} as JSON")
 
 
-@dataclass
-class PairSelection:
-    """Which sibling pairs train the upvote head (DialogRPT: neighbours in time, within an hour)."""
-
-    within_seconds: int | None = 3600
-    adjacent: bool = True
-    min_gap: int = 3
-    max_per_parent: int | None = None
-
-
-def load_reddit(files: Sequence[str], seed: int = 0) -> dict[str, list]:
-    """Pairs from Pushshift dumps with DialogRPT's text normalisation, split by thread (train / valid / test)."""
-    from dataclasses import replace
-
-    from replyrank.dumps import Filters, load_pairs, split_by_thread
-    from replyrank.filters import normalize_text
-
-    pairs = []
-    # long posts are kept (their first tokens are what the encoder sees), not dropped
-    for pair in load_pairs(files, Filters(max_chars=100_000)):
-        parent, reply = normalize_text(pair.parent)[:2000], normalize_text(pair.reply)[:2000]
-        if parent and reply:
-            pairs.append(replace(pair, parent=parent, reply=reply))
-    return split_by_thread(pairs, valid=0.05, test=0.1, seed=seed)
-
-
-def train_upvote_model(
-    files: Sequence[str], base: str, out: str | Path, options: RankerOptions, selection: PairSelection = PairSelection(),
-    heldout_files: Sequence[str] = (), max_pairs: int | None = None, eval_options: EvalOptions | None = None,
-) -> dict[str, Any]:
-    """Train the upvote head on `files`, calibrate it on validation threads, evaluate it; writes `out`.
-
-    Evaluation (replyrank.evaluate's protocol) runs on the test threads of `files` and, when
-    given, on `heldout_files` (dumps of subreddits not trained on): the numbers that count.
-    """
-    from replyrank.dumps import sibling_pairs
-    from replyrank.evaluate import draw_comparisons, evaluate
-
-    eval_options = eval_options or EvalOptions(seed=options.seed)
-
-    split = load_reddit(files, options.seed)
-    pairs = sibling_pairs(split["train"], selection.within_seconds, selection.min_gap, adjacent=selection.adjacent,
-                          max_per_parent=selection.max_per_parent, seed=options.seed)
-    if max_pairs is not None and len(pairs) > max_pairs:
-        pairs = random.Random(options.seed).sample(pairs, max_pairs)
-    singles = [(p.parent, p.reply, float(p.score)) for p in split["train"]] if options.regression_weight > 0 else []
-    print(f"upvote head: {len(pairs)} training pairs, {len(singles)} scored replies", file=sys.stderr)
-    model, tokenizer, fit = train_upvotes(pairs, base, options, singles)
-
-    def upvotes(texts: list[tuple[str, str]]) -> np.ndarray:
-        return predict(model, tokenizer, texts, options.max_length)[1]
-
-    valid = sibling_pairs(split["valid"], 3600, 1)
-    scale = fit_upvote_scale(upvotes([(p.better.parent, p.better.reply) for p in valid]),
-                             upvotes([(p.worse.parent, p.worse.reply) for p in valid]))
-    report = {"test_threads": evaluate(draw_comparisons(split["test"], eval_options), upvotes)}
-    if heldout_files:
-        heldout = load_reddit(heldout_files, options.seed)
-        everything = heldout["train"] + heldout["valid"] + heldout["test"]
-        report["heldout_subreddits"] = evaluate(draw_comparisons(everything, eval_options), upvotes)
-    info = {
-        "heads": {"upvotes": {"trained": True, "objective": "bradley-terry" + ("+regression" if singles else ""),
-                              "bt_scale": scale, "calibrated_on_pairs": len(valid), **fit}},
-        "base": base, "options": asdict(options), "selection": asdict(selection), "training_pairs": len(pairs),
-        "data": [Path(f).name for f in files], "heldout_data": [Path(f).name for f in heldout_files],
-        "text_normalization": TEXT_NORMALIZATION, "evaluation": report,
-    }
-    save(model, tokenizer, out, info)
-    return info
-
-
 def train_realism(
     model, tokenizer, real: Sequence[tuple[str, str]], fake: Sequence[tuple[str, str]], test_real: Sequence[tuple[str, str]],
     test_fake: Sequence[tuple[str, str]], options: RankerOptions, distill_weight: float = 1.0, progress: bool = True,
 ) -> dict[str, Any]:
-    """Multi-task fine-tuning: the realism head learns real (1) vs generated (0) replies, balanced, while the
-    upvote head is held to what it scored before on the same pairs (MSE to a frozen copy: distillation),
-    so the shared encoder keeps serving both. Trains `model` in place; returns held-out metrics.
+    """Fit the realism head to real (1) vs generated (0) replies, balanced, with the whole encoder; `model` trains in place.
+
+    With `distill_weight` > 0 the upvote head is held to what it scored before on the same pairs (MSE
+    to a frozen copy: distillation), so the shared encoder keeps serving both heads. Returns the
+    held-out ROC-AUC and balanced accuracy on `test_real` vs `test_fake`, and how much the upvote
+    head moved.
     """
     import copy
 
@@ -379,48 +314,72 @@ def train_realism(
     from tqdm.auto import tqdm
 
     from replyrank.filters import normalize_text
-    from replyrank.metrics import balanced_accuracy, roc_auc
 
     if min(len(real), len(fake)) < 8:
         raise ExportError(f"too few examples to train the realism head: {len(real)} real, {len(fake)} generated (need 8 of each)")
-    random.seed(options.seed)
-    torch.manual_seed(options.seed)
-    device = _torch_device(options)
+    seed_everything(options.seed)
+    device = torch_device(options.device)
     count = min(len(real), len(fake))
     rows = [(normalize_text(c), normalize_text(r), 1) for c, r in real[:count]] + [(normalize_text(c), normalize_text(r), 0) for c, r in fake[:count]]
     random.Random(options.seed).shuffle(rows)
-    teacher = copy.deepcopy(model).to(device).eval()
-    teacher.requires_grad_(False)
+    teacher = copy.deepcopy(model).to(device).eval().requires_grad_(False) if distill_weight > 0 else None
     model.requires_grad_(True)  # an encoder merged from a LoRA adapter comes back frozen (peft freezes its base)
     model.to(device).train()
-    steps = max(1, int(len(rows) * options.epochs) // options.batch_size)
+    steps = options.steps(len(rows))
     optimizer = torch.optim.AdamW(model.parameters(), lr=options.learning_rate, weight_decay=0.01)
     schedule = _schedule(optimizer, steps)
     order = np.concatenate([np.random.default_rng(options.seed + e).permutation(len(rows)) for e in range(math.ceil(options.epochs) + 1)])
-    for step in tqdm(range(steps), desc="train realism head", file=sys.stderr, disable=not progress, mininterval=5):
+    for step in tqdm(range(steps), desc="train realism head", file=terminal(), disable=not progress, mininterval=5):
         chunk = [rows[i] for i in order[step * options.batch_size : (step + 1) * options.batch_size]]
         batch = _encode(tokenizer, [(c, r) for c, r, _ in chunk], options.max_length, device)
         logits, ups = model(**batch)
-        with torch.no_grad():
-            _, reference = teacher(**batch)
         labels = torch.tensor([y for _, _, y in chunk], device=device)
-        loss = torch.nn.functional.cross_entropy(logits, labels) + distill_weight * torch.nn.functional.mse_loss(ups, reference)
+        loss = torch.nn.functional.cross_entropy(logits, labels)
+        if teacher is not None:
+            with torch.no_grad():
+                _, reference = teacher(**batch)
+            loss = loss + distill_weight * torch.nn.functional.mse_loss(ups, reference)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
     model.eval()
-    metrics: dict[str, Any] = {"train_examples": len(rows), "objective": "cross-entropy + upvote distillation", "distill_weight": distill_weight}
+    objective = "cross-entropy + upvote distillation" if teacher is not None else "cross-entropy"
+    metrics: dict[str, Any] = {"train_examples": len(rows), "objective": objective, "distill_weight": distill_weight}
     if test_real and test_fake:
-        pairs = [(normalize_text(c), normalize_text(r)) for c, r in list(test_real) + list(test_fake)]
-        labels = [1] * len(test_real) + [0] * len(test_fake)
-        probs, upvotes = predict(model, tokenizer, pairs, options.max_length)
-        _, before = predict(teacher, tokenizer, pairs, options.max_length)
-        metrics.update(test_examples=len(labels), roc_auc=roc_auc(labels, probs), balanced_accuracy=balanced_accuracy(labels, probs),
-                       upvotes_kept_correlation=float(np.corrcoef(upvotes, before)[0, 1]),
-                       upvotes_kept_max_abs_diff=float(np.abs(upvotes - before).max()))
+        metrics.update(_held_out(model, teacher, tokenizer, test_real, test_fake, options.max_length))
     model.to("cpu")
+    return metrics
+
+
+def _held_out(model, teacher, tokenizer, real: Sequence[tuple[str, str]], fake: Sequence[tuple[str, str]], max_length: int) -> dict[str, Any]:
+    """The realism head's held-out ROC-AUC and balanced accuracy; with a teacher, how far the upvote head moved from its scores."""
+    from replyrank.filters import normalize_text
+    from replyrank.metrics import balanced_accuracy, roc_auc
+
+    pairs = [(normalize_text(c), normalize_text(r)) for c, r in list(real) + list(fake)]
+    labels = [1] * len(real) + [0] * len(fake)
+    probs, upvotes = predict(model, tokenizer, pairs, max_length)
+    figures = {"test_examples": len(labels), "roc_auc": roc_auc(labels, probs), "balanced_accuracy": balanced_accuracy(labels, probs)}
+    if teacher is not None:
+        _, before = predict(teacher, tokenizer, pairs, max_length)
+        figures.update(upvotes_kept_correlation=float(np.corrcoef(upvotes, before)[0, 1]), upvotes_kept_max_abs_diff=float(np.abs(upvotes - before).max()))
+    return figures
+
+
+def train_discriminator(
+    real: Sequence[tuple[str, str]], fake: Sequence[tuple[str, str]], test_real: Sequence[tuple[str, str]],
+    test_fake: Sequence[tuple[str, str]], base: str, out: str | Path, options: RankerOptions = DISCRIMINATOR_RECIPE,
+) -> dict[str, Any]:
+    """A discriminator: a pair model from `base` whose realism head alone learns real (1) vs generated (0) replies
+    (`train_realism`, no distillation), written to `out`; returns its held-out figures."""
+    seed_everything(options.seed)  # the fresh heads' initial weights
+    model, tokenizer = build_model(base)
+    metrics = train_realism(model, tokenizer, real, fake, test_real, test_fake, options, distill_weight=0.0)
+    info = {"heads": {"realism": {"trained": True, **metrics}, "upvotes": {"trained": False}}, "base": base, "options": asdict(options),
+            "text_normalization": TEXT_NORMALIZATION}
+    save(model, tokenizer, out, info)
     return metrics
 
 
@@ -438,7 +397,7 @@ def export_onnx(model, tokenizer, out_dir: str | Path, max_length: int = 128) ->
     names = [name for name in ("input_ids", "attention_mask", "token_type_ids") if name in sample]
     axes = {name: {0: "batch", 1: "sequence"} for name in names}
     axes.update({OUTPUTS[0]: {0: "batch"}, OUTPUTS[1]: {0: "batch"}})
-    with torch.no_grad(), contextlib.redirect_stdout(sys.stderr):
+    with torch.no_grad(), contextlib.redirect_stdout(sys.stderr):  # stdout is for the commands' data
         torch.onnx.export(model, tuple(sample[n] for n in names), str(out_dir / "model.onnx"), input_names=names,
                           output_names=list(OUTPUTS), dynamic_axes=axes, opset_version=17, dynamo=False)
     tokenizer.save_pretrained(out_dir)

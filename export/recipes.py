@@ -1,10 +1,11 @@
 """From Pushshift dumps to trained models and a bundle: what `replyrank train ...` runs.
 
 Pairs come from `dumps.load_pairs`, split by thread (`dumps.split_by_thread`), read and split once
-per command: train for fitting, valid for the generator's held-out perplexity and export
-validation, test for the metrics. The discriminator's fakes are sampled here, by replyrank's own
-runtime with the deployment's sampling options (`assemble.DEPLOYMENT`, recorded in the bundle), so
-it learns to judge exactly the candidates the bundle will write.
+per command: train for fitting, valid for the generator's held-out perplexity, the upvote head's
+calibration and export validation, test for the metrics. The realism head's and the
+discriminator's fakes are sampled here, by replyrank's own runtime with the deployment's sampling
+options (`assemble.DEPLOYMENT`, recorded in the bundle), so they learn to judge exactly the
+candidates the bundle will write.
 """
 
 from __future__ import annotations
@@ -12,18 +13,22 @@ from __future__ import annotations
 import random
 import sys
 import tempfile
-from dataclasses import replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
+
 from replyrank.bundle import DISCRIMINATOR, GENERATOR, MANIFEST, REALISM_THRESHOLD, UPVOTES, Bundle
 from replyrank.dumps import Filters, Pair, load_pairs, split_by_thread
+from replyrank.evaluate import EvalOptions
 from replyrank.generate import GenerationOptions, Generator, whole_sentences
 
 from . import rankers
 from .assemble import DEPLOYMENT, ExportOptions, export_bundle, export_generator
+from .build_log import terminal
 from .quantize import BLOCK_SIZE
-from .train import TrainOptions, train_discriminator, train_generator
+from .train import TrainOptions, train_generator
 
 FAKES_PER_COMMENT = 2  # generated replies per real comment in the discriminator's training data
 
@@ -142,7 +147,7 @@ def sample_replies(
         return generator.replies(comments, options, seed)
     model = generator if isinstance(generator, Generator) else runtime_generator(generator, work, options, threads)
     fakes = []
-    for i, comment in enumerate(tqdm(comments, desc="sample fakes", file=sys.stderr)):
+    for i, comment in enumerate(tqdm(comments, desc="sample fakes", file=terminal())):
         sample = model.sample(comment, replace(options, seed=(seed << 32) + i))
         fakes += [(comment, g.text) for g in sample.generations if g.text.strip()]
     return fakes
@@ -179,9 +184,11 @@ def generator(
 
 
 def discriminator(
-    split: Split, generator_source: str, base: str, out: str, options: TrainOptions, fakes: int = 1000, threads: int | None = None
+    split: Split, generator_source: str, base: str, out: str, options: rankers.RankerOptions = rankers.DISCRIMINATOR_RECIPE,
+    fakes: int = 1000, threads: int | None = None,
 ) -> dict[str, Any]:
-    """Real replies vs replies the generator writes (through the ONNX runtime) to other parents of the same split."""
+    """A pair model trained on real replies vs replies the generator writes (through the ONNX runtime) to other
+    parents of the same split (`rankers.train_discriminator`)."""
     rng = random.Random(options.seed)
     train, test = [(p.parent, p.reply) for p in split["train"]], [(p.parent, p.reply) for p in split["test"]]
     rng.shuffle(train)
@@ -189,7 +196,74 @@ def discriminator(
     train_comments, test_comments = fakes // FAKES_PER_COMMENT, max(8, fakes // (4 * FAKES_PER_COMMENT))
     with tempfile.TemporaryDirectory(prefix="replyrank-fakes-") as tmp:
         sets = real_and_fake(generator_source, train, test, train_comments, test_comments, Path(tmp), DEPLOYMENT, threads, options.seed)
-    return train_discriminator(*sets, base, out, options)
+    return rankers.train_discriminator(*sets, base, out, options)
+
+
+@dataclass
+class PairSelection:
+    """Which sibling pairs train the upvote head (DialogRPT: neighbours in time, within an hour)."""
+
+    within_seconds: int | None = 3600
+    adjacent: bool = True
+    min_gap: int = 3
+    max_per_parent: int | None = None
+
+
+def load_reddit(files: Sequence[str], seed: int = 0) -> dict[str, list]:
+    """Pairs from Pushshift dumps with DialogRPT's text normalisation, split by thread (train / valid / test)."""
+    from replyrank.filters import normalize_text
+
+    pairs = []
+    # long posts are kept (their first tokens are what the encoder sees), not dropped
+    for pair in load_pairs(files, Filters(max_chars=100_000)):
+        parent, reply = normalize_text(pair.parent)[:2000], normalize_text(pair.reply)[:2000]
+        if parent and reply:
+            pairs.append(replace(pair, parent=parent, reply=reply))
+    return split_by_thread(pairs, valid=0.05, test=0.1, seed=seed)
+
+
+def train_upvote_model(
+    files: Sequence[str], base: str, out: str | Path, options: rankers.RankerOptions, selection: PairSelection = PairSelection(),
+    heldout_files: Sequence[str] = (), max_pairs: int | None = None, eval_options: EvalOptions | None = None,
+) -> dict[str, Any]:
+    """Train the upvote head on `files`, calibrate it on validation threads, evaluate it; writes `out`.
+
+    Evaluation (replyrank.evaluate's protocol) runs on the test threads of `files` and, when
+    given, on `heldout_files` (dumps of subreddits not trained on): the numbers that count.
+    """
+    from replyrank.dumps import sibling_pairs
+    from replyrank.evaluate import draw_comparisons, evaluate
+
+    eval_options = eval_options or EvalOptions(seed=options.seed)
+    split = load_reddit(files, options.seed)
+    pairs = sibling_pairs(split["train"], selection.within_seconds, selection.min_gap, adjacent=selection.adjacent,
+                          max_per_parent=selection.max_per_parent, seed=options.seed)
+    if max_pairs is not None and len(pairs) > max_pairs:
+        pairs = random.Random(options.seed).sample(pairs, max_pairs)
+    singles = [(p.parent, p.reply, float(p.score)) for p in split["train"]] if options.regression_weight > 0 else []
+    print(f"upvote head: {len(pairs)} training pairs, {len(singles)} scored replies", file=sys.stderr)
+    model, tokenizer, fit = rankers.train_upvotes(pairs, base, options, singles)
+
+    def upvotes(texts: list[tuple[str, str]]) -> np.ndarray:
+        return rankers.predict(model, tokenizer, texts, options.max_length)[1]
+
+    valid = sibling_pairs(split["valid"], 3600, 1)
+    scale = rankers.fit_upvote_scale(upvotes([(p.better.parent, p.better.reply) for p in valid]),
+                                     upvotes([(p.worse.parent, p.worse.reply) for p in valid]))
+    report = {"test_threads": evaluate(draw_comparisons(split["test"], eval_options), upvotes)}
+    if heldout_files:
+        heldout = load_reddit(heldout_files, options.seed)
+        rows = heldout["train"] + heldout["valid"] + heldout["test"]
+        report["heldout_subreddits"] = evaluate(draw_comparisons(rows, eval_options), upvotes)
+    info = {
+        "heads": {"upvotes": {"trained": True, "objective": "bradley-terry" + ("+regression" if singles else ""),
+                              "bt_scale": scale, "calibrated_on_pairs": len(valid), **fit}},
+        "base": base, "options": asdict(options), "selection": asdict(selection), "training_pairs": len(pairs),
+        "data": [Path(f).name for f in files], "heldout_data": [Path(f).name for f in heldout_files],
+        "text_normalization": rankers.TEXT_NORMALIZATION, "evaluation": report,
+    }
+    rankers.save(model, tokenizer, out, info)
+    return info
 
 
 def realism_head(
@@ -225,7 +299,7 @@ def everything(
     trained = {name: str(folder / name) for name in (GENERATOR, UPVOTES, "scorer")}
     metrics = {GENERATOR: generator(split, generator_base, trained[GENERATOR], options, max_pairs)}
     shared = {"seed": options.seed, "device": options.device}
-    info = rankers.train_upvote_model(files, scorer_base, trained[UPVOTES], replace(rankers.UPVOTE_RECIPE, **shared), max_pairs=max_pairs)
+    info = train_upvote_model(files, scorer_base, trained[UPVOTES], replace(rankers.UPVOTE_RECIPE, **shared), max_pairs=max_pairs)
     metrics[UPVOTES] = {k: v for k, v in info.items() if k != "heads"} | {"head": info["heads"]["upvotes"]}
     metrics[DISCRIMINATOR] = realism_head(split, trained[UPVOTES], trained[GENERATOR], trained["scorer"], replace(rankers.REALISM_RECIPE, **shared),
                                           fakes, files)

@@ -1,14 +1,11 @@
-"""Training the generator and the discriminator with PyTorch and transformers: each loss runs in
-transformers' `Trainer`, seeded, with checkpoints that let an interrupted run resume, and outputs
-moved into place only when complete.
+"""Training the generator with PyTorch and transformers: each loss runs in transformers' `Trainer`,
+seeded, with checkpoints that let an interrupted run resume, and outputs moved into place only when complete.
 
-- generator: a causal LM fine-tuned on `prompt(comment) + reply + EOS`; the loss counts the
+- supervised: a causal LM fine-tuned on `prompt(comment) + reply + EOS`; the loss counts the
   reply tokens only; the prompt template is saved beside the model and used unchanged by the runtime;
-  or DPO on (comment, chosen, rejected) triples (`train_preference`, the adversarial rounds').
-- discriminator: a (comment, reply) pair classifier, label 1 = written by a human, 0 = written by
-  the generator (sampled by replyrank's own runtime with the deployment settings), classes balanced.
+- preference: DPO on (comment, chosen, rejected) triples (`train_preference`, the adversarial rounds').
 
-The upvote head and the two-head scorer are `rankers`'.
+The scorers (upvote head, realism head, discriminator) are `rankers`'.
 """
 
 from __future__ import annotations
@@ -23,7 +20,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from replyrank.bundle import DISCRIMINATOR, GENERATOR, SCORER_MAX_LENGTH, TRAINING_NGRAMS
+from replyrank.bundle import GENERATOR, TRAINING_NGRAMS
 from replyrank.filters import training_ngram_set
 
 from .convert import GENERATOR_SPEC, ExportError, default_template, load_causal_lm, save_tokenizer, split_gguf
@@ -48,14 +45,15 @@ class TrainOptions:
     lora_rank: int | None = None  # generator only: train a LoRA adapter (peft) instead of every weight
 
 
-def torch_device(options: TrainOptions) -> str:
-    """The options' device, else cuda when there is one, else cpu."""
+def torch_device(requested: str | None = None) -> str:
+    """The device a trainer asked for, else cuda when there is one, else cpu."""
     import torch
 
-    return options.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return requested or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _seed(seed: int) -> None:
+def seed_everything(seed: int) -> None:
+    """Python's, numpy's and torch's global generators, for what draws from them (dropout, a new head's weights)."""
     import torch
 
     random.seed(seed)
@@ -111,7 +109,7 @@ def train_loop(model, batches: list[Any], loss_fn, options: TrainOptions, stagin
         output_dir=str(folder), max_steps=total, per_device_train_batch_size=1, learning_rate=options.learning_rate,
         weight_decay=0.01, lr_scheduler_type="linear", warmup_steps=max(1, total // 20), max_grad_norm=1.0,
         optim="adamw_torch", save_strategy="steps", save_steps=options.save_every, save_total_limit=1,
-        seed=options.seed, use_cpu=torch_device(options) == "cpu", report_to="none", remove_unused_columns=False,
+        seed=options.seed, use_cpu=torch_device(options.device) == "cpu", report_to="none", remove_unused_columns=False,
         dataloader_pin_memory=False,
     )
     # each batch is one dataset item, and the collator hands it on as it is
@@ -201,7 +199,7 @@ def reply_perplexity(model, batches, device: str) -> float:
 def pairs_perplexity(model, tokenizer, template: str, pairs: Sequence[tuple[str, str]], options: TrainOptions) -> float | None:
     """Reply perplexity of `model` (already on its device) on (comment, reply) pairs, counted as training counts it; None without pairs."""
     batches = _lm_batches(generator_examples(tokenizer, template, pairs, options.max_length), options.batch_size, _pad_id(tokenizer))
-    return reply_perplexity(model, batches, torch_device(options)) if batches else None
+    return reply_perplexity(model, batches, torch_device(options.device)) if batches else None
 
 
 def _pad_id(tokenizer) -> int:
@@ -210,10 +208,10 @@ def _pad_id(tokenizer) -> int:
 
 def _start_generator(base: str, out: str | Path, options: TrainOptions, template: str | None):
     """What both generator trainers start from: (staging, model on its device, tokenizer, template, device, pad id)."""
-    _seed(options.seed)
+    seed_everything(options.seed)
     staging = _staging(Path(out))
     model, tokenizer = load_causal_lm(base)
-    device = torch_device(options)
+    device = torch_device(options.device)
     model.to(device)
     return staging, model, tokenizer, template or default_template(tokenizer), device, _pad_id(tokenizer)
 
@@ -408,80 +406,3 @@ def merge_adapter(base: str, adapter: str | Path, out: str | Path) -> Path:
         shutil.copy(ngrams, staging / TRAINING_NGRAMS)
     record = training_record(adapter) or {}
     return _finish(merged, tokenizer, staging, Path(out), {"model": GENERATOR, "base": base, "adapter": str(adapter), "adapter_training": record})
-
-
-# --- scorers -------------------------------------------------------------------------------
-
-
-def _pair_batches(tokenizer, rows: Sequence[tuple[str, str, float]], batch_size: int, max_length: int) -> list[dict[str, Any]]:
-    import torch
-
-    batches = []
-    for i in range(0, len(rows), batch_size):
-        chunk = rows[i : i + batch_size]
-        batch = tokenizer([c for c, _, _ in chunk], [r for _, r, _ in chunk], padding=True, truncation=True,
-                          max_length=max_length, return_tensors="pt")
-        batch["labels"] = torch.tensor([y for _, _, y in chunk])
-        batches.append(batch)
-    return batches
-
-
-def predict(
-    model, tokenizer, pairs: Sequence[tuple[str, str]], device: str, max_length: int = SCORER_MAX_LENGTH, batch_size: int = 64
-) -> np.ndarray:
-    """Scores of a trained pair model: P(label 1) for a classifier, the output for a regressor."""
-    import torch
-
-    outputs = []
-    with torch.no_grad():
-        for i in range(0, len(pairs), batch_size):
-            chunk = pairs[i : i + batch_size]
-            batch = tokenizer([c for c, _ in chunk], [r for _, r in chunk], padding=True, truncation=True,
-                              max_length=max_length, return_tensors="pt").to(device)
-            logits = model(**batch).logits.float()
-            outputs.append((logits.softmax(-1)[:, 1] if logits.shape[-1] == 2 else logits[:, 0]).cpu().numpy())
-    return np.concatenate(outputs) if outputs else np.zeros(0)
-
-
-def _load_scorer(base: str, labels: int):
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(base)
-    problem = "single_label_classification" if labels == 2 else "regression"
-    model = AutoModelForSequenceClassification.from_pretrained(
-        base, num_labels=labels, problem_type=problem, ignore_mismatched_sizes=True,  # a new head on any encoder
-        dtype="float32",  # trained in fp32 whatever the checkpoint stores (transformers 5 would keep an fp16 one in fp16)
-    )
-    if labels == 2:
-        model.config.id2label, model.config.label2id = {0: "generated", 1: "human"}, {"generated": 0, "human": 1}
-    return model, tokenizer
-
-
-def train_discriminator(
-    real: Sequence[tuple[str, str]], fake: Sequence[tuple[str, str]], test_real: Sequence[tuple[str, str]],
-    test_fake: Sequence[tuple[str, str]], base: str, out: str | Path, options: TrainOptions | None = None,
-) -> dict[str, Any]:
-    """Real (label 1) vs generated (label 0) replies, balanced; ROC-AUC and balanced accuracy on held-out pairs."""
-    from replyrank.metrics import balanced_accuracy, roc_auc
-
-    options = options or TrainOptions(learning_rate=3e-5, batch_size=16, max_length=128)
-    if min(len(real), len(fake)) < 8:
-        raise ExportError(f"too few examples to train the discriminator: {len(real)} real, {len(fake)} generated (need 8 of each)")
-    _seed(options.seed)
-    count = min(len(real), len(fake))  # balance the classes
-    rows = [(c, r, 1) for c, r in real[:count]] + [(c, r, 0) for c, r in fake[:count]]
-    random.Random(options.seed).shuffle(rows)
-    staging = _staging(Path(out))
-    model, tokenizer = _load_scorer(base, 2)
-    device = torch_device(options)
-    model.to(device)
-    batches = _pair_batches(tokenizer, rows, options.batch_size, options.max_length)
-    train_loop(model, batches, lambda m, b: m(**{k: v.to(device) for k, v in b.items()}).loss, options, staging, "train discriminator")
-    metrics: dict[str, Any] = {"train_examples": len(rows)}
-    if test_real and test_fake:
-        labels = [1] * len(test_real) + [0] * len(test_fake)
-        probs = predict(model, tokenizer, list(test_real) + list(test_fake), device, options.max_length)
-        metrics.update(test_examples=len(labels), roc_auc=roc_auc(labels, probs), balanced_accuracy=balanced_accuracy(labels, probs))
-    model.to("cpu")
-    _finish(model, tokenizer, staging, Path(out), {"model": DISCRIMINATOR, "base": base, "metrics": metrics})
-    return metrics

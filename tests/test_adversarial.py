@@ -1,11 +1,12 @@
-"""Adversarial rounds (`replyrank train adversarial`): figures, best-of-N selection, and a real
-two-round run on a slice of Reddit with tiny models, interrupted in round 2 and resumed."""
+"""Adversarial rounds (`replyrank train adversarial`): figures, the judge, best-of-N and DPO selection, and a real
+two-round run on a slice of Reddit with tiny models, interrupted in its last round and resumed."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 import xml.etree.ElementTree as ElementTree
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,8 +15,10 @@ from tiny import REDDIT
 
 import replyrank
 from replyrank.cli import main
-from replyrank.export import adversarial
-from replyrank.export.adversarial import AdversarialOptions, CopyIndex, Judge, distill, distinct_n, fit_logistic, preferences
+from replyrank.export import adversarial, rankers
+from replyrank.export.adversarial import AdversarialOptions, distill, preferences
+from replyrank.export.adversarial_judge import Judge, PairScorer, fit_logistic
+from replyrank.export.adversarial_metrics import CopyIndex, distinct_n
 from replyrank.metrics import roc_auc
 
 DUMPS = [REDDIT / "college" / "RS_CollegeAdvice.zst", REDDIT / "college" / "RC_CollegeAdvice.zst"]
@@ -24,6 +27,13 @@ FIGURES = (
     "copy_share", "mean_predicted_upvotes", "share_kept", "distinct2_one_per_comment", "distinct2_real_same_comments",
     "fresh_pair_model_auc", "length_baseline_auc", "judge",
 )
+
+
+@pytest.fixture(scope="module")
+def upvote_scorer(models, tmp_path_factory) -> Path:
+    """A two-head pair model (what `train upvotes` writes) with an untrained upvote head and a measured scale."""
+    model, tokenizer = rankers.build_model(str(models["disc"]))
+    return rankers.save(model, tokenizer, tmp_path_factory.mktemp("upvotes") / "scorer", {"heads": {"upvotes": {"bt_scale": 1.0}}})
 
 
 def tiny_rounds(models, out, *extra: str) -> list[str]:
@@ -59,7 +69,7 @@ def test_logistic_regression_recovers_the_weights_it_was_drawn_from():
 class NoisePairModel:
     """A pair model that cannot tell anything: P(human) is noise."""
 
-    def raw(self, pairs):
+    def scores(self, pairs):
         return np.random.default_rng(len(pairs)).uniform(0.2, 0.8, len(pairs))
 
 
@@ -74,8 +84,8 @@ def test_the_judge_sees_what_length_sees_where_its_pair_model_is_blind():
     judge, record = Judge.fit(NoisePairModel(), real[:200], fake[:100] + fake[150:250])
     test_real, test_fake = real[200:], fake[100:150] + fake[250:]
     labels = [1] * len(test_real) + [0] * len(test_fake)
-    assert roc_auc(labels, judge.raw(test_real + test_fake)) > 0.95
-    assert roc_auc(labels, NoisePairModel().raw(test_real + test_fake)) < 0.65
+    assert roc_auc(labels, judge.scores(test_real + test_fake)) > 0.95
+    assert roc_auc(labels, NoisePairModel().scores(test_real + test_fake)) < 0.65
     assert record["real"] == 200 and record["generated"] == 200 and len(record["length_weights"]) == 3
     with pytest.raises(replyrank.export.convert.ExportError, match="too few held-back rows"):
         Judge.fit(NoisePairModel(), real[:1], fake[:5])
@@ -140,15 +150,16 @@ def test_length_normalized_dpo_compares_per_token_log_ratios():
     assert float(dpo_margin(torch.tensor([-9.0, -100.0]), reference, counts, 2.0, True)[0]) == pytest.approx(2.0 * (3 / 5 - 20 / 50))
 
 
-def test_the_upvote_model_may_be_a_two_head_scorer(models, tmp_path):
-    from replyrank.export import rankers
-    from replyrank.export.train import TrainOptions
-
-    model, tokenizer = rankers.build_model(str(models["disc"]))
-    rankers.save(model, tokenizer, tmp_path / "scorer", {})
+def test_a_pair_scorer_reads_the_head_it_is_asked_for(models, upvote_scorer, tmp_path):
+    model, tokenizer, _ = rankers.load(upvote_scorer)
     pairs = [("is a gap year worth it", "yes"), ("is a gap year worth it", "no idea, ask your advisor")]
-    scorer = adversarial.PairScorer(tmp_path / "scorer", TrainOptions(device="cpu", max_length=64))
-    assert np.allclose(scorer(pairs), rankers.predict(model, tokenizer, pairs, 64)[1], atol=1e-5)  # its upvote head
+    options = rankers.RankerOptions(device="cpu", max_length=64)
+    realism, upvotes = rankers.predict(model, tokenizer, pairs, 64)
+    assert np.allclose(PairScorer(upvote_scorer, options, head="upvotes").scores(pairs), upvotes, atol=1e-5)
+    assert np.allclose(PairScorer(upvote_scorer, options).scores(pairs), realism, atol=1e-5)
+    assert PairScorer(upvote_scorer, options).pairwise_scale == 1.0
+    with pytest.raises(replyrank.ReplyrankError, match="is not a pair model"):
+        PairScorer(models["upv"], options)  # a transformers regressor
 
 
 def test_the_gpu_sampler_writes_the_runtimes_greedy_replies_and_is_seeded(models, llama_fp32_bundle):
@@ -165,10 +176,10 @@ def test_the_gpu_sampler_writes_the_runtimes_greedy_replies_and_is_seeded(models
 
 
 @pytest.mark.skipif(not DUMPS[0].exists(), reason="../shared/data/reddit is not there")
-def test_two_rounds_interrupted_in_round_2_resume_there_and_reach_the_bundle(models, tmp_path, monkeypatch):
+def test_two_rounds_interrupted_in_the_last_resume_there_and_reach_the_bundle(models, upvote_scorer, tmp_path, monkeypatch):
     out, work = tmp_path / "gen", tmp_path / "rounds"
     args = ["train", "adversarial", "--generator", str(models["gpt2"]), "--discriminator-base", str(models["disc"]),
-            "--upvotes", str(models["upv"]), "--rounds", "2", "--out", str(out), "--work", str(work), "--fakes", "16",
+            "--upvotes", str(upvote_scorer), "--rounds", "2", "--out", str(out), "--work", str(work), "--fakes", "16",
             "--tune-comments", "8", "--held-out-comments", "6", "--candidates", "2", "--max-steps", "2", "--batch-size", "4",
             "--max-length", "48", "--device", "cpu", "--lora-rank", "4"]
     for dump in DUMPS:
@@ -220,22 +231,24 @@ def test_two_rounds_interrupted_in_round_2_resume_there_and_reach_the_bundle(mod
     plot = ElementTree.parse(out / "rounds.svg").getroot()
     assert len(plot.findall("{http://www.w3.org/2000/svg}polyline")) == 13  # every figure's line
 
-    # `replyrank export` puts the rounds into the bundle's training entry
+    # `replyrank export` puts the rounds into the bundle's training entry; the last round's discriminator (a pair model)
+    # is its realism scorer, beside a transformers upvote regressor
     bundle = tmp_path / "bundle"
     exported = CliRunner().invoke(main, [
         "export", "--generator", str(out), "--discriminator", report["discriminator"], "--upvotes", str(models["upv"]),
         "--out", str(bundle), "--quantize", "none", "--no-quality-gate", "--validation-data", str(DUMPS[1]),
     ])
     assert exported.exit_code == 0, exported.output
-    training = replyrank.load(bundle).bundle.training
-    assert [r["round"] for r in training["generator"]["adversarial"]["rounds"]] == [0, 1, 2]
-    assert training["discriminator"]["metrics"]["roc_auc"] == rounds[2]["fresh_pair_model_auc"]
+    exported = replyrank.load(bundle).bundle
+    assert [r["round"] for r in exported.training["generator"]["adversarial"]["rounds"]] == [0, 1, 2]
+    assert exported.discriminator.metrics["roc_auc"] == rounds[2]["fresh_pair_model_auc"]
+    assert exported.discriminator.output == rankers.OUTPUTS[0] and exported.upvotes.output == "logits"
 
 
 @pytest.mark.skipif(not DUMPS[0].exists(), reason="../shared/data/reddit is not there")
-def test_dpo_rounds_train_on_real_replies_preferred_over_the_least_human_candidates(models, tmp_path):
+def test_dpo_rounds_train_on_real_replies_preferred_over_the_least_human_candidates(models, upvote_scorer, tmp_path):
     out = tmp_path / "gen"
-    args = tiny_rounds(models, out, "--upvotes", str(models["upv"]), "--rounds", "2", "--method", "dpo", "--dpo-beta", "2",
+    args = tiny_rounds(models, out, "--upvotes", str(upvote_scorer), "--rounds", "2", "--method", "dpo", "--dpo-beta", "2",
                        "--dpo-length-normalized", "--dpo-replay", "1", "--judge-history")
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
@@ -256,7 +269,7 @@ def test_dpo_rounds_train_on_real_replies_preferred_over_the_least_human_candida
     assert history["stats"]["ranked_by_rounds"] == [0, 1] and picked["stats"]["ranked_by_rounds"] == [0]
     tune = [tuple(p) for p in json.loads((work / "round-1" / adversarial.SAMPLES).read_text())["tune"]]
     options = AdversarialOptions(discriminator=replace(AdversarialOptions().discriminator, device="cpu"))
-    logit = sum(np.log(q / (1 - q)) for q in (adversarial._judge_of(work / f"round-{j}", options).raw(tune) for j in (0, 1))) / 2
+    logit = sum(np.log(q / (1 - q)) for q in (Judge.read(work / f"round-{j}", options.discriminator).scores(tune) for j in (0, 1))) / 2
     own, rivals = {p[0]: p[1].strip() for p in history["preferences"]}, {}
     for i, (comment, reply) in enumerate(tune):
         if comment in own and reply.strip() and reply.strip() != own[comment]:

@@ -31,15 +31,6 @@ def test_onnx_logits_match_torch_for_prefill_and_cached_decode(bundle, models, r
     assert read.validation["generator_fp32_vs_torch"]["prefill_max_abs_logit_diff"] < 1e-4
 
 
-def test_fused_graph_is_used_for_llama(llama_bundle, gpt2_bundle):
-    import onnx
-
-    graph = onnx.load(str(Path(llama_bundle) / "generator" / "model.onnx"), load_external_data=False).graph
-    ops = {n.op_type for n in graph.node}
-    assert "GroupQueryAttention" in ops and "MatMulNBits" in ops
-    assert json.loads((Path(gpt2_bundle) / "replyrank.json").read_text())["generator"]["graph"].startswith("fused (export.gpt2")
-
-
 @pytest.mark.parametrize("bundle", ["gpt2_bundle", "llama_bundle"])
 def test_quantized_weights_sit_beside_a_small_graph(bundle, request):
     """Every part keeps its weights in model.onnx.data, which ONNX Runtime memory-maps at load."""
@@ -100,10 +91,12 @@ def test_manifest_hash_detects_a_changed_file(gpt2_bundle, tmp_path):
         replyrank.load(copy)
 
 
-def test_missing_generator_is_a_clear_error(models, tmp_path):
-    with pytest.raises(ExportError, match="cannot load generator"):
+def test_missing_generator_is_a_clear_error_that_names_the_build_log(models, tmp_path):
+    with pytest.raises(ExportError, match="cannot load generator") as failed:
         export_bundle(str(tmp_path / "nope"), str(models["disc"]), str(models["upv"]), tmp_path / "out", PAIRS)
     assert not (tmp_path / "out").exists()
+    log = tmp_path / "out.build.log"
+    assert str(failed.value).endswith(f"the build's log: {log}") and "Traceback" in log.read_text()
 
 
 def test_non_causal_generator_is_refused(models, tmp_path):
@@ -145,10 +138,11 @@ def test_quality_gate_stops_a_bad_quantization(models, tmp_path):
 
 
 @pytest.mark.parametrize("generator", ["gpt2", "llama"])
-def test_export_cli_writes_a_bundle_and_reports_json(models, tmp_path, generator):
-    from click.testing import CliRunner
+def test_export_cli_writes_a_bundle_reports_json_and_keeps_library_output_in_its_log(models, tmp_path, generator):
+    import subprocess
+    import sys
 
-    from replyrank.cli import main
+    import onnx
 
     dumps = [REDDIT / "college" / "RS_CollegeAdvice.zst", REDDIT / "college" / "RC_CollegeAdvice.zst"]
     if not dumps[0].exists():
@@ -157,9 +151,9 @@ def test_export_cli_writes_a_bundle_and_reports_json(models, tmp_path, generator
             "--out", str(tmp_path / "b"), "--no-quality-gate", "--block-size", "32"]
     for dump in dumps:
         args += ["--validation-data", str(dump)]
-    result = CliRunner().invoke(main, args)
-    assert result.exit_code == 0, result.output
-    report = json.loads(result.stdout)
+    run = subprocess.run([sys.executable, "-m", "replyrank", *args], capture_output=True)  # bytes: tqdm's \r stays itself
+    assert run.returncode == 0, run.stderr.decode()
+    report = json.loads(run.stdout)
     assert report["validation"]["pairs"] == 32 and 0 <= report["realism_threshold"] <= 1
     assert report["validation"]["generator_block_size"] == 32
     # the dumps' other pairs calibrate the int8 smoothing: a Llama graph's norm-fed projections go dynamic (2 layers x 4),
@@ -167,12 +161,18 @@ def test_export_cli_writes_a_bundle_and_reports_json(models, tmp_path, generator
     layout = report["validation"]["generator_layout"]
     assert (0 < layout["calibration_texts"] <= 64) if generator == "llama" else layout["calibration_texts"] == 0
     assert layout["dynamic_int8"] == (8 if generator == "llama" else 0)
-    import onnx
-
     graph = onnx.load(str(tmp_path / "b" / "generator" / "model.onnx"), load_external_data=False).graph
     blocks = {a.i for n in graph.node if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "block_size"}
     assert blocks == {32}
     assert replyrank.load(tmp_path / "b").reply("hello there", candidates=2, max_new_tokens=4).candidates
+    # stderr holds the progress bar (redrawn with \r) and nothing else; the quantizer's logging and the model builder's
+    # prints are in the bundle's build.log
+    lines = [line for line in run.stderr.decode().split("\n") if line.strip()]
+    assert len(lines) == 1 and "7/7" in lines[0] and "\r" in lines[0], lines
+    log = (tmp_path / "b" / "build.log").read_text()
+    assert "onnxruntime.quantization.matmul_nbits_quantizer [INFO]" in log
+    if generator == "llama":
+        assert "Reading layer 0" in log
 
 
 def test_verified_stamp_never_hides_a_changed_file(gpt2_bundle, tmp_path):

@@ -1,4 +1,5 @@
-"""One encoder, two heads (export.rankers): training steps, save/load, and the two-output graph against PyTorch."""
+"""One encoder, two heads (export.rankers): training steps, save/load, the two-output graph against PyTorch, and a
+discriminator (the realism head alone) exported beside a transformers upvote model."""
 
 from __future__ import annotations
 
@@ -146,3 +147,23 @@ def replace_options(**changes) -> rankers.RankerOptions:
     from dataclasses import replace
 
     return replace(FAST, **changes)
+
+
+def test_a_discriminator_exports_beside_a_transformers_upvote_model(models, tmp_path) -> None:
+    from replyrank.filters import normalize_text
+
+    real = [(CORPUS[i], CORPUS[i + 1]) for i in range(16)]
+    fake = [(CORPUS[i], "the the the the") for i in range(16)]
+    metrics = rankers.train_discriminator(real, fake, real[:4], fake[:4], str(models["disc"]), tmp_path / "disc", FAST)
+    info = rankers.read_info(tmp_path / "disc")
+    assert info["heads"]["realism"]["roc_auc"] == metrics["roc_auc"] and metrics["objective"] == "cross-entropy"
+    assert not info["heads"]["upvotes"]["trained"] and "upvotes_kept_correlation" not in metrics  # nothing distilled
+    bundle = export_bundle(str(models["gpt2"]), str(tmp_path / "disc"), str(models["upv"]), tmp_path / "b", PAIRS, ExportOptions(quantize="none"))
+    assert not bundle.shared_scorer and (bundle.discriminator.path, bundle.discriminator.output) == (DISCRIMINATOR, rankers.OUTPUTS[0])
+    assert (bundle.upvotes.path, bundle.upvotes.output) == (UPVOTES, "logits")
+    assert bundle.validation["discriminator_vs_torch"]["max_abs_diff"] < 1e-4
+    model, tokenizer, _ = rankers.load(tmp_path / "disc")
+    comment, replies = PAIRS[0][0], [r for _, r in PAIRS[:5]]
+    realism, _ = rankers.predict(model, tokenizer, [(normalize_text(comment), normalize_text(r)) for r in replies], max_length=64)
+    scores = replyrank.load(tmp_path / "b").scorers(comment, replies)
+    assert np.allclose(scores[DISCRIMINATOR], realism, atol=1e-5)

@@ -1,5 +1,6 @@
 """The generator's int8 layout with calibration texts (export.quantize): SmoothQuant folded into the fp32 graph, dynamic
-int8 for the norm-fed and attention-output projections, MatMulNBits for the rest; and the prefix cache the bundle ships."""
+int8 for the norm-fed and attention-output projections, MatMulNBits for the rest, and the weight-only fallback where
+that layout misses the gate; a CPU unlike the one the gate ran on is told."""
 
 from __future__ import annotations
 
@@ -16,8 +17,7 @@ import pytest
 from tiny import CALIBRATION_PAIRS, PAIRS
 
 import replyrank
-from replyrank.bundle import MANIFEST, PREFIX_CACHE, Bundle
-from replyrank.errors import BundleError
+from replyrank.bundle import MANIFEST, Bundle
 from replyrank.export.assemble import export_generator
 from replyrank.export.quantize import Calibration, activation_ranges, dynamic_layout, fold_transposed_weights, smooth
 from replyrank.export.validate import token_sequences
@@ -89,45 +89,6 @@ def test_the_dynamic_bundle_stays_near_fp32_and_replies(llama_dynamic_bundle, ll
     assert len(result.candidates) == 3 and [c.text for c in result.candidates] == [c.text for c in again.candidates]
     validation = Bundle.read(llama_dynamic_bundle).validation["generator_quantized_vs_fp32"]
     assert validation["candidates"] == 8 and validation["positions"] == 8 * validation["steps"] * min(16, len(PAIRS))
-
-
-def test_the_shipped_prefix_cache_is_the_fp32_graphs_own(llama_fp32_bundle, llama_bundle):
-    for bundle in (llama_fp32_bundle, llama_bundle):
-        spec = Bundle.read(bundle).generator
-        assert spec.prefix_cache == PREFIX_CACHE and PREFIX_CACHE in spec.files
-    fp32 = replyrank.load(llama_fp32_bundle).generator
-    own = Generator(Path(llama_fp32_bundle) / "generator", replace(fp32.spec, prefix_cache=None))  # prefilled at load
-    for name in fp32.past_names:
-        np.testing.assert_allclose(fp32.prefix_cache[name].numpy(), own.prefix_cache[name].numpy(), atol=1e-5)
-    # the int8 bundle starts from the same (fp32) cache
-    stored = np.load(Path(llama_bundle) / "generator" / PREFIX_CACHE)
-    assert stored["ids"].tolist() == fp32.prefix_ids
-    np.testing.assert_allclose(stored[fp32.past_names[0]], own.prefix_cache[fp32.past_names[0]].numpy(), atol=1e-5)
-
-
-def test_another_template_prefills_its_own_prefix(llama_bundle):
-    generator = replyrank.load(llama_bundle).generator
-    other = Generator(Path(llama_bundle) / "generator", replace(generator.spec, prompt_template="Q: {comment}\nA:"))
-    assert other.prefix_ids != generator.prefix_ids
-    assert other.prefix_cache[other.past_names[0]].shape()[2] == len(other.prefix_ids)
-
-
-def test_a_prefix_cache_of_the_wrong_shape_is_a_clear_error(llama_bundle, tmp_path):
-    copy = tmp_path / "bundle"
-    shutil.copytree(llama_bundle, copy)
-    path = copy / "generator" / PREFIX_CACHE
-    arrays = dict(np.load(path))
-    first = next(name for name in arrays if name != "ids")
-    arrays[first] = arrays[first][:, :, :1]
-    np.savez(path, **arrays)
-    spec = Bundle.read(copy, verify_hashes=False).generator
-    with pytest.raises(BundleError, match="does not fit its graph"):
-        Generator(copy / "generator", spec)
-    manifest = json.loads((copy / MANIFEST).read_text())
-    manifest["generator"]["prefix_cache"] = "nope.npz"
-    (copy / MANIFEST).write_text(json.dumps(manifest))
-    with pytest.raises(BundleError, match="names prefix_cache 'nope.npz', which is not among the generator's files"):
-        Bundle.read(copy, verify_hashes=False)
 
 
 def test_a_dynamic_layout_that_misses_the_gate_falls_back_to_weight_only(models, tmp_path, monkeypatch, capsys):

@@ -10,8 +10,9 @@ from tiny import REDDIT
 
 import replyrank
 from replyrank.cli import main
+from replyrank.export import rankers
 from replyrank.export.recipes import load_split
-from replyrank.export.train import TrainOptions, train_discriminator
+from replyrank.export.train import TrainOptions
 from replyrank.filters import ngram_hashes
 
 DUMPS = [REDDIT / "college" / "RS_CollegeAdvice.zst", REDDIT / "college" / "RC_CollegeAdvice.zst"]
@@ -55,7 +56,8 @@ def test_train_all_from_real_dumps_to_a_working_bundle(models, tmp_path):
 def test_too_few_examples_is_a_clear_error(models, tmp_path):
     pairs = [("a", "b")] * 3
     with pytest.raises(replyrank.ReplyrankError, match="too few examples"):
-        train_discriminator(pairs, pairs, [], [], str(models["disc"]), tmp_path / "d", TrainOptions(max_steps=1))
+        rankers.train_discriminator(pairs, pairs, [], [], str(models["disc"]), tmp_path / "d", rankers.RankerOptions(max_steps=1))
+    assert not (tmp_path / "d").exists()
 
 
 def test_interrupted_training_resumes_from_its_checkpoint(tmp_path):
