@@ -11,6 +11,9 @@
    comment in seven is broken); `strict=True` returns none instead;
 5. the kept candidate with the highest `pick_score = realism × upvote_chance` is the reply.
 
+A ranking bundle (no generator), or a bot loaded with `generator=False` (`load_ranker`), runs steps
+2-5 on replies written elsewhere (`Bot.score`) and refuses step 1 (`RankingOnly`).
+
 The selection rule is DialogRPT's (Gao et al., 2020): a human-likeness probability multiplied
 into the feedback ranker's probability. `upvote_chance` is the calibrated probability that Reddit
 scores a candidate above the median candidate, sigmoid(k·(u − median u)), with the k the bundle
@@ -30,9 +33,9 @@ from typing import Any
 
 import numpy as np
 
-from .bundle import DISCRIMINATOR, UPVOTES, Bundle
-from .errors import InputError
-from .filters import ReplyFilters, ReplyScreen
+from .bundle import DISCRIMINATOR, GENERATOR, UPVOTES, Bundle
+from .errors import InputError, RankingOnly
+from .filters import COPY_WORDS, ReplyFilters, ReplyScreen
 from .generate import GenerationOptions, Generator, check_replies
 from .score import Scorers
 
@@ -121,39 +124,60 @@ class Bot:
     """A loaded bundle. Safe to call from several threads at once (ONNX Runtime sessions are).
 
     `filters` (default `ReplyFilters()`: no blocklist, no length cap, copies dropped) apply to `reply` and `score` alike.
+    `generator=False` opens the scorers only (`load_ranker`): `score` answers as with the generator, `reply` raises
+    `RankingOnly`, as it does for a ranking bundle, which has no generator to open.
     """
 
     def __init__(
         self, bundle_dir: str | Path, threads: int | None = None, realism_threshold: float | None = None, strict: bool = False,
-        filters: ReplyFilters | None = None,
+        filters: ReplyFilters | None = None, generator: bool = True,
     ):
         if filters is not None and not isinstance(filters, ReplyFilters):
             raise InputError(f"filters must be a replyrank.ReplyFilters, got {type(filters).__name__}")
         self.bundle = Bundle.read(bundle_dir, verify_hashes=False)
         self.path = Path(bundle_dir).expanduser().resolve()
+        spec = self.bundle.generator if generator else None
+        opened = [name for name in self.bundle.parts if name != GENERATOR or spec is not None]
         # Hashing and building the sessions are independent and mostly outside the GIL:
         # doing them side by side roughly halves the load time on two cores.
         with ThreadPoolExecutor(4) as pool:
-            verified = pool.submit(self.bundle.verify)
-            generator = pool.submit(Generator, self.bundle.folder(self.bundle.generator), self.bundle.generator, threads)
+            verified = pool.submit(self.bundle.verify, parts=opened)
+            opening = pool.submit(Generator, self.bundle.folder(spec), spec, threads) if spec is not None else None
             try:
                 scorers = Scorers(self.bundle, threads, pool)
             finally:
                 verified.result()  # a changed file is the error to report, before any broken graph it explains
-            self.generator, self.scorers = generator.result(), scorers
+            # None: this bot only ranks (`ranking_only`)
+            self.generator: Generator | None = opening.result() if opening is not None else None
+            self.scorers = scorers
         threshold = self.bundle.realism_threshold if realism_threshold is None else realism_threshold
         if not 0 <= threshold <= 1:
             raise InputError(f"realism threshold must be in [0, 1], got {threshold}")
         self.realism_threshold = float(threshold)
         self.strict = strict  # True: no reply rather than one below the threshold
         self.filters = filters or ReplyFilters()
+        # a generator's copies of its training replies are dropped from what it writes and from what is ranked
         training_ngrams = self.bundle.read_training_ngrams() if self.filters.training_copies else None
-        self.screen = ReplyScreen(self.filters, training_ngrams, self.bundle.generator.training_ngram_words)
+        words = self.bundle.generator.training_ngram_words if self.bundle.generator else COPY_WORDS
+        self.screen = ReplyScreen(self.filters, training_ngrams, words)
+
+    @property
+    def ranking_only(self) -> bool:
+        """True when this bot only ranks: its bundle has no generator, or it was loaded without it."""
+        return self.generator is None
 
     @property
     def sampling(self) -> GenerationOptions:
-        """The bundle's deployment sampling options: `reply`'s defaults."""
+        """The bundle's deployment sampling options: `reply`'s defaults (`RankingOnly` for a ranking bundle, which has none)."""
+        if self.bundle.generator is None:
+            raise RankingOnly(self._why_no_replies())
         return self.bundle.generator.sampling
+
+    def _why_no_replies(self) -> str:
+        if self.bundle.generator is None:
+            return (f"{self.path} is a ranking bundle (no generator): it ranks replies written elsewhere (`replyrank rank`, "
+                    "Bot.score) but writes none; give a bundle with a generator (`replyrank build-default` builds the default one)")
+        return "this bot was loaded without its generator (generator=False, load_ranker); load it with generator=True to write replies"
 
     def score(self, comment: str, replies: list[str]) -> Result:
         """Score replies written elsewhere; the same Result as `reply`, candidates best first with selection applied."""
@@ -177,6 +201,8 @@ class Bot:
 
         `options` default to the bundle's deployment sampling (`self.sampling`); `overrides` replace single fields.
         """
+        if self.generator is None:
+            raise RankingOnly(self._why_no_replies())
         options = replace(options or self.sampling, **overrides)
         options.check()
         comment = _check_text(comment, "comment")
@@ -277,14 +303,31 @@ def upvote_chance(upvotes: np.ndarray, pairwise_scale: float | None) -> np.ndarr
 
 def load(
     bundle_dir: str | Path | None = None, threads: int | None = None, realism_threshold: float | None = None, strict: bool = False,
-    filters: ReplyFilters | None = None,
+    filters: ReplyFilters | None = None, generator: bool = True,
 ) -> Bot:
-    """Load a bundle (default: `$REPLYRANK_BUNDLE`, else the default bundle in the cache folder)."""
-    from .bundle import cpu_mismatch, default_bundle_dir, stale_default
+    """Load a bundle (default: `$REPLYRANK_BUNDLE`, else the default bundle in the cache folder).
 
-    bot = Bot(bundle_dir if bundle_dir is not None else default_bundle_dir(), threads, realism_threshold, strict, filters)
+    `generator=False` opens only the scorers (`load_ranker`); a ranking bundle loads either way and only ranks.
+    """
+    from .bundle import cpu_mismatch, default_bundle_dir, ranking_bundle_dir, stale_default
+
+    where = bundle_dir if bundle_dir is not None else default_bundle_dir() if generator else ranking_bundle_dir()
+    bot = Bot(where, threads, realism_threshold, strict, filters, generator)
     if bundle_dir is None and (why := stale_default(bot.bundle)):
         warnings.warn(why, stacklevel=2)
-    if why := cpu_mismatch(bot.bundle):
+    if bot.generator is not None and (why := cpu_mismatch(bot.bundle)):
         warnings.warn(why, stacklevel=2)
     return bot
+
+
+def load_ranker(
+    bundle_dir: str | Path | None = None, threads: int | None = None, realism_threshold: float | None = None, strict: bool = False,
+    filters: ReplyFilters | None = None,
+) -> Bot:
+    """Open a bundle's scorers only, for apps that rank replies written elsewhere: `Bot.score` gives the same `Result`
+    as with the generator loaded, which is neither read nor held in memory.
+
+    Default folder: `$REPLYRANK_BUNDLE`, else the default bundle where it is built, else the default ranking bundle
+    (`replyrank build-default --rank-only`).
+    """
+    return load(bundle_dir, threads, realism_threshold, strict, filters, generator=False)

@@ -2,6 +2,7 @@
 
     bundle/
       replyrank.json        format version, hashes, prompt template, score meanings, threshold, validation
+      README.md             the model card (Hugging Face layout), written by the export; not hashed
       generator/            model.onnx (graph), model.onnx.data (weights), config.json, tokenizer.json
                             [training_ngrams.npy: hashed n-grams of the training replies, optional]
                             [prefix_cache.npz: the template prefix's KV cache, from the fp32 graph, optional]
@@ -14,6 +15,9 @@ This module is the contract between the build side and the runtime, as faster-wh
 else. The export side builds them and calls `Bundle.write`; the runtime calls `Bundle.read` and
 keeps what it resolves (the folder it read, sessions) outside the specs.
 
+A ranking bundle has no generator part: it scores replies written elsewhere (`Bot.score`) and
+cannot write any (`Bot.reply` raises `RankingOnly`). Its manifest has no `generator` entry.
+
 The two scorers may share one graph: when their `path`s are the same, the folder holds one
 sequence-classification graph with one output per scorer (`ScorerSpec.output`), each pair is
 tokenized and run once, and each scorer reads its own output of that run (see `replyrank.score.Scorers`).
@@ -23,7 +27,7 @@ version, that every listed path stays inside the folder, that every file exists 
 sha256 the manifest recorded. A half-copied or edited bundle fails here, at load time, with a
 message that says what to do, never later at the first call.
 
-Format versions: 2 adds `ScorerSpec.output` and the generator's deployment `sampling`, and lets
+Format versions: 3 is a ranking bundle's (no generator part); 2 adds `ScorerSpec.output` and the generator's deployment `sampling`, and lets
 the scorers share a path; 1 (replyrank 0.1's first bundles) lacks them and is read as version 2
 with their defaults (`logits`, `GenerationOptions()`, which is what that runtime used).
 """
@@ -45,9 +49,13 @@ from .errors import BundleError
 from .filters import COPY_WORDS, training_ngram_set
 from .options import GenerationOptions
 
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+# A manifest is written at the oldest version that describes it: replyrank 0.1 (which reads 1 and 2) reads every bundle
+# with a generator, and asks for an upgrade at a ranking bundle instead of misreading it.
+FORMAT_VERSION = 2  # a bundle with a generator
+RANKING_VERSION = 3  # a ranking bundle: its manifest has no generator entry
+READABLE_VERSIONS = (1, 2, 3)
 MANIFEST = "replyrank.json"
+MODEL_CARD = "README.md"  # beside the manifest: the model card (Hugging Face's layout), written by the export
 STAMP = ".replyrank-verified.json"  # (size, mtime, sha256) of files already verified
 GENERATOR, DISCRIMINATOR, UPVOTES = "generator", "discriminator", "upvotes"
 PARTS = (GENERATOR, DISCRIMINATOR, UPVOTES)
@@ -147,9 +155,12 @@ class ScorerSpec:
 
 @dataclass(frozen=True)
 class Bundle:
-    """A bundle's manifest, typed. `root` is where it was read from (None for one not yet written)."""
+    """A bundle's manifest, typed. `root` is where it was read from (None for one not yet written).
 
-    generator: GeneratorSpec
+    `generator` is None in a ranking bundle: scorers only.
+    """
+
+    generator: GeneratorSpec | None
     discriminator: ScorerSpec
     upvotes: ScorerSpec
     realism_threshold: float = REALISM_THRESHOLD
@@ -159,11 +170,11 @@ class Bundle:
     validation: Mapping[str, Any] = field(default_factory=dict)  # the export's parity and quality report
     training: Mapping[str, Any] | None = None  # metrics, where replyrank trained the models
     replyrank_version: str | None = None
-    format_version: int = FORMAT_VERSION  # the version read; `write` always writes FORMAT_VERSION
+    format_version: int = FORMAT_VERSION  # the version read; `write` writes `written_version`
     root: Path | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
-        if self.generator.path in (self.discriminator.path, self.upvotes.path):
+        if self.generator is not None and self.generator.path in (self.discriminator.path, self.upvotes.path):
             raise BundleError(f"the generator and a scorer share the folder {self.generator.path!r}; {REEXPORT}")
         if self.shared_scorer:
             first, second = self.discriminator, self.upvotes
@@ -179,12 +190,23 @@ class Bundle:
         return self.discriminator.path == self.upvotes.path
 
     @property
+    def ranking_only(self) -> bool:
+        """True for a ranking bundle: scorers and no generator."""
+        return self.generator is None
+
+    @property
+    def written_version(self) -> int:
+        """The format version `write` gives the manifest (RANKING_VERSION for a ranking bundle, else FORMAT_VERSION)."""
+        return RANKING_VERSION if self.ranking_only else FORMAT_VERSION
+
+    @property
     def scorers(self) -> dict[str, ScorerSpec]:
         return {DISCRIMINATOR: self.discriminator, UPVOTES: self.upvotes}
 
     @property
     def parts(self) -> dict[str, GeneratorSpec | ScorerSpec]:
-        return {GENERATOR: self.generator, **self.scorers}
+        """Every part the bundle holds, by name: the generator (unless a ranking bundle) and the scorers."""
+        return {**({GENERATOR: self.generator} if self.generator is not None else {}), **self.scorers}
 
     def folder(self, spec: GeneratorSpec | ScorerSpec) -> Path:
         """The resolved folder of a part of this bundle as read."""
@@ -194,8 +216,8 @@ class Bundle:
 
     def read_training_ngrams(self) -> np.ndarray | None:
         """The generator's training-reply n-gram hashes (sorted uint64), or None when the bundle carries none."""
-        name = self.generator.training_ngrams
-        if name is None:
+        name = self.generator.training_ngrams if self.generator is not None else None
+        if self.generator is None or name is None:
             return None
         path = inside(self.folder(self.generator), name)
         try:
@@ -209,8 +231,8 @@ class Bundle:
     # ---------------------------------------------------------------- (de)serializing
 
     def to_json(self) -> dict[str, Any]:
-        """The manifest as written (version FORMAT_VERSION)."""
-        data: dict[str, Any] = {"format_version": FORMAT_VERSION, "replyrank_version": self.replyrank_version}
+        """The manifest as written (version `written_version`)."""
+        data: dict[str, Any] = {"format_version": self.written_version, "replyrank_version": self.replyrank_version}
         for name in ("quantization", "sources", "realism_threshold", "threshold_calibration", "validation", "training"):
             data[name] = getattr(self, name)
         for name, spec in self.parts.items():
@@ -220,7 +242,7 @@ class Bundle:
                 entry["sampling"] = {k: v for k, v in entry["sampling"].items() if k not in PER_CALL_OPTIONS}
                 entry["sampling"]["stop"] = list(spec.sampling.stop)
             data[name] = entry
-        return data
+        return data  # a ranking bundle's has no generator entry
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], where: str = MANIFEST) -> Bundle:
@@ -234,6 +256,8 @@ class Bundle:
         entries = {}
         for name in PARTS:
             entry = data.get(name)
+            if name == GENERATOR and entry is None and version == RANKING_VERSION:
+                continue  # a ranking bundle
             if not isinstance(entry, dict) or not isinstance(entry.get("path"), str) or not isinstance(entry.get("files"), dict):
                 raise BundleError(f"{where} has no valid {name!r} entry; re-export the bundle")
             required = ("prompt_template", "eos_token_ids", "context_length") if name == GENERATOR else ("kind",)
@@ -246,7 +270,7 @@ class Bundle:
             raise BundleError(f"{where} has realism_threshold {threshold!r}, not a number in [0, 1]; re-export the bundle")
         try:
             return cls(
-                generator=_generator_spec(entries[GENERATOR]),
+                generator=_generator_spec(entries[GENERATOR]) if GENERATOR in entries else None,
                 discriminator=_scorer_spec(entries[DISCRIMINATOR], DISCRIMINATOR),
                 upvotes=_scorer_spec(entries[UPVOTES], UPVOTES),
                 realism_threshold=float(threshold),
@@ -282,8 +306,9 @@ class Bundle:
         if not isinstance(data, dict):
             raise BundleError(f"{manifest_path} is not a JSON object; re-export the bundle")
         bundle = replace(cls.from_json(data, str(manifest_path)), root=root.resolve())
-        for key, named in (("training_ngrams", bundle.generator.training_ngrams), ("prefix_cache", bundle.generator.prefix_cache)):
-            if named is not None and named not in bundle.generator.files:
+        generator = bundle.generator
+        for key, named in (("training_ngrams", generator.training_ngrams), ("prefix_cache", generator.prefix_cache)) if generator else ():
+            if named is not None and named not in generator.files:
                 raise BundleError(f"{manifest_path} names {key} {named!r}, which is not among the generator's files; {REEXPORT}")
         for name, spec in bundle.parts.items():
             bundle.folder(spec)
@@ -304,21 +329,22 @@ class Bundle:
                 hashes[spec.path] = {p.relative_to(folder).as_posix(): sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()}
         written = replace(
             self,
-            generator=replace(self.generator, files=hashes[self.generator.path]),
+            generator=None if self.generator is None else replace(self.generator, files=hashes[self.generator.path]),
             discriminator=replace(self.discriminator, files=hashes[self.discriminator.path]),
             upvotes=replace(self.upvotes, files=hashes[self.upvotes.path]),
-            format_version=FORMAT_VERSION,
+            format_version=self.written_version,
             root=root.resolve(),
         )
         (root / MANIFEST).write_text(json.dumps(written.to_json(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         return written
 
-    def verify(self, use_stamp: bool = True) -> None:
-        """Check every listed file's sha256 against the manifest.
+    def verify(self, use_stamp: bool = True, parts: Iterable[str] | None = None) -> None:
+        """Check every listed file's sha256 against the manifest (of `parts` only, by name, where given).
 
         A file verified before, whose size and modification time are unchanged since, is not hashed
         again: the stamp file beside the manifest records them (written when the folder is writable).
-        `use_stamp=False` hashes everything (`replyrank info` does).
+        `use_stamp=False` hashes everything (`replyrank info` does). A bot that opens only the
+        scorers checks only theirs: a file it never reads cannot change what it answers.
         """
         if self.root is None:
             raise BundleError("this bundle has not been read from a folder")
@@ -327,8 +353,11 @@ class Bundle:
             stamp = json.loads(stamp_path.read_text()) if use_stamp and stamp_path.is_file() else {}
         except (OSError, ValueError):
             stamp = {}
-        verified = {}
-        for spec in self.parts.values():
+        wanted = set(self.parts if parts is None else parts)
+        verified: dict[str, list] = {}
+        for part, spec in self.parts.items():
+            if part not in wanted:
+                continue
             for name, digest in spec.files.items():
                 key = f"{spec.path}/{name}"
                 if key in verified:
@@ -342,6 +371,9 @@ class Bundle:
                         "re-export or re-copy the bundle"
                     )
                 verified[key] = seen
+        # the stamp keeps what it knew of the files not checked now, for the load that opens them
+        listed = {f"{spec.path}/{name}" for spec in self.parts.values() for name in spec.files}
+        verified = {**{key: seen for key, seen in stamp.items() if key in listed}, **verified}
         if verified != stamp:
             try:
                 partial = stamp_path.with_name(f"{STAMP}.{os.getpid()}")
@@ -423,18 +455,22 @@ def _scorer_spec(entry: Mapping[str, Any], name: str) -> ScorerSpec:
 # cached default bundle built by another recipe is told apart (`stale_default`); raise it whenever what the build
 # produces changes. "custom": built with another adapter or block (`build-default --adapter/--untuned`), the user's choice.
 DEFAULT_RECIPE = 5
+# The same for the default ranking bundle (`build-default --rank-only`): the default bundle's scorer alone, in its own
+# folder (`default_ranking_dir`); raise it whenever what that build produces changes.
+DEFAULT_RANKING_RECIPE = 1
 
 
 def stale_default(bundle: Bundle) -> str | None:
-    """Why the cached default bundle (loaded because no bundle was named) is older than this version's recipe, or None
-    when it is current or `$REPLYRANK_BUNDLE` chose it."""
+    """Why the cached default bundle (or default ranking bundle), loaded because no bundle was named, is older than this
+    version's recipe, or None when it is current or `$REPLYRANK_BUNDLE` chose it."""
     if os.environ.get("REPLYRANK_BUNDLE"):
         return None
     built = (bundle.training or {}).get("default_recipe", 1)
-    if built in (DEFAULT_RECIPE, "custom"):
+    current, which, rebuild = ((DEFAULT_RANKING_RECIPE, "default ranking bundle", "build-default --rank-only --force")
+                               if bundle.ranking_only else (DEFAULT_RECIPE, "default bundle", "build-default --force"))
+    if built in (current, "custom"):
         return None
-    return (f"the default bundle in {bundle.root} was built by an earlier recipe ({built}, this version's is {DEFAULT_RECIPE}); "
-            "`replyrank build-default --force` rebuilds it (it takes minutes)")
+    return f"the {which} in {bundle.root} was built by an earlier recipe ({built}, this version's is {current}); `replyrank {rebuild}` rebuilds it"
 
 
 def cpu_mismatch(bundle: Bundle) -> str | None:
@@ -454,8 +490,27 @@ def default_bundle_dir() -> Path:
     """`$REPLYRANK_BUNDLE`, else the default bundle in the user's cache folder."""
     if os.environ.get("REPLYRANK_BUNDLE"):
         return Path(os.environ["REPLYRANK_BUNDLE"]).expanduser()
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return cache / "replyrank" / "default-bundle"
+    return _cache() / "default-bundle"
+
+
+def default_ranking_dir() -> Path:
+    """`$REPLYRANK_BUNDLE`, else the default ranking bundle (`build-default --rank-only`) in the user's cache folder.
+
+    A folder of its own, so that building it never stands in the way of the full default bundle."""
+    if os.environ.get("REPLYRANK_BUNDLE"):
+        return Path(os.environ["REPLYRANK_BUNDLE"]).expanduser()
+    return _cache() / "default-ranker"
+
+
+def ranking_bundle_dir() -> Path:
+    """What ranking opens when no bundle is named: `$REPLYRANK_BUNDLE`, else the default bundle where it is built
+    (its scorers rank, its generator stays closed), else the default ranking bundle."""
+    full = default_bundle_dir()
+    return full if os.environ.get("REPLYRANK_BUNDLE") or (full / MANIFEST).is_file() else default_ranking_dir()
+
+
+def _cache() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "replyrank"
 
 
 def sha256(path: Path) -> str:

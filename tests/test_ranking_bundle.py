@@ -1,0 +1,125 @@
+"""Ranking without a generator: a ranking bundle (scorers, no generator part) and `load_ranker` (a full bundle's
+scorers alone) rank exactly as a full bundle does, and refuse to write replies with one clear line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import replyrank
+from replyrank.bundle import MANIFEST, RANKING_VERSION, Bundle
+from replyrank.cli import main
+from replyrank.errors import BundleError, RankingOnly
+
+COMMENT = "has anyone tried the pasta place near campus"
+REPLIES = ["yes it was fine but a bit expensive for students", "no idea, ask the front desk", "i think it is great"]
+
+
+def ranking_copy(full: Path, out: Path) -> Path:
+    """The scorer folders of a full bundle and a manifest without its generator: a ranking bundle."""
+    bundle = Bundle.read(full)
+    for spec in bundle.scorers.values():
+        if not (out / spec.path).exists():
+            shutil.copytree(full / spec.path, out / spec.path)
+    replace(bundle, generator=None).write(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def ranking_bundle(gpt2_bundle, tmp_path_factory) -> Path:
+    return ranking_copy(gpt2_bundle, tmp_path_factory.mktemp("ranking") / "bundle")
+
+
+def ranked(result: replyrank.Result) -> list[dict]:
+    return result.to_dict()["candidates"]
+
+
+def test_a_ranking_bundle_and_load_ranker_rank_as_the_full_bundle_does(gpt2_bundle, ranking_bundle):
+    full = replyrank.load(gpt2_bundle).score(COMMENT, REPLIES)
+    assert ranked(replyrank.load(ranking_bundle).score(COMMENT, REPLIES)) == ranked(full)
+    assert ranked(replyrank.load_ranker(gpt2_bundle).score(COMMENT, REPLIES)) == ranked(full)
+    assert ranked(replyrank.load(gpt2_bundle, generator=False).score(COMMENT, REPLIES)) == ranked(full)
+
+
+def test_a_ranking_bundle_refuses_to_reply_and_says_why(ranking_bundle):
+    bot = replyrank.load(ranking_bundle)
+    assert bot.ranking_only and bot.generator is None
+    with pytest.raises(RankingOnly, match="is a ranking bundle \\(no generator\\)") as error:
+        bot.reply(COMMENT)
+    assert "\n" not in str(error.value) and isinstance(error.value, NotImplementedError)
+    with pytest.raises(RankingOnly):
+        bot.sampling
+
+
+def test_a_bot_loaded_without_its_generator_says_how_to_load_it(gpt2_bundle):
+    bot = replyrank.load_ranker(gpt2_bundle)
+    assert bot.ranking_only and not bot.bundle.ranking_only
+    with pytest.raises(RankingOnly, match="generator=True"):
+        bot.reply(COMMENT)
+    assert bot.sampling == bot.bundle.generator.sampling  # the manifest's fact, still readable
+
+
+def test_load_ranker_neither_reads_nor_checks_the_generator(gpt2_bundle, tmp_path):
+    copy = tmp_path / "bundle"
+    shutil.copytree(gpt2_bundle, copy)
+    graph = copy / "generator" / "model.onnx"
+    graph.write_bytes(graph.read_bytes()[:-1] + b"\0")  # a changed generator graph
+    assert ranked(replyrank.load_ranker(copy).score(COMMENT, REPLIES)) == ranked(replyrank.load(gpt2_bundle).score(COMMENT, REPLIES))
+    with pytest.raises(BundleError, match="generator/model.onnx does not match the sha256"):
+        replyrank.load(copy)  # the load that opens it still checks it, whatever the ranker's load stamped
+
+
+def test_a_ranking_manifest_has_no_generator_and_its_own_version(ranking_bundle):
+    written = json.loads((ranking_bundle / MANIFEST).read_text())
+    assert "generator" not in written and written["format_version"] == RANKING_VERSION
+    read = Bundle.read(ranking_bundle)
+    assert read.ranking_only and set(read.parts) == {"discriminator", "upvotes"}
+    assert Bundle.from_json(written) == read
+
+
+def test_an_older_format_without_a_generator_is_refused(ranking_bundle, tmp_path):
+    copy = tmp_path / "bundle"
+    shutil.copytree(ranking_bundle, copy)
+    manifest = json.loads((copy / MANIFEST).read_text())
+    (copy / MANIFEST).write_text(json.dumps({**manifest, "format_version": 2}))
+    with pytest.raises(BundleError, match="has no valid 'generator' entry"):
+        Bundle.read(copy)
+
+
+def test_the_cli_ranks_with_a_ranking_bundle_and_refuses_reply_in_one_line(ranking_bundle, gpt2_bundle):
+    runner = CliRunner()
+    result = runner.invoke(main, ["rank", "--comment", COMMENT, *REPLIES, "--bundle", str(ranking_bundle), "--json"])
+    assert result.exit_code == 0, result.output
+    full = runner.invoke(main, ["rank", "--comment", COMMENT, *REPLIES, "--bundle", str(gpt2_bundle), "--json"])
+    assert json.loads(result.stdout)["candidates"] == json.loads(full.stdout)["candidates"]
+    refused = runner.invoke(main, ["reply", COMMENT, "--bundle", str(ranking_bundle)])
+    assert refused.exit_code == 1 and "Traceback" not in refused.output
+    assert refused.stderr.strip().splitlines() == [refused.stderr.strip()] and "ranking bundle" in refused.stderr
+
+
+def test_info_says_a_bundle_only_ranks(ranking_bundle):
+    result = CliRunner().invoke(main, ["info", "--bundle", str(ranking_bundle), "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["ranking_only"] and "generator" not in data["manifest"]
+    assert not any(name.startswith("generator/") for name in data["sizes"])
+    text = CliRunner().invoke(main, ["info", "--bundle", str(ranking_bundle)])
+    assert text.exit_code == 0 and "ranking    only" in text.stdout
+
+
+def test_rank_with_no_bundle_named_opens_the_default_bundle_where_it_is_built(ranking_bundle, gpt2_bundle, tmp_path, monkeypatch):
+    cache = tmp_path / "cache" / "replyrank"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("REPLYRANK_BUNDLE", raising=False)
+    shutil.copytree(ranking_bundle, cache / "default-ranker")
+    assert replyrank.load_ranker().path == (cache / "default-ranker").resolve()  # no default bundle: the ranking one
+    shutil.copytree(gpt2_bundle, cache / "default-bundle")
+    bot = replyrank.load_ranker()
+    assert bot.path == (cache / "default-bundle").resolve() and bot.generator is None
+    args = ["rank", "--comment", COMMENT, *REPLIES, "--json"]
+    assert CliRunner().invoke(main, args).exit_code == 0
