@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -195,6 +196,15 @@ class Bot:
         best = candidates[0] if candidates[0].kept else None
         timings = {"score": elapsed_ms, "total": elapsed_ms}
         return Result(comment, best, candidates, reason, note, timings_ms=timings, why=self._why(candidates))
+
+    def score_pairs(self, pairs: Sequence[tuple[str, str]]) -> dict[str, np.ndarray]:
+        """Every score of each (comment, reply) pair, by score name (`realism`, `upvotes`): the raw numbers, for pairs
+        of many comments at once, without filters or selection (what `eval` measures)."""
+        pairs = list(pairs)
+        if not all(isinstance(p, tuple) and len(p) == 2 and all(isinstance(t, str) for t in p) for p in pairs):
+            raise InputError("score_pairs takes (comment, reply) tuples of two strings")
+        scores = self.scorers.score(pairs)
+        return {self.bundle.scorers[name].score.name: values for name, values in scores.items()}
 
     def reply(self, comment: str, options: GenerationOptions | None = None, **overrides: Any) -> Result:
         """Write `options.candidates` replies to `comment`, score them, and pick the best.

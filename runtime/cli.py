@@ -284,6 +284,21 @@ def info(bundle: str | None, json_: bool) -> None:
     click.echo(json.dumps(validation, indent=2))
 
 
+class PairsParam(click.ParamType):
+    """`eval --pairs`: a number of pairs per protocol, or a preference file (JSONL) to measure on."""
+
+    name = "N|FILE.jsonl"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int | Path:
+        if isinstance(value, (int, Path)):
+            return value
+        if value.strip().isdigit():
+            return int(value)
+        if not Path(value).is_file():
+            self.fail(f"{value!r} is neither a number of pairs nor a preference file", param, ctx)
+        return Path(value)
+
+
 @main.command(name="eval")
 @click.option("--bundle", type=click.Path(), default=None, help=BUNDLE_HELP)
 @click.option("--data", multiple=True, type=click.Path(),
@@ -291,7 +306,10 @@ def info(bundle: str | None, json_: bool) -> None:
 @click.argument("more_data", nargs=-1, type=click.Path(), metavar="[DATA]...")
 @click.option("--split", type=click.Choice(["all", "test"]), default="all", show_default=True,
               help="all: every thread (dumps the bundle never saw); test: only the test threads of the training split.")
-@click.option("--pairs", type=int, default=2000, show_default=True, help="Pairs per protocol (each gap, DialogRPT's filter, SHP), at most.")
+@click.option("--pairs", type=PairsParam(), default=2000, show_default=True,
+              help="Pairs per protocol (each gap, DialogRPT's filter, SHP), at most; or a JSONL file of preference pairs "
+                   "(prompt, chosen, rejected) to measure pairwise accuracy on instead of dumps (--split test: the prompts "
+                   "`train upvotes --pairs` held out).")
 @click.option("--relevance-sets", type=int, default=500, show_default=True,
               help="Sets of the real reply and 9 replies to other threads (0: skip relevance).")
 @click.option("--realism-comments", type=int, default=50, show_default=True, help="Comments to write candidates for (0: skip the realism check).")
@@ -300,7 +318,7 @@ def info(bundle: str | None, json_: bool) -> None:
 @click.option("--threads", type=int, default=None)
 @click.option("--json", "json_", is_flag=True, help="One JSON object on stdout.")
 def eval_command(
-    bundle: str | None, data: tuple[str, ...], more_data: tuple[str, ...], split: str, pairs: int, relevance_sets: int,
+    bundle: str | None, data: tuple[str, ...], more_data: tuple[str, ...], split: str, pairs: int | Path, relevance_sets: int,
     realism_comments: int, resamples: int, seed: int, threads: int | None, json_: bool,
 ) -> None:
     """How well the bundle's scores predict Reddit: DialogRPT's and SHP's protocols and relevance on DATA,
@@ -308,6 +326,10 @@ def eval_command(
     from .evaluate import EvalOptions, evaluate_bundle
 
     files = [*data, *more_data]
+    if isinstance(pairs, Path):
+        if files:
+            raise click.UsageError("--pairs FILE measures that file's preference pairs alone: leave out --data")
+        return _eval_preferences(bundle, pairs, split, resamples, seed, threads, json_)
     if not files:
         raise click.UsageError("give the dumps to evaluate on with --data (several after one --data are fine)")
     if pairs < 1 or resamples < 1 or relevance_sets < 0 or realism_comments < 0 or seed < 0:
@@ -324,6 +346,23 @@ def eval_command(
         emit_json(report)
         return
     _print_eval(report, files, split)
+
+
+def _eval_preferences(bundle: str | None, path: Path, split: str, resamples: int, seed: int, threads: int | None, json_: bool) -> None:
+    """`eval --pairs FILE`: each score's pairwise accuracy on the file's pairs (or its held-out ones), beside length."""
+    from .preferences import evaluate_preferences, format_report, read_preferences, split_preferences
+
+    pairs = read_preferences(path)  # a bad line is an error before the bundle loads
+    chosen = pairs if split == "all" else split_preferences(pairs)["test"]
+    if not chosen:
+        raise click.ClickException(f"{path} has no held-out pairs (--split test takes the prompts `train upvotes --pairs` held out)")
+    bot = _load(bundle, threads, generator=False)
+    click.echo(f"scoring {len(chosen)} pairs of {len(pairs)} ({split})", err=True)
+    report = {"data": str(path), "split": split, **evaluate_preferences(bot.score_pairs, chosen, resamples, seed)}
+    if json_:
+        emit_json(report)
+        return
+    click.echo(format_report(report))
 
 
 def _print_eval(report: dict, files: list[str], split: str) -> None:
