@@ -8,6 +8,7 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -15,6 +16,7 @@ import replyrank
 from replyrank.bundle import MANIFEST, RANKING_VERSION, Bundle
 from replyrank.cli import main
 from replyrank.errors import BundleError, RankingOnly
+from tiny import REDDIT
 
 COMMENT = "has anyone tried the pasta place near campus"
 REPLIES = ["yes it was fine but a bit expensive for students", "no idea, ask the front desk", "i think it is great"]
@@ -123,3 +125,35 @@ def test_rank_with_no_bundle_named_opens_the_default_bundle_where_it_is_built(ra
     assert bot.path == (cache / "default-bundle").resolve() and bot.generator is None
     args = ["rank", "--comment", COMMENT, *REPLIES, "--json"]
     assert CliRunner().invoke(main, args).exit_code == 0
+
+
+ADVICE = [REDDIT / "college" / "RC_CollegeAdvice.zst", REDDIT / "college" / "RS_CollegeAdvice.zst"]
+
+
+def test_batch_refuses_reply_mode_on_a_ranking_bundle_before_it_starts(ranking_bundle, tmp_path):
+    pytest.importorskip("ray")
+    if not all(f.is_file() for f in ADVICE):
+        pytest.skip("shared Reddit data absent")
+    args = ["batch", "--mode", "reply", "--bundle", str(ranking_bundle), "--out", str(tmp_path / "out"),
+            *[arg for f in ADVICE for arg in ("--data", str(f))]]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1 and "ranking bundle" in result.stderr and "--mode score" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow  # a local Ray takes most of a minute to start on two busy cores
+def test_batch_score_mode_on_a_ranking_bundle_scores_as_the_full_bundle(ranking_bundle, gpt2_bundle, tmp_path):
+    pytest.importorskip("ray")
+    pq = pytest.importorskip("pyarrow.parquet")
+    if not all(f.is_file() for f in ADVICE):
+        pytest.skip("shared Reddit data absent")
+    from replyrank.batch import BatchOptions, run_batch
+    from replyrank.dumps import load_pairs
+
+    run_batch(ADVICE, tmp_path / "out", ranking_bundle, BatchOptions(mode="score", buckets=2, limit=300, cpus=2))
+    rows = {row["id"]: row for f in sorted((tmp_path / "out" / "results").glob("*.parquet")) for row in pq.read_table(f).to_pylist()}
+    pairs = [p for p in load_pairs(ADVICE, limit=300) if rows.get("t1_" + p.reply_id, {}).get("realism") is not None]
+    assert len(pairs) > 20
+    full = replyrank.load_ranker(gpt2_bundle).score_pairs([(p.parent, p.reply) for p in pairs])
+    assert np.allclose([rows["t1_" + p.reply_id]["realism"] for p in pairs], full["realism"], atol=1e-6)
+    assert np.allclose([rows["t1_" + p.reply_id]["upvotes"] for p in pairs], full["upvotes"], atol=1e-6)

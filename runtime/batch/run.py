@@ -39,7 +39,7 @@ def run_batch(paths: list[str | Path], out: str | Path, bundle: str | Path, opti
     for dump in dumps:
         check_dump(dump)
     bundle = Path(bundle).resolve()
-    _check_bundle(bundle)
+    _check_bundle(bundle, options.mode)
     if options.buckets is None:
         options = replace(options, buckets=auto_buckets(dumps, options.limit))
     out = Path(out)
@@ -48,13 +48,18 @@ def run_batch(paths: list[str | Path], out: str | Path, bundle: str | Path, opti
         return _run_locked(dumps, out, bundle, options)
 
 
-def _check_bundle(bundle: Path) -> None:
-    """Open the bundle once here, so a broken one is one line now, not an actor failure later."""
+def _check_bundle(bundle: Path, mode: str) -> None:
+    """Open the bundle once here, so a broken one, or a ranking bundle asked to reply, is one line now, not an actor
+    failure later."""
     from ..bot import Bot
+    from ..errors import RankingOnly
 
     if not (bundle / "replyrank.json").is_file():
         raise BundleError(f"no bundle at {bundle}: give --bundle DIR, or build the default one with `replyrank build-default`")
-    Bot(bundle, threads=1)
+    bot = Bot(bundle, threads=1, generator=mode == "reply")  # score mode opens the scorers alone
+    if mode == "reply" and bot.ranking_only:
+        raise RankingOnly(f"{bundle} is a ranking bundle (no generator): it cannot write replies; rank the real replies with "
+                          "--mode score, or give a bundle with a generator")
 
 
 @contextlib.contextmanager
