@@ -19,6 +19,11 @@ Prints one JSON object: rows, seconds and rows/s per system, and Ray's overhead 
 loop (the extra wall time of `ray-1`'s rank step, and Ray's start-up), with the CPU model, the
 load average before each run and package versions.
 
+`--steps-only` skips the ranking and measures the two steps before it instead, without Ray, in
+one process: staging the whole dumps (--limit does not apply) and selecting their buckets, in rows
+per CPU second. Staging reads a dump as one stream on one core, so on a cluster its rate, not the
+cluster's size, bounds how fast one dump file is staged.
+
 Wall time on a shared machine depends on what else runs. CPU time does much less, so each system
 also reports the CPU seconds it used (psutil, sampled every 0.2 s over this process's tree: the
 driver, Ray's own processes and its workers; for `ray-K`, the actors' share apart) and rows per
@@ -142,9 +147,32 @@ def ray_run(paths: list[str], out: Path, bundle: str, options: BatchOptions, wor
             "rows_per_cpu_s": round(rows / sum(cpu.values()), 1)}
 
 
+def steps_cpu(paths: list[str], work: Path, mode: str, buckets: int) -> dict:
+    """Stage every dump whole, then select every bucket, in this process: rows per CPU second of each step."""
+    from replyrank.batch import Selection, select_bucket, stage_dump
+
+    shutil.rmtree(work, ignore_errors=True)
+    staged = [work / f"dump{i}" for i in range(len(paths))]
+    start, cpu = time.perf_counter(), time.process_time()
+    rows = sum(stage_dump(path, str(folder), buckets, None)["rows"] for path, folder in zip(paths, staged))
+    stage = {"rows": rows, "seconds": round(time.perf_counter() - start, 2), "cpu_seconds": round(time.process_time() - cpu, 2)}
+    start, cpu = time.perf_counter(), time.process_time()
+    (work / "work").mkdir()
+    for k in range(buckets):
+        files = [str(f / f"b{k:04d}.parquet") for f in staged if (f / f"b{k:04d}.parquet").is_file()]
+        select_bucket(k, files, str(work / "work"), mode, Selection(), 4096, 64)
+    select = {"rows": rows, "seconds": round(time.perf_counter() - start, 2), "cpu_seconds": round(time.process_time() - cpu, 2)}
+    for step in (stage, select):
+        step["rows_per_cpu_s"] = round(step["rows"] / step["cpu_seconds"], 1)
+    return {"dumps": paths, "dump_bytes": sum(Path(p).stat().st_size for p in paths), "buckets": buckets,
+            "stage": stage, "select": select}
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--bundle", required=True)
+    parser.add_argument("--bundle", default=None, help="Needed unless --steps-only.")
+    parser.add_argument("--steps-only", action="store_true", help="Measure staging and selecting alone (no bundle, no Ray).")
+    parser.add_argument("--no-nice0", action="store_true", help="Skip the plain loop at normal priority.")
     parser.add_argument("--data", action="append", required=True)
     parser.add_argument("--mode", choices=("reply", "score"), default="score")
     parser.add_argument("--limit", type=int, default=None, help="Rows read from each dump.")
@@ -155,6 +183,17 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--shard-rows", type=int, default=None, help="Default: 32 reply, 512 score.")
     parser.add_argument("--json", default=None, help="Also write the results here.")
     args = parser.parse_args(argv)
+    header = {"command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
+              "cpu": cpu_model(), "cores": available_cores(), "load_before": os.getloadavg()[0],
+              "versions": package_versions(("replyrank", "ray", "pyarrow", "onnxruntime", "numpy"))}
+    if args.steps_only:
+        results = {**header, **steps_cpu(args.data, Path(args.work), args.mode, 8)}
+        print(json.dumps(results, indent=1))
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
+        return results
+    if not args.bundle:
+        parser.error("--bundle is needed unless --steps-only")
 
     given = {"candidates": args.candidates, "max_new_tokens": args.max_new_tokens}
     sampling = {k: v for k, v in given.items() if v is not None}
@@ -167,7 +206,7 @@ def main(argv: list[str] | None = None) -> dict:
     first = run_batch(args.data, out, args.bundle, replace(options, workers=2, cpus=2))
 
     results: dict = {
-        "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
+        **header,
         "mode": args.mode,
         "bundle": str(Path(args.bundle).resolve()),
         "sampling": asdict(_sampling(args.bundle, sampling)) if args.mode == "reply" else None,
@@ -175,14 +214,12 @@ def main(argv: list[str] | None = None) -> dict:
         "rows_to_rank": first["output_rows"],
         "stage_rows_per_s": first["rates"]["stage_rows_per_s"],
         "select_rows_per_s": first["rates"]["select_rows_per_s"],
-        "cpu": cpu_model(),
-        "cores": available_cores(),
-        "versions": package_versions(("replyrank", "ray", "pyarrow", "onnxruntime", "numpy")),
         "systems": {},
     }
     print(f"plain loop over {first['output_rows']} rows", file=sys.stderr)
     results["systems"]["plain"] = {"load_before": os.getloadavg()[0], **plain_in_child(out / WORK, args.bundle, options, 15)}
-    results["systems"]["plain-nice0"] = {"load_before": os.getloadavg()[0], **plain_in_child(out / WORK, args.bundle, options, 0)}
+    if not args.no_nice0:
+        results["systems"]["plain-nice0"] = {"load_before": os.getloadavg()[0], **plain_in_child(out / WORK, args.bundle, options, 0)}
     for workers in args.workers:
         print(f"ray, {workers} worker(s)", file=sys.stderr)
         results["systems"][f"ray-{workers}"] = {"load_before": os.getloadavg()[0],

@@ -19,8 +19,9 @@ import pytest
 from click.testing import CliRunner
 
 from replyrank.batch import BatchOptions, Selection, output_schema, run_batch, stage_dump
+from replyrank.batch.stage import remove_partial_folders
 from replyrank.dumps import load_pairs_with_stats, read_dump
-from replyrank.errors import InputError
+from replyrank.errors import InputError, ReplyrankError
 
 pytest.importorskip("ray")
 pq = pytest.importorskip("pyarrow.parquet")
@@ -187,7 +188,7 @@ def test_kills_while_staging_then_while_ranking_still_end_with_every_row_once(ra
     def committed() -> int:
         return len(list((out / "results").glob("*.parquet")))
 
-    _kill_when(args, lambda: any((out / "staged").glob("*.partial")))  # in step 1
+    _kill_when(args, lambda: any((out / "staged").glob("*.partial-*")))  # in step 1
     assert committed() == 0 and not list((out / "work").glob("b*.json"))
     _kill_when(args, lambda: committed() >= 2)  # in step 3
     _kill_when(args, lambda: committed() >= 6)  # again, after resuming
@@ -233,18 +234,41 @@ def test_a_busy_folder_one_with_other_settings_and_too_many_workers_are_refused(
         run_batch([dump], tmp_path / "out", gpt2_bundle, BatchOptions(mode="score", buckets=1))
 
 
-def test_staging_replaces_a_partial_folder_left_by_a_kill(tmp_path):
+def test_staging_commits_a_whole_folder_and_a_new_run_removes_what_a_killed_one_left(tmp_path):
     dump = tmp_path / "RS_tiny.jsonl"
     dump.write_text(json.dumps({"id": "s1", "title": "T &amp; C", "selftext": "[removed]", "author": "a", "created_utc": 5,
                                 "score": 1, "subreddit": "x"}) + "\n")
-    dest = tmp_path / "staged" / "RS_tiny"
-    (dest.parent / "RS_tiny.partial").mkdir(parents=True)
-    (dest.parent / "RS_tiny.partial" / "b0000.parquet").write_text("half a file")
-    report = stage_dump(str(dump), str(dest), buckets=2, limit=None)
-    assert report["rows"] == 1 and not (dest.parent / "RS_tiny.partial").exists()
-    (staged,) = [pq.read_table(p).to_pylist() for p in dest.glob("b*.parquet")]
-    assert staged == [{"name": "t3_s1", "parent_id": None, "thread_id": "s1", "subreddit": "x", "author": "a",
-                       "created_utc": 5, "score": 1, "text": "T & C"}]
+    staged = tmp_path / "staged"
+    leftover = staged / "RS_tiny.partial-0123456789ab"
+    leftover.mkdir(parents=True)
+    (leftover / "b0000.parquet").write_text("half a file")
+    remove_partial_folders(staged)
+    assert not leftover.exists()
+    first = stage_dump(str(dump), str(staged / "RS_tiny"), buckets=2, limit=None)
+    # an attempt that finishes second (Ray ran the task again on another node) leaves the first one's folder whole
+    second = stage_dump(str(dump), str(staged / "RS_tiny"), buckets=2, limit=None)
+    assert first == second and first["rows"] == 1
+    assert sorted(p.name for p in staged.iterdir()) == ["RS_tiny"]
+    (rows,) = [pq.read_table(p).to_pylist() for p in (staged / "RS_tiny").glob("b*.parquet")]
+    assert rows == [{"name": "t3_s1", "parent_id": None, "thread_id": "s1", "subreddit": "x", "author": "a",
+                     "created_utc": 5, "score": 1, "text": "T & C"}]
+
+
+def test_a_failure_inside_ray_stops_the_run_with_one_line_naming_its_cause(tmp_path, gpt2_bundle, ray_address):
+    dump = tmp_path / "RC_tiny.jsonl"
+    rows = [{"id": f"c{i}", "parent_id": "t3_s1", "link_id": "t3_s1", "body": f"reply number {i}", "author": "a",
+             "created_utc": i, "score": i, "subreddit": "x"} for i in range(4)]
+    dump.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    options = BatchOptions(mode="reply", sampling=QUICK, buckets=1, shard_rows=2)
+    run_batch([dump], tmp_path / "out", gpt2_bundle, options)
+    (result, *_) = sorted((tmp_path / "out" / "results").glob("*.parquet"))
+    result.unlink()
+    work = tmp_path / "out" / "work" / result.name
+    work.write_text("not a parquet file")  # the shard to rank again cannot be read
+    with pytest.raises(ReplyrankError) as raised:
+        run_batch([dump], tmp_path / "out", gpt2_bundle, options)
+    message = str(raised.value)
+    assert "\n" not in message and "ArrowInvalid" in message and str(work) in message and "same command" in message
 
 
 def test_without_the_extra_batch_help_names_the_install_command():

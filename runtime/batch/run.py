@@ -8,6 +8,7 @@ here in local mode unless it runs in this process already or `--address` names a
 from __future__ import annotations
 
 import contextlib
+import re
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -15,14 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from ..environment import available_cores
-from ..errors import BundleError, InputError
+from ..errors import BundleError, InputError, ReplyrankError
 from .layout import (DONE, RESULTS, SETTINGS, STAGED, SUMMARY, WORK, auto_buckets, bucket_file, bucket_marker, dump_key,
                      read_json, shard_counts, write_json)
 from .options import BatchOptions
 from .pipeline import Ranked, rank_shards
 from .progress import Progress, Timer, rate, say
 from .select import select_bucket
-from .stage import check_dump, stage_dump
+from .stage import check_dump, remove_partial_folders, stage_dump
 
 
 def run_batch(paths: list[str | Path], out: str | Path, bundle: str | Path, options: BatchOptions) -> dict[str, Any]:
@@ -103,18 +104,32 @@ def _run_locked(dumps: list[Path], out: Path, bundle: Path, options: BatchOption
         if options.address:
             timer.run("ray_start", lambda: ray.init(address=options.address, logging_level="warning", log_to_driver=False))
         else:
+            # "local": a Ray of its own, even on a machine that belongs to a cluster (which plain ray.init() would join)
             cpus = options.cpus or available_cores()
-            timer.run("ray_start", lambda: ray.init(num_cpus=cpus, include_dashboard=False, logging_level="warning",
-                                                    log_to_driver=False))
+            timer.run("ray_start", lambda: ray.init(address="local", num_cpus=cpus, include_dashboard=False,
+                                                    logging_level="warning", log_to_driver=False))
         started_here = True
     try:
         summary = _run(ray, dumps, out, bundle, options, timer)
+    except ray.exceptions.RayError as error:  # retries spent, a lost driver connection: what is committed stays
+        raise ReplyrankError(f"Ray stopped the run ({_root_cause(error)}); what it committed is kept, "
+                             "and the same command goes on from there") from error
     finally:
         if started_here:
             ray.shutdown()
     summary["seconds"]["ray_start"] = round(timer.seconds.get("ray_start", 0.0), 2)
     write_json(out / SUMMARY, summary)
     return summary
+
+
+def _root_cause(error: BaseException) -> str:
+    """A Ray error's cause in one line: the first line of its text that is neither Ray's task header
+    (`ray::task() (pid=, ip=)`) nor a traceback; for an error in a task, the task's own exception."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))  # Ray colours its task header
+    for line in text.splitlines():
+        if line.strip() and not line[0].isspace() and not line.startswith(("ray::", "Traceback", "The above exception")):
+            return line.strip()[:400]
+    return type(error).__name__
 
 
 @dataclass(frozen=True)
@@ -142,6 +157,7 @@ def _stage(ray: Any, dumps: list[Path], out: Path, options: BatchOptions, timer:
     """Step 1: every dump not staged yet, one task per dump."""
     folders = {dump: out / STAGED / dump_key(dump) for dump in dumps}
     todo = [d for d in dumps if not (folders[d] / DONE).is_file()]
+    remove_partial_folders(out / STAGED)
     rows = 0
 
     def stage_all() -> None:

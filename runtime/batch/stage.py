@@ -8,16 +8,18 @@ its replies and the join of step 2 needs no shuffle.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..dumps import DataError, clean_text, is_submission, iter_rows, read_dump, submission_text
-from .layout import DONE, bucket_file, bucket_of, write_json
+from .layout import DONE, bucket_file, bucket_of, read_json, write_json
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -121,15 +123,28 @@ class _BucketWriter:
             writer.close()
 
 
+def partial_folder(dest: Path) -> Path:
+    """A folder for one attempt at staging into `dest`, beside it."""
+    return dest.with_name(f"{dest.name}.partial-{uuid.uuid4().hex[:12]}")
+
+
+def remove_partial_folders(staged_dir: Path) -> None:
+    """Remove what attempts cut short left behind; only while no attempt runs."""
+    for leftover in staged_dir.glob("*.partial-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
 def stage_dump(path: str, dest: str, buckets: int, limit: int | None) -> dict[str, Any]:
     """Stream one dump into `dest/b<k>.parquet`, one file per non-empty bucket; returns its counts.
 
-    Written under `dest.partial` and renamed to `dest` with its `_done.json` inside, so `dest`
-    exists only complete; a leftover `.partial` from a killed run is removed first.
+    Written under a folder of this attempt's own (`partial_folder`) and renamed to `dest` with its
+    `_done.json` inside, so `dest` exists only complete. Ray runs a task again when its node is
+    lost, and the first attempt may still be writing (a node cut off from the cluster is not
+    always dead): its own folder keeps the two apart. The driver removes leftovers of killed runs
+    (`remove_partial_folders`) before it starts any attempt.
     """
     source, final = Path(path), Path(dest)
-    partial = final.with_name(final.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
+    partial = partial_folder(final)
     partial.mkdir(parents=True)
     start = time.perf_counter()
     file_kind = source.name[:3].upper()
@@ -147,6 +162,9 @@ def stage_dump(path: str, dest: str, buckets: int, limit: int | None) -> dict[st
     counts["read"] = counts["rows"] + counts["bad_row"] + counts["not_json"]
     report = {"file": str(source), "seconds": time.perf_counter() - start, "problems": problems, **counts}
     write_json(partial / DONE, report)
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(partial, final)
-    return report
+    if not (final / DONE).is_file():
+        shutil.rmtree(final, ignore_errors=True)  # what a kill left of a staged folder being replaced
+        with contextlib.suppress(OSError):  # another attempt renamed its folder first: it is as good as this one
+            os.replace(partial, final)
+    shutil.rmtree(partial, ignore_errors=True)
+    return read_json(final / DONE)
