@@ -28,7 +28,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import replyrank
-from replyrank.bundle import DISCRIMINATOR, MANIFEST, Bundle
+from replyrank.bundle import DISCRIMINATOR, MANIFEST, READABLE_VERSIONS, Bundle
 from replyrank.cli import main
 from replyrank.generate import MAX_REPLY_CHARS
 
@@ -246,12 +246,13 @@ def _graph_from(source: str, target: str) -> Callable[[Path], None]:
     return edit
 
 
+NEWER = max(READABLE_VERSIONS) + 1  # a format this replyrank cannot read yet
 BROKEN = {
     "no manifest": (lambda root: (root / MANIFEST).unlink(), "no replyrank.json"),
     "manifest not json": (lambda root: (root / MANIFEST).write_text('{"format_version": 1,'), "not valid JSON"),
     "manifest not utf-8": (lambda root: (root / MANIFEST).write_bytes(b"\xff\xfe{}"), "not valid JSON"),
     "manifest a list": (lambda root: (root / MANIFEST).write_text("[1, 2]"), "not a JSON object"),
-    "newer format": (_edit_manifest(lambda m: m.update(format_version=3)), "format version 3.*upgrade replyrank.*replyrank export"),
+    "newer format": (_edit_manifest(lambda m: m.update(format_version=NEWER)), f"format version {NEWER}.*upgrade replyrank.*replyrank export"),
     "no format": (_edit_manifest(lambda m: m.pop("format_version")), "format version None"),
     "part missing": (_edit_manifest(lambda m: m.pop("upvotes")), "no valid 'upvotes' entry"),
     "missing file": (lambda root: (root / "generator" / "model.onnx").unlink(), "generator/model.onnx is missing"),
