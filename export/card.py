@@ -81,7 +81,7 @@ def _yaml(value: Any, indent: int = 0) -> str:
     lines = []
     for key, item in value.items():
         if isinstance(item, dict):
-            lines.append(f"{pad}{key}:\n{_yaml(item, indent + 2)}")
+            lines.append(f"{pad}{key}:\n{_yaml(item, indent + 2).rstrip()}")
         elif isinstance(item, list):
             lines.append(f"{pad}{key}:")
             for element in item:

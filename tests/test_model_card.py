@@ -36,6 +36,7 @@ def two_head_bundle(models, tmp_path_factory) -> Path:
 def header(card: str) -> dict:
     match = re.match(r"---\n(.*?)\n---\n", card, re.S)
     assert match, "the card starts with a YAML header"
+    assert "\n\n" not in match.group(1)  # the Hub's parser takes blank lines, a reader should not have to
     return yaml.safe_load(match.group(1))
 
 
