@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from harness import SYSTEMS, job_summary, system_module
-from portable import portable
+from portable import checkout, portable
 from replyrank.bundle import PARTS, PER_CALL_OPTIONS, Bundle, GeneratorSpec
 from replyrank.environment import cpu_model, package_versions
 from report import log, markdown, plot
@@ -127,16 +127,6 @@ def environment(threads: int) -> dict[str, Any]:
         "env": {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OMP_NUM_THREADS") if k in os.environ},
         **checkout(),
     }
-
-
-def checkout() -> dict[str, Any]:
-    """The commit measured, and the files of the package and the benchmark that differ from it (a shared tree may hold edits)."""
-    def git(*args: str) -> str:
-        done = subprocess.run(["git", *args], cwd=HERE.parent, capture_output=True, text=True)
-        return done.stdout if done.returncode == 0 else ""
-
-    changed = git("status", "--porcelain", "--", "runtime", "export", "benchmarks", "pyproject.toml").splitlines()
-    return {"commit": git("rev-parse", "--short", "HEAD").strip() or None, "uncommitted": sorted(line[3:] for line in changed)}
 
 
 # ---------------------------------------------------------------------------- running the systems

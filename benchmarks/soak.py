@@ -27,7 +27,7 @@ import psutil
 import replyrank
 from replyrank.environment import cpu_model
 
-from portable import portable
+from portable import checkout, portable
 
 WORDS = (
     "has anyone tried the pasta place near campus i think it is great and the coffee is good too "
@@ -106,6 +106,8 @@ def main() -> None:
     )
     warm, last = at_call(samples, args.warmup), samples[-1]
     report = {
+        "command": " ".join(["python benchmarks/soak.py", *sys.argv[1:]]),
+        **checkout(),
         "bundle": str(Path(args.bundle).resolve()),
         "calls": last.call,
         "settings": {"candidates": args.candidates, "max_new_tokens": args.max_new_tokens, "threads": args.threads,

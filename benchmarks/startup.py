@@ -95,7 +95,14 @@ def main() -> None:
         "python -c 'import replyrank.cli'": [sys.executable, "-c", "import replyrank.cli"],
         "replyrank --version": [cli, "--version"],
     }
-    results: dict[str, object] = {"load_average": os.getloadavg(), "env": {k: os.environ.get(k) for k in ("PYTHONDONTWRITEBYTECODE",)}}
+    from portable import checkout, portable
+    from replyrank.environment import cpu_model
+
+    results: dict[str, object] = {
+        "command": portable(" ".join(["python benchmarks/startup.py", *sys.argv[1:]])), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "cpu": cpu_model(), "logical_cpus": os.cpu_count(), **checkout(),
+        "load_average": os.getloadavg(), "env": {k: os.environ.get(k) for k in ("PYTHONDONTWRITEBYTECODE",)},
+    }
     for name, command in commands.items():
         times = wall(command, args.runs)
         results[name] = {"median_s": statistics.median(times), "all_s": times}
@@ -105,7 +112,7 @@ def main() -> None:
                                       capture_output=True, text=True).stdout) for _ in range(args.runs)]
     results["phases_ms_median"] = {name: statistics.median(run[name] for run in runs) for name in runs[0]}
     results["load_average_end"] = os.getloadavg()
-    text = json.dumps(results, indent=2)
+    text = portable(json.dumps(results, indent=2))
     print(text)
     if args.out:
         with open(args.out, "w") as f:
