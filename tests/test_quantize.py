@@ -18,6 +18,7 @@ from tiny import CALIBRATION_PAIRS, PAIRS
 
 import replyrank
 from replyrank.bundle import MANIFEST, Bundle
+from replyrank.environment import int8_dot_product
 from replyrank.export.assemble import export_generator
 from replyrank.export.quantize import Calibration, activation_ranges, dynamic_layout, fold_transposed_weights, smooth
 from replyrank.export.validate import token_sequences
@@ -83,7 +84,8 @@ def test_the_dynamic_bundle_stays_near_fp32_and_replies(llama_dynamic_bundle, ll
     k = len(fp32.prefix_ids)
     a, _ = dynamic.forward(np.array([prompt[k:]]), k, dynamic.prefix_cache)
     b, _ = fp32.forward(np.array([prompt[k:]]), k, fp32.prefix_cache)
-    assert np.corrcoef(a[0, -1], b[0, -1])[0, 1] > 0.99
+    # without int8 dot products (VNNI), the AVX2 kernel adds u8 x s8 products pairwise in saturating 16 bits: a looser bound
+    assert np.corrcoef(a[0, -1], b[0, -1])[0, 1] > (0.99 if int8_dot_product() else 0.98)
     result = replyrank.load(llama_dynamic_bundle, realism_threshold=0.0).reply(COMMENT, candidates=3, max_new_tokens=8, seed=1)
     again = replyrank.load(llama_dynamic_bundle, realism_threshold=0.0).reply(COMMENT, candidates=3, max_new_tokens=8, seed=1)
     assert len(result.candidates) == 3 and [c.text for c in result.candidates] == [c.text for c in again.candidates]
