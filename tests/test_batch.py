@@ -271,6 +271,20 @@ def test_a_failure_inside_ray_stops_the_run_with_one_line_naming_its_cause(tmp_p
     assert "\n" not in message and "ArrowInvalid" in message and str(work) in message and "same command" in message
 
 
+def test_an_address_where_no_cluster_answers_is_refused_at_once_in_one_line(tmp_path, gpt2_bundle):
+    _need(ADVICE[0])
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on once this closes
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    done = subprocess.run(_cli([f"--data={ADVICE[0]}", f"--out={tmp_path / 'out'}", f"--bundle={gpt2_bundle}",
+                                f"--address=127.0.0.1:{port}"]), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.strip().splitlines() == [f"Error: no Ray cluster answers at 127.0.0.1:{port} "
+                                                "([Errno 111] Connection refused); start one with `ray start --head`"]
+
+
 def test_without_the_extra_batch_help_names_the_install_command():
     code = (
         "import sys; sys.modules['ray'] = None\n"

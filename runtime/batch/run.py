@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import socket
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -102,7 +103,7 @@ def _run_locked(dumps: list[Path], out: Path, bundle: Path, options: BatchOption
     started_here = False
     if not ray.is_initialized():
         if options.address:
-            timer.run("ray_start", lambda: ray.init(address=options.address, logging_level="warning", log_to_driver=False))
+            timer.run("ray_start", lambda: _join(ray, options.address))
         else:
             # "local": a Ray of its own, even on a machine that belongs to a cluster (which plain ray.init() would join)
             cpus = options.cpus or available_cores()
@@ -120,6 +121,24 @@ def _run_locked(dumps: list[Path], out: Path, bundle: Path, options: BatchOption
     summary["seconds"]["ray_start"] = round(timer.seconds.get("ray_start", 0.0), 2)
     write_json(out / SUMMARY, summary)
     return summary
+
+
+def _join(ray: Any, address: str) -> None:
+    """Connect to the cluster at `address`; one that cannot be reached or refuses this driver is a one-line error.
+
+    A host:port is tried first with a plain TCP connection: Ray itself retries an address where
+    nothing listens for minutes before it gives up."""
+    host, _, port = address.rpartition(":")
+    if host and "://" not in address and port.isdigit():
+        try:
+            socket.create_connection((host, int(port)), timeout=10).close()
+        except OSError as error:
+            raise InputError(f"no Ray cluster answers at {address} ({error}); start one with `ray start --head`") from None
+    try:
+        ray.init(address=address, logging_level="warning", log_to_driver=False)
+    except (ConnectionError, ray.exceptions.RayError) as error:
+        raise InputError(f"cannot join the Ray cluster at {address} ({_root_cause(error)}); "
+                         "is it running, and does this machine share its RAY_AUTH_MODE and token?") from None
 
 
 def _root_cause(error: BaseException) -> str:
