@@ -8,7 +8,7 @@ from typing import Any
 
 from ..dumps import Filters
 from ..errors import InputError
-from ..generate import GenerationOptions
+from ..options import GenerationOptions
 
 MODES = ("reply", "score")
 FORMATS = ("parquet", "jsonl")
