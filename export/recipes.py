@@ -266,6 +266,18 @@ def train_upvote_model(
     return info
 
 
+def sibling_triples(files: Sequence[str], selection: PairSelection, seed: int = 0, max_pairs: int | None = None) -> list[tuple[str, str, str]]:
+    """(comment, better reply, worse reply) of the training threads' sibling pairs, as `train_upvote_model` selects them:
+    what `train upvotes --data` adds beside a preference file."""
+    from replyrank.dumps import sibling_pairs
+
+    pairs = sibling_pairs(load_reddit(files, seed)["train"], selection.within_seconds, selection.min_gap, adjacent=selection.adjacent,
+                          max_per_parent=selection.max_per_parent, seed=seed)
+    if max_pairs is not None and len(pairs) > max_pairs:
+        pairs = random.Random(seed).sample(pairs, max_pairs)
+    return [(p.better.parent, p.better.reply, p.worse.reply) for p in pairs]
+
+
 def realism_head(
     split: Split, scorer: str | Path, generator_source: str, out: str | Path, options: rankers.RankerOptions = rankers.REALISM_RECIPE,
     fakes: int = 720, data: Sequence[str] = (),

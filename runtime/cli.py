@@ -273,7 +273,8 @@ def info(bundle: str | None, json_: bool) -> None:
         measured = f"pairwise scale {spec.pairwise_scale:.3f}" if spec.pairwise_scale is not None else "no measured pairwise scale"
         click.echo(f"{name:13} {spec.score.name} from output {spec.output!r}; {measured if name != GENERATOR and spec.kind == 'regression' else spec.kind}")
         for where, report in (spec.metrics.get("evaluation") or {}).items():  # the sibling protocol (replyrank.evaluate)
-            accuracy = "  ".join(f"{gap} {a['model']:.3f} (time {a['time']:.3f})" for gap, a in report.get("pairwise", {}).items())
+            accuracy = "  ".join(f"{gap} {a['model']:.3f} (" + ", ".join(f"{k} {v:.3f}" for k, v in a.items() if k != "model") + ")"
+                                 for gap, a in report.get("pairwise", {}).items())
             click.echo(f"{'':13} {where}: {accuracy}")
         if "roc_auc" in spec.metrics:
             click.echo(f"{'':13} held-out ROC-AUC {spec.metrics['roc_auc']:.3f}")

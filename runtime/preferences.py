@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ from .errors import InputError
 from .metrics import mean_interval, pairwise_outcomes
 
 FIELDS = ("prompt", "chosen", "rejected")
+COMPLETION_FIELDS = ("prompt", "completion")  # TRL's prompt-completion format: one reply to one comment a line
 TEST_SHARE = 0.1  # of the prompts, held out by `split_preferences`
 LENGTH = "length"  # the baseline beside the scores: the longer reply preferred
 
@@ -48,29 +49,48 @@ class PreferencePair:
 
 def read_preferences(path: str | Path) -> list[PreferencePair]:
     """Every pair of a JSONL preference file, in order; blank lines are skipped, a bad line is an InputError naming it."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"no such preference file: {path}")
-    pairs = []
-    with path.open("rb") as lines:
-        for number, raw in enumerate(lines, 1):
-            if raw.strip():
-                pairs.append(_pair(raw, number, path))
+    pairs = [_pair(row, number, where) for number, row, where in _objects(path, FIELDS)]
     if not pairs:
         raise InputError(f"{path} holds no preference pairs (one JSON object a line: {', '.join(FIELDS)})")
     return pairs
 
 
-def _pair(raw: bytes, number: int, path: Path) -> PreferencePair:
-    where = f"{path}, line {number}"
-    try:
-        row = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise InputError(f"{where}: not UTF-8 text") from None
-    except json.JSONDecodeError as error:
-        raise InputError(f"{where}: not a JSON object ({error.msg} at column {error.colno})") from None
-    if not isinstance(row, dict):
-        raise InputError(f"{where}: a JSON {type(row).__name__}, not an object with {', '.join(FIELDS)}")
+def read_completions(path: str | Path) -> list[tuple[str, str]]:
+    """(comment, reply) per line of a JSONL file in TRL's prompt-completion format (`prompt`, `completion`: strings, or
+    conversations whose last message is taken); what `train realism --real/--generated` reads."""
+    rows = []
+    for number, row, where in _objects(path, COMPLETION_FIELDS):
+        missing = [name for name in COMPLETION_FIELDS if name not in row]
+        if missing:
+            raise InputError(f"{where}: no {' or '.join(repr(m) for m in missing)} (a line has {', '.join(COMPLETION_FIELDS)})")
+        rows.append((_last(row["prompt"], f"{where}: 'prompt'"), _last(row["completion"], f"{where}: 'completion'")))
+    if not rows:
+        raise InputError(f"{path} holds no replies (one JSON object a line: {', '.join(COMPLETION_FIELDS)})")
+    return rows
+
+
+def _objects(path: str | Path, fields: Sequence[str]) -> Iterator[tuple[int, dict[str, Any], str]]:
+    """(line number, object, "FILE, line N") of every non-blank line of a JSONL file, each checked to be a JSON object."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"no such file: {path}")
+    with path.open("rb") as lines:
+        for number, raw in enumerate(lines, 1):
+            if not raw.strip():
+                continue
+            where = f"{path}, line {number}"
+            try:
+                row = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                raise InputError(f"{where}: not UTF-8 text") from None
+            except json.JSONDecodeError as error:
+                raise InputError(f"{where}: not a JSON object ({error.msg} at column {error.colno})") from None
+            if not isinstance(row, dict):
+                raise InputError(f"{where}: a JSON {type(row).__name__}, not an object with {', '.join(fields)}")
+            yield number, row, where
+
+
+def _pair(row: dict[str, Any], number: int, where: str) -> PreferencePair:
     missing = [name for name in ("chosen", "rejected") if name not in row]
     if missing:
         raise InputError(f"{where}: no {' or '.join(repr(m) for m in missing)} (a preference pair has {', '.join(FIELDS)})")
@@ -118,9 +138,14 @@ def split_preferences(pairs: Sequence[PreferencePair], test: float = TEST_SHARE,
         raise ValueError(f"test share must be in [0, 1], got {test}")
     splits: dict[str, list[PreferencePair]] = {"train": [], "test": []}
     for pair in pairs:
-        digest = hashlib.sha256(f"{seed}:{pair.prompt}".encode("utf-8", "replace")).digest()
-        splits["test" if int.from_bytes(digest[:8], "big") / 2**64 < test else "train"].append(pair)
+        splits["test" if held_out(pair.prompt, test, seed) else "train"].append(pair)
     return splits
+
+
+def held_out(prompt: str, test: float = TEST_SHARE, seed: int = 0) -> bool:
+    """Whether `prompt` falls in the held-out share: where a SHA-256 of (seed, prompt) lands in [0, 1)."""
+    digest = hashlib.sha256(f"{seed}:{prompt}".encode("utf-8", "replace")).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < test
 
 
 def evaluate_preferences(

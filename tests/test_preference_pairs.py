@@ -121,3 +121,89 @@ def test_pairs_built_from_reddit_siblings_read_split_and_measure(gpt2_bundle, tm
     report = json.loads(result.stdout)
     assert report["pairs"] == len(held_out) and report["split"] == "test"
     assert all(0 <= value <= 1 for value in report["pairwise"].values())
+
+
+# ---------------------------------------------------------------- training on your own pairs (the build side)
+
+FAST = ["--epochs", "3", "--batch-size", "8", "--learning-rate", "1e-3", "--device", "cpu", "--lora-rank", "0"]
+
+
+def known_answer(path: Path, start: Path, count: int = 240) -> Path:
+    """Pairs of a real sentence and a longer run of one word, preferring whichever of the two the head at `start` scores
+    lower: a head that learns the file gets the held-out pairs right, the head it started from gets them wrong."""
+    from replyrank.export import rankers
+
+    model, tokenizer, _ = rankers.load(start)
+    sentence, run = (lambda i: CORPUS[(i + 1) % 8]), (lambda i: "the " * (16 + i % 5))
+    _, upvotes = rankers.predict(model, tokenizer, [(CORPUS[0], sentence(0)), (CORPUS[0], run(0))])
+    chosen, rejected = (sentence, run) if upvotes[0] < upvotes[1] else (run, sentence)
+    rows = [{"prompt": f"{CORPUS[i % 8]} number {i // 2}", "chosen": chosen(i), "rejected": rejected(i), "id": i} for i in range(count)]
+    return write_jsonl(path, rows)
+
+
+@pytest.fixture(scope="module")
+def tiny_scorer(models, tmp_path_factory) -> Path:
+    """A two-head scorer with untrained heads over the tiny encoder: what `--base` continues from."""
+    from replyrank.export import rankers
+
+    model, tokenizer = rankers.build_model(str(models["disc"]))
+    return rankers.save(model, tokenizer, tmp_path_factory.mktemp("scorer") / "scorer", {"heads": {}, "options": {"max_length": 64}})
+
+
+def test_train_upvotes_on_pairs_learns_a_known_answer_and_beats_the_head_it_started_from(tiny_scorer, tmp_path):
+    path = known_answer(tmp_path / "pairs.jsonl", tiny_scorer)
+    result = CliRunner().invoke(main, ["train", "upvotes", "--pairs", str(path), "--base", str(tiny_scorer), "--out", str(tmp_path / "out"), *FAST])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    held_out = report["evaluation"]["preference_pairs"]
+    figures = held_out["pairwise"]["held-out"]
+    assert held_out["pairs"]["held-out"] == len(split_preferences(read_preferences(path))["test"]) > 5
+    assert figures["model"] >= 0.95 and figures["base"] <= 0.05 and figures["length"] in (0.0, 1.0)
+    assert report["heads"]["upvotes"]["continued_from"] == str(tiny_scorer) and report["heads"]["upvotes"]["bt_scale"] > 0
+
+
+def test_a_bad_line_stops_training_with_one_line_naming_it(tiny_scorer, tmp_path):
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "a", "chosen": "b", "rejected": "c"}] * 3 + ['{"prompt": "a", "chosen": 5, "rejected": "c"}'])
+    result = CliRunner().invoke(main, ["train", "upvotes", "--pairs", str(bad), "--base", str(tiny_scorer), "--out", str(tmp_path / "o"), *FAST])
+    assert result.exit_code == 1 and "line 4: 'chosen' is a int" in result.stderr and "Traceback" not in result.output
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow  # trains on a few hundred Reddit pairs of full length, exports and evaluates: minutes on two cores
+@pytest.mark.skipif(not all(f.is_file() for f in COLLEGE), reason="shared Reddit data absent")
+def test_reddit_pairs_train_export_and_eval_agree_on_the_held_out_pairs(tiny_scorer, tmp_path):
+    from replyrank.dumps import load_pairs, sibling_pairs
+
+    siblings = sibling_pairs(load_pairs([str(f) for f in COLLEGE]), min_gap=2, within_seconds=None, adjacent=False, max_per_parent=3)
+    path = write_jsonl(tmp_path / "reddit.jsonl", [{"prompt": s.better.parent, "chosen": s.better.reply, "rejected": s.worse.reply}
+                                                  for s in siblings])
+    runner = CliRunner()
+    trained = runner.invoke(main, ["train", "upvotes", "--pairs", str(path), "--base", str(tiny_scorer), "--out", str(tmp_path / "scorer"),
+                                   *FAST])
+    assert trained.exit_code == 0, trained.output
+    figures = json.loads(trained.stdout)["evaluation"]["preference_pairs"]["pairwise"]["held-out"]
+    exported = runner.invoke(main, ["export", "--scorer", str(tmp_path / "scorer"), "--out", str(tmp_path / "bundle"), "--quantize", "none"])
+    assert exported.exit_code == 0, exported.output
+    measured = runner.invoke(main, ["eval", "--pairs", str(path), "--split", "test", "--bundle", str(tmp_path / "bundle"), "--json"])
+    assert measured.exit_code == 0, measured.output
+    report = json.loads(measured.stdout)
+    # the ONNX graph on the held-out pairs orders them as the PyTorch model did at the end of training
+    assert report["pairwise"]["upvotes"] == pytest.approx(figures["model"], abs=0.02)
+    assert report["pairwise"]["length"] == pytest.approx(figures["length"])
+    card = (tmp_path / "bundle" / "README.md").read_text()
+    assert "preference pairs, held-out" in card
+
+
+def test_train_realism_from_real_and_generated_files(tiny_scorer, tmp_path):
+    real = write_jsonl(tmp_path / "real.jsonl", [{"prompt": f"{CORPUS[i % 8]} number {i}", "completion": CORPUS[(i + 1) % 8]} for i in range(160)])
+    generated = write_jsonl(tmp_path / "generated.jsonl", [{"prompt": f"{CORPUS[i % 8]} number {i}", "completion": "the " * (3 + i % 7)}
+                                                          for i in range(160)])
+    result = CliRunner().invoke(main, ["train", "realism", "--scorer", str(tiny_scorer), "--real", str(real), "--generated", str(generated),
+                                       "--out", str(tmp_path / "out"), "--epochs", "3", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    realism = json.loads(result.stdout)["realism"]
+    assert realism["test_examples"] > 10 and realism["roc_auc"] >= 0.95
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "a", "reply": "b"}])
+    refused = CliRunner().invoke(main, ["train", "realism", "--scorer", str(tiny_scorer), "--real", str(bad), "--generated", str(generated),
+                                        "--out", str(tmp_path / "o")])
+    assert refused.exit_code == 1 and "line 1: no 'completion'" in refused.stderr
