@@ -285,6 +285,28 @@ def test_an_address_where_no_cluster_answers_is_refused_at_once_in_one_line(tmp_
                                                 "([Errno 111] Connection refused); start one with `ray start --head`"]
 
 
+def test_a_shard_is_committed_once_with_every_id_once_when_ray_delivers_a_block_twice():
+    import pyarrow as pa
+
+    from replyrank.batch.pipeline import ShardCollector
+
+    def block(*rows: tuple[str, str]) -> pa.Table:
+        return pa.table({"shard": [shard for shard, _ in rows], "id": [row_id for _, row_id in rows]})
+
+    commits: list[tuple[str, list[str]]] = []
+    collector = ShardCollector({"a": 3, "b": 1}, lambda shard, table: commits.append((shard, table.column("id").to_pylist())) or 3)
+    assert collector.add(block(("a", "t1_1"), ("a", "t1_2"), ("b", "t1_9"))) == 3
+    assert collector.add(block(("a", "t1_1"), ("a", "t1_2"))) == 0  # a retried task's block again: no new id
+    assert commits == [("b", ["t1_9"])]
+    assert collector.add(block(("a", "t1_3"))) == 1
+    assert collector.add(block(("a", "t1_3"), ("b", "t1_9"))) == 0  # after both commits: nothing is committed again
+    assert [shard for shard, _ in commits] == ["b", "a"] and sorted(set(commits[1][1])) == ["t1_1", "t1_2", "t1_3"]
+    assert collector.incomplete() == []
+    half = ShardCollector({"c": 2}, lambda shard, table: 2)
+    half.add(block(("c", "t1_5")))
+    assert half.incomplete() == ["c"]
+
+
 def test_without_the_extra_batch_help_names_the_install_command():
     code = (
         "import sys; sys.modules['ray'] = None\n"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -58,38 +59,62 @@ def _dataset(ray: Any, shards: list[str], work_dir: Path, bundle: Path, options:
     )
 
 
+class ShardCollector:
+    """The ranked rows of each shard as blocks bring them, handed to `commit` once every one of the shard's ids
+    is in. Ray may deliver a block twice (a task retried after its node was lost), even after its shard was
+    committed: ids are counted, not rows, and a committed shard takes no more rows."""
+
+    def __init__(self, expected: dict[str, int], commit: Callable[[str, pa.Table], int]):
+        self.expected, self.commit = expected, commit
+        self.waiting: dict[str, list[pa.Table]] = {}
+        self.ids: dict[str, set[str]] = {}
+        self.committed: set[str] = set()
+        self.rows = 0  # rows committed
+
+    def add(self, block: pa.Table) -> int:
+        """Take a block of ranked rows; returns how many of its ids are new (for the progress line)."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        new = 0
+        for shard in set(block.column("shard").to_pylist()) - self.committed:
+            part = block.filter(pc.equal(block.column("shard"), shard))
+            ids = self.ids.setdefault(shard, set())
+            before = len(ids)
+            ids.update(part.column("id").to_pylist())
+            new += len(ids) - before
+            self.waiting.setdefault(shard, []).append(part)
+            if len(ids) >= self.expected[shard]:
+                self.rows += self.commit(shard, pa.concat_tables(self.waiting.pop(shard)))
+                self.committed.add(shard)
+                del self.ids[shard]
+        return new
+
+    def incomplete(self) -> list[str]:
+        return sorted(self.waiting)
+
+
 def rank_shards(ray: Any, shards: list[str], expected: dict[str, int], out: Path, bundle: Path, options: BatchOptions,
                 workers: int) -> Ranked:
     """Map the shards through `Ranker` actors; commit each shard's output file once all its rows are in."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
     results = out / RESULTS
     for leftover in results.glob(".*.tmp"):  # a commit cut short by a kill; the shard is ranked again
         leftover.unlink()
     dataset = _dataset(ray, shards, out / WORK, bundle, options, workers)
     schema = output_schema(options.mode)
-    waiting: dict[str, list[pa.Table]] = {}
-    arrived: dict[str, set[str]] = {}  # ids, not rows: a retried task may deliver a block twice
+    collector = ShardCollector(expected, lambda shard, table: commit_shard(shard, table.cast(schema), expected[shard], out, options))
     progress = Progress("rank   ", sum(expected[s] for s in shards), "rows")
-    ranked, start, first = 0, time.perf_counter(), Ranked()
+    start, first = time.perf_counter(), Ranked()
     for block in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
         if block.num_rows == 0:
             continue
         if not first.first_rows:
             first = Ranked(0, time.perf_counter() - start, block.num_rows)
-        for shard in set(block.column("shard").to_pylist()):
-            part = block.filter(pc.equal(block.column("shard"), shard))
-            waiting.setdefault(shard, []).append(part)
-            before = len(arrived.setdefault(shard, set()))
-            arrived[shard].update(part.column("id").to_pylist())
-            progress.advance(len(arrived[shard]) - before)
-            if len(arrived[shard]) >= expected[shard]:
-                ranked += commit_shard(shard, pa.concat_tables(waiting.pop(shard)).cast(schema), expected[shard], out, options)
+        progress.advance(collector.add(block))
     progress.close()
-    if waiting:
-        raise ReplyrankError(f"shards {sorted(waiting)} came back incomplete; run the same command again to finish them")
-    return Ranked(ranked, first.first_seconds, first.first_rows)
+    if collector.incomplete():
+        raise ReplyrankError(f"shards {collector.incomplete()} came back incomplete; run the same command again to finish them")
+    return Ranked(collector.rows, first.first_seconds, first.first_rows)
 
 
 def commit_shard(shard: str, table: pa.Table, expected: int, out: Path, options: BatchOptions) -> int:
