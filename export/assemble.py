@@ -37,7 +37,7 @@ from replyrank.filters import COPY_WORDS
 from replyrank.generate import GenerationOptions, Generator
 
 from . import gpt2
-from .build_log import build_log, terminal
+from .build_log import build_log, note, terminal
 from .card import CardFacts, write_model_card
 from .convert import Checkpoint, ExportError, copy_part_files, export_onnx, generator_spec, materialize_causal_lm, split_gguf
 from .folders import move_into_place
@@ -318,7 +318,7 @@ def _quantized_generator_quality(
     quality = generator_quantized_vs_fp32(fp32_dir, part_dir, spec, pairs, options.sampling)
     missed = _generator_failures(quality)
     if missed and layout and layout["dynamic_int8"] and options.quality_gate:
-        print(f"note: the dynamic-int8 layout missed the gate ({'; '.join(missed)}); quantizing weight-only", file=terminal())
+        note(f"note: the dynamic-int8 layout missed the gate ({'; '.join(missed)}); quantizing weight-only")
         layout = _quantize_generator(fp32_dir, part_dir, options.quantize, options.block_size, None)
         layout["fallback"] = f"the dynamic-int8 layout missed the gate: {'; '.join(missed)}"
         quality = generator_quantized_vs_fp32(fp32_dir, part_dir, spec, pairs, options.sampling)

@@ -35,6 +35,13 @@ def terminal() -> TextIO:
     return _active[-1][0] if _active else sys.stderr
 
 
+def note(message: str) -> None:
+    """A line on the terminal that a progress bar being drawn there does not break (tqdm.write clears and redraws it)."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(message, file=terminal())
+
+
 def pending_log(out: Path) -> Path:
     """Where a build into `out` logs until the bundle is in place (then OUT/build.log): beside `out`, so a failed build's log stays."""
     return out.with_name(f"{out.name}.{LOG}")
