@@ -188,18 +188,15 @@ def _key(pair: Pair) -> str:
     return json.dumps([pair.parent, pair.reply], ensure_ascii=False)
 
 
-def evaluate_judges(kit: str | Path, heldout_files: Sequence[str], scores: str | Path, machine: str | Path, resamples: int = 1000) -> dict[str, Any]:
-    """The held-out figures of one trained recipe, from the scores the GPU run brought back (`train_judges.py`).
+def evaluate_judges(kit: str | Path, heldout_files: Sequence[str], runs: dict[str, Path], machine: str | Path, resamples: int = 1000) -> dict[str, Any]:
+    """The held-out figures of each trained recipe (name -> its scores `.npz`), from what the GPU run brought back.
 
     The comparisons are drawn again from `heldout_files` exactly as the kit drew them, and each pair's
     scores are found by its text; the figures come from `replyrank.evaluate` and `replyrank.metrics`, as
     `replyrank eval` computes them. Realism: ROC-AUC of the held-out comments' real replies against each
-    source's replies to the same comments, and against the untuned model's and the training sources' together.
+    source's replies to the same comments (`machine`), the untuned model's together, and the training sources' together.
     """
     import numpy as np
-
-    from replyrank.evaluate import evaluate, evaluate_relevance
-    from replyrank.metrics import roc_auc, roc_auc_interval
 
     kit = Path(kit)
     manifest = json.loads((kit / "manifest.json").read_text())
@@ -208,26 +205,37 @@ def evaluate_judges(kit: str | Path, heldout_files: Sequence[str], scores: str |
     everything = heldout["train"] + heldout["valid"] + heldout["test"]
     evaluation = heldout_comparisons(everything, submission_scores(heldout_files), options)
     index = {json.dumps(pair, ensure_ascii=False): i for i, pair in enumerate(read_jsonl(kit / "eval_pairs.jsonl.xz"))}
-    arrays = np.load(scores)
-    table = arrays["eval_pairs"].astype(np.float64)
-
-    def column(number: int):
-        return lambda texts: np.array([table[index[json.dumps(list(t), ensure_ascii=False)], number] for t in texts])
-
-    report: dict[str, Any] = {"upvotes": evaluate(evaluation["test"], column(2), resamples, options.seed)}
-    texts = relevance_texts(evaluation["relevance"])
-    report["relevance"] = evaluate_relevance(evaluation["relevance"], {name: column(n)(texts) for n, name in enumerate(("realism", "relevance", "upvotes"))},
-                                             resamples, options.seed)
-    realism = arrays["realism"].astype(np.float64)
     real_count = sum(1 for *_, split in read_jsonl(kit / "realism_prompts.jsonl.xz") if split == "eval")
-    real, fake = realism[:real_count], realism[real_count:]
     sources = [row["source"] for row in read_jsonl(Path(machine))]
+    held_out = {s["name"] for s in manifest["held_out_sources"]}
     groups: dict[str, list[int]] = {}
     for i, name in enumerate(sources):
         groups.setdefault(name, []).append(i)
     groups["untuned (base-*)"] = [i for i, name in enumerate(sources) if name.startswith("base-")]
-    held_out = {s["name"] for s in manifest["held_out_sources"]}
     groups["training sources"] = [i for i, name in enumerate(sources) if name not in held_out]
+    reports = {}
+    for name, path in runs.items():
+        arrays = np.load(path)
+        reports[name] = _figures(evaluation, index, arrays["eval_pairs"].astype(np.float64), arrays["realism"].astype(np.float64), real_count,
+                                 groups, held_out, resamples, options.seed)
+    return reports
+
+
+def _figures(evaluation: dict[str, Any], index: dict[str, int], table, realism, real_count: int, groups: dict[str, list[int]],
+             held_out: set[str], resamples: int, seed: int) -> dict[str, Any]:
+    import numpy as np
+
+    from replyrank.evaluate import evaluate, evaluate_relevance
+    from replyrank.metrics import roc_auc, roc_auc_interval
+
+    def column(number: int):
+        return lambda texts: np.array([table[index[json.dumps(list(t), ensure_ascii=False)], number] for t in texts])
+
+    report: dict[str, Any] = {"upvotes": evaluate(evaluation["test"], column(2), resamples, seed)}
+    texts = relevance_texts(evaluation["relevance"])
+    report["relevance"] = evaluate_relevance(evaluation["relevance"], {name: column(n)(texts) for n, name in enumerate(("realism", "relevance", "upvotes"))},
+                                             resamples, seed)
+    real, fake = realism[:real_count], realism[real_count:]
     report["realism"] = {"real_replies": real_count, "real_kept_at_0.5": float(np.mean(real >= 0.5)), "sources": {}}
     for name, rows in groups.items():
         labels, probs = [1] * len(real) + [0] * len(rows), np.concatenate([real, fake[rows]])

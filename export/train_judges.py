@@ -90,8 +90,9 @@ def prompt_for(source: dict, comment: str, tokenizer, bundle_template: str | Non
     return f"{comment}\n\nReply:"
 
 
-def generate(model, tokenizer, prompts: list[str], source: dict, deadline: float, batch: int = 384, max_new_tokens: int = 64) -> list[str | None]:
-    """One reply per prompt (None past `deadline`), sampled with the source's settings, cut at its turn's end or a blank line."""
+def generate(model, tokenizer, prompts: list[str], source: dict, deadline: float, batch: int = 768, max_new_tokens: int = 64) -> list[str | None]:
+    """One reply per prompt (None for the batches past `deadline`; the first batch always runs), sampled with the
+    source's settings, cut at its turn's end or a blank line. Batches run shortest prompt first."""
     import torch
 
     stops = [i for i in {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.convert_tokens_to_ids("<|endoftext|>")}
@@ -99,12 +100,12 @@ def generate(model, tokenizer, prompts: list[str], source: dict, deadline: float
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     replies: list[str | None] = [None] * len(prompts)
     for start in range(0, len(order), batch):
-        if time.time() > deadline:
+        if start and time.time() > deadline:
             break
         rows = order[start : start + batch]
         inputs = tokenizer([prompts[i] for i in rows], return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
         with torch.no_grad():
-            out = model.generate(**inputs, do_sample=True, temperature=source["temperature"], top_k=source["top_k"],  # 0: no top-k
+            out = model.generate(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], do_sample=True, temperature=source["temperature"], top_k=source["top_k"],  # 0: no top-k
                                  top_p=source["top_p"], max_new_tokens=max_new_tokens, eos_token_id=stops, pad_token_id=tokenizer.pad_token_id)
         for i, ids in zip(rows, out[:, inputs["input_ids"].shape[1] :]):
             replies[i] = tokenizer.decode(ids, skip_special_tokens=True).split("\n\n")[0].strip()
@@ -149,7 +150,7 @@ def machine_replies(kit: Path, generator: str, deadline: float, normalize) -> li
 # --- the judge ---------------------------------------------------------------------------------
 
 
-def build_judge(base: str, lora_rank: int = 32):
+def build_judge(base: str, lora_rank: int | None = 32):
     """MiniLM with a LoRA adapter and three heads over mean-pooled states: realism (2 logits: machine, human),
     relevance (1 logit), upvotes (1 logit)."""
     import torch
@@ -174,10 +175,24 @@ def build_judge(base: str, lora_rank: int = 32):
 
     tokenizer = AutoTokenizer.from_pretrained(base)
     encoder = AutoModel.from_pretrained(base, dtype=torch.float32)
-    names = {name.rsplit(".", 1)[-1] for name, _ in encoder.named_modules()}
-    targets = sorted(names & {"query", "key", "value", "dense"})
-    encoder = get_peft_model(encoder, LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank, lora_dropout=0.05, target_modules=targets))
+    if lora_rank:
+        names = {name.rsplit(".", 1)[-1] for name, _ in encoder.named_modules()}
+        targets = sorted(names & {"query", "key", "value", "dense"})
+        encoder = get_peft_model(encoder, LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank, lora_dropout=0.05, target_modules=targets))
     return Judge(encoder), tokenizer
+
+
+def load_judge(folder: str | Path, base: str):
+    """(model, tokenizer) of a saved judge (`save`): the base encoder with its adapter merged in, and the three heads, in fp32."""
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    model, tokenizer = build_judge(base, lora_rank=None)
+    model.encoder = PeftModel.from_pretrained(model.encoder, str(Path(folder) / "adapter")).merge_and_unload().float()
+    tensors = load_file(str(Path(folder) / "heads.safetensors"))
+    for head in HEADS:
+        getattr(model, head).load_state_dict({n.split(".", 1)[1]: t.float() for n, t in tensors.items() if n.startswith(head + ".")})
+    return model.eval(), tokenizer
 
 
 @dataclass
@@ -275,8 +290,8 @@ def auc(labels: np.ndarray, scores: np.ndarray) -> float:
     return float((np.searchsorted(order, pos, "left") + np.searchsorted(order, pos, "right")).sum() / (2 * len(pos) * len(neg)))
 
 
-def train(data: Data, base: str, start: float, deadline: float, seed: int = 0, log_every: int = 25, checks: int = 6) -> tuple:
-    """Train every head until `deadline`; returns (model, tokenizer, curves, validation history, steps run).
+def train(data: Data, base: str, start: float, deadline: float, seed: int = 0, log_every: int = 25, checks: int = 6, min_steps: int = 0) -> tuple:
+    """Train every head until `deadline` (and for `min_steps` at least); returns (model, tokenizer, curves, validation history, steps run).
 
     The learning rate follows the clock, not a step count (5% warm-up, then linear to 0 at the deadline),
     so a run that shares the GPU with others still ends its schedule, however many steps that turns out to be.
@@ -291,12 +306,16 @@ def train(data: Data, base: str, start: float, deadline: float, seed: int = 0, l
     optimizer = torch.optim.AdamW(trainable, lr=PEAK_LR, weight_decay=0.01)
     sizes = {"upvotes": 64, "relevance": 24, "realism": 48}
     pools = {"upvotes": data.upvotes["train"], "relevance": data.relevance["train"], "realism": data.realism["train"]}
+    empty = [name for name, pool in pools.items() if not pool]
+    if empty:
+        raise ValueError(f"no training rows for the {', '.join(empty)} head(s): nothing to draw batches from")
     orders = {name: iter(()) for name in pools}
     curves: dict[str, list] = {name: [] for name in HEADS}
     window: dict[str, list[float]] = {name: [] for name in HEADS}
     history = []
     budget = deadline - start
-    next_check = start + budget / checks
+    interval = budget / checks if budget > 0 else math.inf  # a run already past its deadline checks once, at the end
+    next_check = start + interval
 
     def draw(name: str) -> list:
         chosen = []
@@ -308,10 +327,10 @@ def train(data: Data, base: str, start: float, deadline: float, seed: int = 0, l
         return chosen
 
     step = 0
-    while (now := time.time()) < deadline:
-        done = (now - start) / budget
+    while (now := time.time()) < deadline or step < min_steps:
+        done = (now - start) / budget if budget > 0 else 1.0
         for group in optimizer.param_groups:
-            group["lr"] = PEAK_LR * min(done / 0.05, (1 - done) / 0.95)
+            group["lr"] = PEAK_LR * max(0.0, min(done / 0.05, (1 - done) / 0.95))
         parts = losses(model, tokenizer, data, draw("upvotes"), draw("relevance"), draw("realism"))
         sum(parts.values()).backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
@@ -319,13 +338,13 @@ def train(data: Data, base: str, start: float, deadline: float, seed: int = 0, l
         optimizer.zero_grad(set_to_none=True)
         step += 1
         for name, value in parts.items():
-            window[name].append(float(value))
+            window[name].append(float(value.detach()))
         if step % log_every == 0:
             for name in HEADS:
                 curves[name].append([step, float(np.mean(window[name]))])
                 window[name].clear()
         if time.time() >= next_check:
-            next_check += budget / checks
+            next_check += interval
             history.append({"step": step, "seconds": round(time.time() - start), **validate(model, tokenizer, data)})
             print(f"step {step}: {history[-1]} losses {[round(curves[h][-1][1], 4) for h in HEADS if curves[h]]}", file=sys.stderr, flush=True)
     history.append({"step": step, "seconds": round(time.time() - start), **validate(model, tokenizer, data)})
@@ -353,7 +372,7 @@ def run_variant(args, name: str) -> None:
     data = load_data(kit, machine, protocols, weighted)
     counts = {k: {s: len(v) for s, v in getattr(data, k).items()} for k in ("upvotes", "relevance", "realism")}
     print(f"{name}: {counts}", file=sys.stderr, flush=True)
-    model, tokenizer, curves, history, steps = train(data, args.base, time.time(), args.deadline)
+    model, tokenizer, curves, history, steps = train(data, args.base, time.time(), args.deadline, min_steps=args.min_steps)
     save(model, Path(args.work) / name)
     eval_pairs = read_jsonl(kit / "eval_pairs.jsonl.xz")
     texts = data.texts + [p for p, _ in eval_pairs]
@@ -376,6 +395,7 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--work", default="/tmp/judges-work")
     parser.add_argument("--minutes", type=float, default=9.0, help="wall-clock budget of the whole run")
+    parser.add_argument("--min-steps", type=int, default=0, help="steps each recipe takes even past its deadline (a slow machine's check)")
     parser.add_argument("--variant", default=None, help="(internal) train one recipe")
     parser.add_argument("--deadline", type=float, default=None, help="(internal)")
     args = parser.parse_args()
@@ -390,7 +410,7 @@ def main() -> None:
     write_jsonl(work / "machine.jsonl.xz", machine)
     train_deadline = end - 75  # scoring, saving and packing take the rest
     runs = [subprocess.Popen([sys.executable, __file__, "--kit", args.kit, "--base", args.base, "--generator", args.generator, "--out", args.out,
-                              "--work", args.work, "--variant", name, "--deadline", str(train_deadline)])
+                              "--work", args.work, "--variant", name, "--deadline", str(train_deadline), "--min-steps", str(args.min_steps)])
             for name in VARIANTS]
     codes = [run.wait() for run in runs]
     out = Path(args.out)

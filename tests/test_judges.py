@@ -76,19 +76,19 @@ def test_the_gpu_script_runs_every_step_on_cpu(kit: Path, tmp_path: Path) -> Non
     generator = build_generator(tmp_path / "generator", "llama")
     base = build_scorer(tmp_path / "base", 2)
     out = tmp_path / "out"
-    env = {**os.environ, "JUDGES_DEVICE": "cpu", "PYTHONPATH": ""}
+    env = {**os.environ, "JUDGES_DEVICE": "cpu", "PYTHONPATH": "", "OMP_NUM_THREADS": "1"}  # three recipes side by side on a small CPU
     done = subprocess.run([sys.executable, str(SCRIPT), "--kit", str(kit), "--base", str(base), "--generator", str(generator), "--out", str(out),
-                           "--work", str(tmp_path / "work"), "--minutes", "3.5"], env=env, capture_output=True, text=True, timeout=600)
+                           "--work", str(tmp_path / "work"), "--minutes", "1", "--min-steps", "5"], env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["exit_codes"] == {"dialogrpt": 0, "shp": 0, "shp-weighted": 0}, done.stderr[-3000:]
     assert set(summary["machine_replies"]) <= {"tiny-chat", "tiny-plain", "tiny-hot"}
     subprocess.run(["tar", "xf", str(out / "judges.tar"), "-C", str(tmp_path / "work")], check=True)
     record = json.loads((tmp_path / "work" / "shp.json").read_text())
-    assert record["steps"] > 0 and all(record["curves"][head] or record["steps"] < 25 for head in ("realism", "relevance", "upvotes"))
+    assert record["steps"] >= 5 and record["validation"] and set(record["curves"]) == {"realism", "relevance", "upvotes"}
     assert (tmp_path / "work" / "shp" / "heads.safetensors").is_file() and (tmp_path / "work" / "shp" / "adapter" / "adapter_config.json").is_file()
     # the CPU side reads the scores brought back through replyrank.evaluate, as `replyrank eval` would
-    report = evaluate_judges(kit, OTHER, tmp_path / "work" / "shp.npz", out / "machine_eval.jsonl.xz", resamples=50)
+    report = evaluate_judges(kit, OTHER, {"shp": tmp_path / "work" / "shp.npz"}, out / "machine_eval.jsonl.xz", resamples=50)["shp"]
     assert set(report["relevance"]["hits_at_1"]) == {"realism", "relevance", "upvotes"}
     assert "gap>=1" in report["upvotes"]["pairwise"] and report["realism"]["real_replies"] == 6
     assert all(0 <= row["roc_auc"] <= 1 for row in report["realism"]["sources"].values())
