@@ -337,12 +337,16 @@ def quantize_scorer(src: Path, dst: Path) -> None:
     """Dynamic int8 quantization of an encoder: int8 weights per output channel, activations quantized per call.
 
     Per channel, because one scale per weight tensor moves the two-head MiniLM scorer's scores too far from
-    PyTorch's for the export's scorer gate (`validate.GATES`).
+    PyTorch's for the export's scorer gate (`validate.GATES`). On an x86 CPU without int8 dot products
+    (AVX512-VNNI / AVX-VNNI) ONNX Runtime's u8 x s8 GEMM sums pairs of products in 16 bits, which saturates
+    with full 8-bit weights; there the weights keep 7 bits (`reduce_range`), as ONNX Runtime's docs advise.
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    from replyrank.environment import int8_dot_product
+
     dst.parent.mkdir(parents=True, exist_ok=True)
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True)
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True, reduce_range=int8_dot_product() is False)
 
 
 def optimize_offline(path: Path) -> None:
