@@ -64,7 +64,7 @@ def plain_loop(work: Path, bundle: str, options: BatchOptions) -> dict[str, floa
     rows = sum(ranker(table.slice(i, size)).num_rows for table in tables for i in range(0, table.num_rows, size))
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     return {"rows": rows, "seconds": round(seconds, 2), "rows_per_s": round(rows / seconds, 1), "cpu_seconds": round(cpu, 2),
-            "rows_per_cpu_s": round(rows / cpu, 1)}
+            "rows_per_cpu_s": round(rows / cpu, 3)}
 
 
 class CpuMeter:
@@ -143,8 +143,8 @@ def ray_run(paths: list[str], out: Path, bundle: str, options: BatchOptions, wor
             "wall_seconds": round(wall, 2),
             # the whole run's CPU (Ray start, workers, driver), and the actors' part: start-up, bundle loading, ranking
             "cpu_seconds": round(sum(cpu.values()), 2), "cpu_seconds_by_process": cpu,
-            "rows_per_actor_cpu_s": round(rows / cpu["actors"], 1) if cpu.get("actors") else None,
-            "rows_per_cpu_s": round(rows / sum(cpu.values()), 1)}
+            "rows_per_actor_cpu_s": round(rows / cpu["actors"], 3) if cpu.get("actors") else None,
+            "rows_per_cpu_s": round(rows / sum(cpu.values()), 3)}
 
 
 def steps_cpu(paths: list[str], work: Path, mode: str, buckets: int) -> dict:
