@@ -84,7 +84,8 @@ class Ranker:
                  strict: bool, seed: int):
         from ..bot import Bot
 
-        self.bot = Bot(bundle, threads=threads, realism_threshold=threshold, strict=strict)
+        # score mode needs the scorers alone: the generator would cost every actor its load time and memory
+        self.bot = Bot(bundle, threads=threads, realism_threshold=threshold, strict=strict, generator=mode == "reply")
         self.mode, self.seed = mode, seed
         # a stop list arrives as a JSON list; GenerationOptions holds a tuple
         self.sampling = {**sampling, **({"stop": tuple(sampling["stop"])} if "stop" in sampling else {})}
