@@ -27,6 +27,8 @@ def ranking_bundle(models, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ranking") / "bundle"
     args = ["export", "--discriminator", str(models["disc"]), "--upvotes", str(models["upv"]), "--out", str(out), "--no-quality-gate",
             "--license", "mit", "--base-model", "tiny/bert"]
+    for dump in ("RC_CollegeAdvice.zst", "RS_CollegeAdvice.zst"):  # real pairs to check the export on, installed or not
+        args += ["--validation-data", str(REDDIT / "college" / dump)]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     return out
