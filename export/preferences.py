@@ -28,6 +28,7 @@ from replyrank.filters import normalize_text
 from replyrank.preferences import PreferencePair, evaluate_preferences, held_out, read_completions, read_preferences, split_preferences
 
 from . import rankers
+from .build_log import terminal
 from .convert import ExportError
 from .default import package_file
 
@@ -82,6 +83,9 @@ def upvotes_from_preferences(
     fit = split_preferences(held["train"], seed=1)  # its test part calibrates the pairwise scale
     train = _triples(fit["train"]) + list(siblings)
     start = resolve_base(base)
+    if start is None or not start[2].get("heads", {}).get("realism", {}).get("trained"):
+        print("note: this scorer's realism head is untrained (fresh, or not trained where it came from): fit it with "
+              "`replyrank train realism` before its realism score means anything", file=terminal())
     before = None
     if start is not None and held["test"]:  # measured first: training moves the start model in place
         before = evaluate_preferences(_torch_scores(start[0], start[1], options.max_length), held["test"], resamples, options.seed)
