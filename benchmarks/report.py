@@ -75,7 +75,7 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         f"Job: N = {job['n']} candidates × exactly T = {job['t']} new tokens ({job['forced_length']}), temperature {job['temperature']}, "
         f"top-k {job['top_k']}, then both scorers on the N pairs. Prompt {job['prompt_tokens']} tokens (comment {job['comment_tokens']}). "
-        f"{job['threads']} threads for every system, each in its own process, loaded once; 1 warm-up, then {job['passes']} passes of "
+        f"{job['threads']} thread{'s' if job['threads'] != 1 else ''} for every system, each in its own process, loaded once; 1 warm-up, then {job['passes']} passes of "
         f"{job['runs_per_pass']} timed runs per system (perf_counter), the systems taking turns run by run (A B A B …; the first "
         "rotates from pass to pass), so a drift of the machine's speed hits every system alike; medians.",
         "",
