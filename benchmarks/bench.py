@@ -230,7 +230,7 @@ def prompt_of(bundle: Bundle, comment: str, t: int) -> tuple[list[int], str, int
 
 def run(argv: list[str] | None = None) -> dict[str, Any]:
     """Benchmark every requested system; write bench.json, bench.md and the plots; return the results."""
-    from replyrank.bundle import default_bundle_dir
+    from replyrank.locations import default_bundle_dir
 
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse(argv)

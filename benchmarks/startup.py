@@ -83,7 +83,7 @@ def main() -> None:
     parser.add_argument("--cli", default=shutil.which("replyrank") or "replyrank", help="the replyrank command to time (default: the one on PATH)")
     args = parser.parse_args()
     if args.bundle is None:
-        from replyrank.bundle import default_bundle_dir
+        from replyrank.locations import default_bundle_dir
 
         args.bundle = str(default_bundle_dir())
     if args.phases:

@@ -20,7 +20,9 @@ from typing import Any
 
 import click
 
-from replyrank.bundle import REALISM_THRESHOLD, default_bundle_dir, default_ranking_dir
+from replyrank.bundle import REALISM_THRESHOLD
+
+from replyrank.locations import default_bundle_dir, default_ranking_dir
 from replyrank.cli import emit_json
 
 # the extra's packages these commands cannot run without (find_spec looks, it does not import)

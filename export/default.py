@@ -33,7 +33,9 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from replyrank.bundle import DEFAULT_RANKING_RECIPE, DEFAULT_RECIPE, DISCRIMINATOR, GENERATOR, MANIFEST, UPVOTES, Score
+from replyrank.bundle import DISCRIMINATOR, GENERATOR, MANIFEST, UPVOTES, Score
+
+from replyrank.locations import DEFAULT_RANKING_RECIPE, DEFAULT_RECIPE
 from replyrank.errors import ReplyrankError
 
 from . import rankers

@@ -3,7 +3,7 @@ would be, and return the best one, on CPU with ONNX Runtime (never torch). Apps 
 replies written elsewhere open the scorers alone: `load_ranker()`, or a ranking bundle."""
 
 from .bot import Bot, Candidate, Result, load, load_ranker
-from .bundle import default_bundle_dir
+from .locations import default_bundle_dir
 from .errors import BundleError, DeadlineExceeded, InputError, RankingOnly, ReplyrankError
 from .filters import ReplyFilters, read_blocklist
 from .generate import GenerationOptions

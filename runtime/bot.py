@@ -319,7 +319,7 @@ def load(
 
     `generator=False` opens only the scorers (`load_ranker`); a ranking bundle loads either way and only ranks.
     """
-    from .bundle import cpu_mismatch, default_bundle_dir, ranking_bundle_dir, stale_default
+    from .locations import cpu_mismatch, default_bundle_dir, ranking_bundle_dir, stale_default
 
     where = bundle_dir if bundle_dir is not None else default_bundle_dir() if generator else ranking_bundle_dir()
     bot = Bot(where, threads, realism_threshold, strict, filters, generator)

@@ -15,7 +15,8 @@ import click
 
 from . import __version__
 from .bot import Bot, Candidate, Result
-from .bundle import GENERATOR, MANIFEST, MODEL_CARD, STAMP, Bundle, cpu_mismatch, default_bundle_dir, ranking_bundle_dir, stale_default
+from .bundle import GENERATOR, MANIFEST, MODEL_CARD, STAMP, Bundle
+from .locations import cpu_mismatch, default_bundle_dir, ranking_bundle_dir, stale_default
 from .errors import ReplyrankError
 from .filters import ReplyFilters, read_blocklist
 from .generate import GenerationOptions

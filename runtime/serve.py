@@ -32,7 +32,7 @@ from typing import Any
 import click
 
 from .api import Limits, ServerConfig
-from .bundle import ranking_bundle_dir
+from .locations import ranking_bundle_dir
 from .environment import available_cores, missing_package
 
 SERVER_EXTRA = "pip install 'replyrank[server]'"

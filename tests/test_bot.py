@@ -257,7 +257,9 @@ def test_cli_bad_input_is_one_line_without_traceback(gpt2_bundle, args, message)
 def test_a_default_bundle_from_an_earlier_recipe_says_how_to_rebuild(gpt2_bundle, tmp_path, monkeypatch):
     from click.testing import CliRunner
 
-    from replyrank.bundle import DEFAULT_RECIPE, MANIFEST
+    from replyrank.bundle import MANIFEST
+
+    from replyrank.locations import DEFAULT_RECIPE
     from replyrank.cli import main
 
     cached = tmp_path / "cache" / "replyrank" / "default-bundle"

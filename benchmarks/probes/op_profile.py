@@ -20,7 +20,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from replyrank.bundle import Bundle, default_bundle_dir
+from replyrank.bundle import Bundle
+
+from replyrank.locations import default_bundle_dir
 
 
 def main() -> None:

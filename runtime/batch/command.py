@@ -81,7 +81,7 @@ def batch(data: tuple[str, ...], out: str, bundle: str | None, mode: str, subred
     missing = missing_package(PACKAGES)
     if missing:
         raise click.ClickException(f"`replyrank batch` needs the batch extra ({missing} is missing): {INSTALL}")
-    from ..bundle import default_bundle_dir
+    from ..locations import default_bundle_dir
 
     selection = Selection(Filters(min_chars=min_chars, max_chars=max_chars), min_score,
                           tuple(s.lower() for s in subreddits), _epoch(since), _epoch(until))
