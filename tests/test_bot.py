@@ -8,16 +8,16 @@ import json
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
 
 import replyrank
-from replyrank.bundle import DISCRIMINATOR
+from replyrank.bundle import DISCRIMINATOR, Bundle
 from replyrank.cli import main
-from replyrank.generate import GenerationOptions
+from replyrank.generate import Candidates, GenerationOptions, Generator
 
 COMMENT = "has anyone tried the pasta place near campus"
 
@@ -62,32 +62,30 @@ def test_shared_prefill_equals_independent_runs(bundle, request):
     assert [g.token_ids for g in together] == [g.token_ids for g in alone]
 
 
-def test_in_place_cache_equals_a_grown_copy(llama_bundle):
-    """The fused graph's cache buffer, written in place, gives the logits a copied cache gives."""
-    generator = replyrank.load(llama_bundle).generator
-    assert generator.in_place and generator.spec.kv_cache == "in-place"
-    prompt = generator.encode_prompt(COMMENT, GenerationOptions()).ids
-    tokens = np.array([[5], [9], [17]], dtype=np.int64)
+@pytest.mark.parametrize("one_sequence", [True, False], ids=["one-sequence", "batch-rows"])
+def test_in_place_cache_equals_a_grown_copy(llama_bundle, one_sequence):
+    """The fused graph's cache buffer, written in place (the bundle's `kv_cache: "in-place"`), gives the logits and the
+    tokens that a cache copied and grown every step (`"concat"`) gives, also where rows leave the batch early."""
+    bundle = Bundle.read(llama_bundle)
+    spec = bundle.generator
+    assert spec.kv_cache == "in-place"
+    in_place, copied = (Generator(bundle.folder(spec), s, one_sequence=one_sequence) for s in (spec, replace(spec, kv_cache="concat")))
+    prompt = in_place.encode_prompt(COMMENT, GenerationOptions()).ids
+    tokens = np.array([5, 9, 17], dtype=np.int64)
 
-    def steps(in_place: bool) -> list[np.ndarray]:
-        generator.in_place = in_place
-        logits, cache = generator.forward(np.array([prompt]), 0, generator.empty_cache(1))
-        cache, out = {name: ort.OrtValue.ortvalue_from_numpy(b) for name, b in generator.grown(cache, 3, len(prompt) + 6).items()}, []
-        for step in range(6):
-            logits, cache = generator.forward(tokens + step, len(prompt) + step, cache)
-            out.append(logits)
-        return out
+    def steps(generator: Generator) -> list[np.ndarray]:
+        _, cache = generator.forward(np.array([prompt]), 0, generator.empty_cache(1))
+        candidates = Candidates(generator, len(prompt), cache, rows=3, max_new_tokens=6)
+        # an in-place step writes its logits into a buffer of the candidates' that the next step overwrites: copy
+        return [candidates.step(tokens + step).copy() for step in range(6)]
 
-    for a, b in zip(steps(True), steps(False)):
+    for a, b in zip(steps(in_place), steps(copied)):
         np.testing.assert_allclose(a, b, atol=1e-5)
     options = GenerationOptions(candidates=6, max_new_tokens=24, temperature=1.5, top_k=0)
-    first = generator.generate(prompt, options, [np.random.default_rng(i) for i in range(6)])[0]
+    first = in_place.generate(prompt, options, [np.random.default_rng(i) for i in range(6)])[0]
     # stop at row 0's first character, so rows leave the batch early and the buffer gets cut
-    options = GenerationOptions(candidates=6, max_new_tokens=24, temperature=1.5, top_k=0, stop=(first[0].text[0],))
-    runs = []
-    for in_place in (True, False):
-        generator.in_place = in_place
-        runs.append(generator.generate(prompt, options, [np.random.default_rng(i) for i in range(6)])[0])
+    options = replace(options, stop=(first[0].text[0],))
+    runs = [generator.generate(prompt, options, [np.random.default_rng(i) for i in range(6)])[0] for generator in (in_place, copied)]
     assert [g.token_ids for g in runs[0]] == [g.token_ids for g in runs[1]]
     assert runs[0][0].finish_reason == "stop" and any(g.finish_reason == "length" for g in runs[0])
 
@@ -100,7 +98,7 @@ def test_eos_stops_a_row_and_min_new_tokens_holds_it_back(bot):
         assert len(g.token_ids) >= 5
         assert g.finish_reason in {"eos", "length"}
         assert (g.finish_reason == "length") == (len(g.token_ids) == 30)
-        assert not set(g.token_ids) & set(bot.generator.eos_ids.tolist())
+        assert not set(g.token_ids) & set(bot.generator.spec.eos_token_ids)
 
 
 def test_top_k_one_is_greedy(bot):
