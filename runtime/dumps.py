@@ -180,7 +180,6 @@ def _zstd_chunks(raw: BinaryIO) -> Iterator[bytes]:
         raise zstandard.ZstdError("stream ends inside a frame")
 
 
-
 def _split_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
     """Cut a stream of byte chunks into lines, keeping only one partial line in memory."""
     pending = b""
@@ -279,12 +278,8 @@ def _add_submission(
 
 
 def _add_comment(
-    row: dict[str, Any],
-    filters: Filters,
-    texts: dict[str, str],
-    dropped: set[str],
-    replies: list[Pair],
-    counts: Counter[str],
+    row: dict[str, Any], filters: Filters, texts: dict[str, str], dropped: set[str],
+    replies: list[Pair], counts: Counter[str],
 ) -> None:
     try:
         comment_id = str(row["id"])
@@ -304,18 +299,10 @@ def _add_comment(
     text = clean_text(body)
     if not _keep_text(name, text, str(row.get("author") or ""), filters, texts, dropped, counts):
         return
-    replies.append(
-        Pair(
-            parent="",
-            reply=texts[name],
-            score=score,
-            thread_id=thread_id,
-            subreddit=str(row.get("subreddit") or ""),
-            created_utc=created_utc,
-            reply_id=comment_id,
-            parent_id=parent_id,
-        )
-    )
+    replies.append(Pair(
+        parent="", reply=texts[name], score=score, thread_id=thread_id, subreddit=str(row.get("subreddit") or ""),
+        created_utc=created_utc, reply_id=comment_id, parent_id=parent_id,
+    ))
 
 
 def clean_text(text: str) -> str:
@@ -331,13 +318,7 @@ def submission_text(title: str, selftext: str) -> str:
 
 
 def _keep_text(
-    name: str,
-    text: str,
-    author: str,
-    filters: Filters,
-    texts: dict[str, str],
-    dropped: set[str],
-    counts: Counter[str],
+    name: str, text: str, author: str, filters: Filters, texts: dict[str, str], dropped: set[str], counts: Counter[str]
 ) -> bool:
     """Store `text` under `name` if it passes `filters`; count the reason if not."""
     if name in texts or name in dropped:
