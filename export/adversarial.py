@@ -1,4 +1,4 @@
-"""Adversarial rounds (issue #13): fine-tune the generator toward the replies its discriminator takes for human.
+"""Adversarial rounds: fine-tune the generator toward the replies its discriminator takes for human.
 
 The GPT-2 + BERT reply bot's loop, done as rejection-sampling fine-tuning (best-of-N distillation,
 as in Llama 2's rejection sampling rounds and RAFT). Round 0 measures the generator as given.

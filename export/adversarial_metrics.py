@@ -1,5 +1,5 @@
 """The figures an adversarial round reports beside its judge's: distinct-n, copies of training replies,
-and issue #13's targets, checked on the last round against the first."""
+and the targets a run must reach to call its replies human-like, checked on the last round against the first."""
 
 from __future__ import annotations
 
@@ -51,7 +51,9 @@ class CopyIndex:
 
 
 def targets(rounds: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Issue #13's targets, checked on the last round against the first (the generator as given)."""
+    """The targets a run must reach, checked on the last round against the first (the generator as given): a fresh judge
+    fooled while the same recipe told round 0's fakes apart; few copied training replies; distinct-2 near real replies'; and
+    reply perplexity not far above round 0's."""
     first, last = rounds[0], rounds[-1]
 
     def check(value: float | None, met: bool, target: str) -> dict[str, Any]:

@@ -66,7 +66,7 @@ def runtime_generator(
 class TorchSampler:
     """A causal LM sampled with transformers' `generate` on a GPU, with the runtime's prompt and options.
 
-    The fast path of training runs on a GPU (issue #13: "GPU when present"). Same prompt as
+    Where the generator trains on a GPU, its candidates are sampled there too. Same prompt as
     `replyrank.generate.Generator` (BOS where the export adds it, the template's prefix, the comment's
     first `max_comment_tokens` tokens, its suffix) and the same temperature, top-k, top-p, repetition
     penalty, token limits and EOS; `batch_rows` candidates of many comments decode as one batch.
