@@ -3,7 +3,8 @@
 Steps: (1) the generator becomes a fused KV-cache graph (onnxruntime-genai's model builder:
 GroupQueryAttention with rotary embedding, for the Llama family; export.gpt2's graph of the same
 ops for GPT-2) or optimum's `text-generation-with-past` graph (every other causal LM);
-(2) the scorers become their graphs (export.scorers: one two-head graph, or one graph each);
+(2) the scorers become their graphs (export.scorers: one two-head graph, or one graph each; the optional
+relevance scorer a text embedder of its own, export.relevance);
 (3) MatMuls are quantized: the generator's to block-wise int8 (or int4), its norm-fed projections
 smoothed to dynamic int8 where calibration texts are given (export.quantize), the scorers' to
 dynamic int8; the template prefix's KV cache is computed by the fp32 graph; (4) parity and
@@ -28,7 +29,8 @@ import numpy as np
 
 import replyrank
 from replyrank.bundle import (
-    DEFAULT_SCORES, DISCRIMINATOR, GENERATOR, MANIFEST, REALISM_THRESHOLD, SCORERS, TRAINING_NGRAMS, UPVOTES, Bundle, GeneratorSpec, Score,
+    DEFAULT_SCORES, DISCRIMINATOR, GENERATOR, MANIFEST, REALISM_THRESHOLD, RELEVANCE, SCORERS, TRAINING_NGRAMS, UPVOTES, Bundle, GeneratorSpec,
+    Score, ScorerSpec,
     with_prefix_cache,
 )
 from replyrank.environment import cpu_model, int8_dot_product
@@ -36,7 +38,7 @@ from replyrank.errors import ReplyrankError
 from replyrank.filters import COPY_WORDS
 from replyrank.generate import GenerationOptions, Generator
 
-from . import gpt2
+from . import gpt2, relevance
 from .build_log import build_log, note, terminal
 from .card import CardFacts, write_model_card
 from .convert import Checkpoint, ExportError, copy_part_files, export_onnx, generator_spec, materialize_causal_lm, split_gguf
@@ -199,6 +201,7 @@ def export_bundle(
     validation_pairs: list[tuple[str, str]],
     options: ExportOptions | None = None,
     calibration_pairs: list[tuple[str, str]] | None = None,
+    relevance_model: str | None = None,
 ) -> Bundle:
     """Export, quantize, validate and calibrate a generator and its scorers into the bundle folder `out`, with its
     model card (`export.card`); returns the bundle written. `generator=None` writes a ranking bundle: the scorers alone.
@@ -206,7 +209,8 @@ def export_bundle(
     `discriminator` and `upvotes` are each a pair-model folder (`export.rankers`) or a transformers
     sequence classifier; one pair-model folder given for both becomes one graph. `calibration_pairs`
     (real pairs other than `validation_pairs`) fit the generator's int8 smoothing; without them
-    every generator MatMul is MatMulNBits (export.quantize). Third-party output goes to OUT/build.log (`export.build_log`).
+    every generator MatMul is MatMulNBits (export.quantize). `relevance_model` (a folder `export.relevance`
+    reads) adds the relevance scorer. Third-party output goes to OUT/build.log (`export.build_log`).
     """
     options = options or ExportOptions()
     if options.quantize not in (*BITS, "none"):
@@ -217,9 +221,10 @@ def export_bundle(
     _target(out)
     with build_log(out):
         parts = scorer_parts(discriminator, upvotes)
+        embedder = (*relevance.load(relevance_model), relevance_model) if relevance_model else None
         staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
         try:
-            bundle = _write_bundle(staging, generator, parts, validation_pairs, options, calibration_pairs)
+            bundle = _write_bundle(staging, generator, parts, validation_pairs, options, calibration_pairs, embedder)
             move_into_place(staging, out)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -229,7 +234,7 @@ def export_bundle(
 
 def _write_bundle(
     staging: Path, generator: str, parts: list[ScorerPart], pairs: list[tuple[str, str]], options: ExportOptions,
-    calibration_pairs: list[tuple[str, str]] | None,
+    calibration_pairs: list[tuple[str, str]] | None, embedder: tuple | None = None,
 ) -> Bundle:
     """Every part, its checks and the manifest in `staging`; an ExportError where a quantized part misses the gate."""
     advance = _progress(7 if generator else 4)
@@ -248,6 +253,9 @@ def _write_bundle(
         scorers = {role: scorer for part in parts for role, scorer in part_specs(part, options.scores).items()}
         for part in parts:
             validation.update({f"{role}_vs_torch": check for role, check in part_checks(part, staging / part.name, scorers, pairs).items()})
+        relevance_spec = None
+        if embedder is not None:
+            relevance_spec, validation[f"{RELEVANCE}_vs_torch"] = _relevance_part(embedder, staging / RELEVANCE, work, pairs, options.quantize)
         advance("scorer quality")
     failures = _gate_failures(validation)
     validation["passed"] = not failures
@@ -257,9 +265,11 @@ def _write_bundle(
         generator=spec,
         discriminator=scorers[DISCRIMINATOR],
         upvotes=scorers[UPVOTES],
+        relevance=relevance_spec,
         realism_threshold=REALISM_THRESHOLD,
         quantization=options.quantize,
-        sources={**({GENERATOR: generator} if generator else {}), **{role: part.source for part in parts for role in part.roles}},
+        sources={**({GENERATOR: generator} if generator else {}), **{role: part.source for part in parts for role in part.roles},
+                 **({RELEVANCE: embedder[3]} if embedder else {})},
         validation=validation,
         training=options.training,
         replyrank_version=replyrank.__version__,
@@ -276,6 +286,16 @@ def _write_bundle(
     write_model_card(bundle, staging, options.card)
     advance("calibrated" if generator else "model card written")
     return bundle
+
+
+def _relevance_part(embedder: tuple, part_dir: Path, work: Path, pairs: list[tuple[str, str]], scheme: str) -> tuple[ScorerSpec, dict]:
+    """The relevance part's folder (a text embedder, int8 like the other scorers), its spec and its check against PyTorch.
+    `embedder`: `export.relevance.load`'s (model, tokenizer, info) and the source folder."""
+    model, tokenizer, info, _ = embedder
+    relevance.export_onnx(model, tokenizer, work / "relevance-fp32")
+    finish_part(work / "relevance-fp32", part_dir, scheme)
+    spec = relevance.spec(model, info)
+    return spec, relevance.check(part_dir, spec, model, tokenizer, pairs)
 
 
 def _generator_part(
@@ -350,7 +370,7 @@ def spread(pairs: list[tuple[str, str]], count: int, offset: float = 0.0) -> lis
 def _gate_failures(validation: dict[str, Any]) -> list[str]:
     quantized = validation.get("generator_quantized_vs_fp32")
     failures = _generator_failures(quantized) if quantized else []
-    for part in (f"{name}_vs_torch" for name in SCORERS):
+    for part in (f"{name}_vs_torch" for name in SCORERS if f"{name}_vs_torch" in validation):
         check = validation[part]
         # scores that barely vary cannot show a correlation; then the absolute error is what counts
         if check["correlation"] < GATES["scorer_correlation"] and check["max_abs_diff"] > check["tolerance"]:

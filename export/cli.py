@@ -40,6 +40,8 @@ from .rankers import REALISM_RECIPE, UPVOTE_RECIPE  # noqa: E402 (after the chec
 @click.option("--discriminator", default=None,
               help="Real-vs-generated judge, instead of --scorer: a pair model (`train discriminator` OUT) or a 2-label sequence classifier.")
 @click.option("--upvotes", default=None, help="Upvote model, with --discriminator: a pair model (`train upvotes` OUT) or a 1-output sequence regressor.")
+@click.option("--relevance", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Relevance model folder (with replyrank_relevance.json, e.g. export/weights/reddit-relevance): adds the relevance scorer.")
 @click.option("--out", required=True, type=click.Path(), help="Bundle folder to write.")
 @click.option("--quantize", type=click.Choice(["int8", "int4", "none"]), default="int8", show_default=True)
 # default: export.quantize.BLOCK_SIZE, written out so that `--help` need not import onnx (a test holds them equal)
@@ -54,7 +56,8 @@ from .rankers import REALISM_RECIPE, UPVOTE_RECIPE  # noqa: E402 (after the chec
 @click.option("--license", "license_", default="other", show_default=True, help="The weights' license in the model card (an SPDX id: apache-2.0, mit).")
 @click.option("--base-model", "base_models", multiple=True, help="A model the parts were fine-tuned from, for the model card (repeatable).")
 def export_command(
-    generator: str | None, scorer: str | None, discriminator: str | None, upvotes: str | None, out: str, quantize: str, block_size: str,
+    generator: str | None, scorer: str | None, discriminator: str | None, upvotes: str | None, relevance: str | None, out: str, quantize: str,
+    block_size: str,
     validation_data: tuple[str, ...], prompt_template: str | None, no_quality_gate: bool, threshold: float | None, license_: str,
     base_models: tuple[str, ...],
 ) -> None:
@@ -83,7 +86,7 @@ def export_command(
     options = ExportOptions(quantize=quantize, block_size=int(block_size), prompt_template=prompt_template, quality_gate=not no_quality_gate, realism_threshold=threshold,
                             training={name: record for name, record in records.items() if record} or None,
                             card=CardFacts(license=license_, base_models=base_models))
-    bundle = export_bundle(generator, discriminator, upvotes, out, pairs, options, calibration)
+    bundle = export_bundle(generator, discriminator, upvotes, out, pairs, options, calibration, relevance)
     emit_json({"path": str(bundle.root), "validation": dict(bundle.validation), "realism_threshold": bundle.realism_threshold})
 
 

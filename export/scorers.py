@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from replyrank.bundle import DISCRIMINATOR, SCORERS, UPVOTES, Score, ScorerSpec
+from replyrank.bundle import DISCRIMINATOR, UPVOTES, Score, ScorerSpec
 
 from . import rankers
 from .convert import SCORER_SPEC, Checkpoint, check_scorer, copy_part_files, export_onnx
@@ -40,7 +40,7 @@ class ScorerPart:
 def scorer_parts(discriminator: str, upvotes: str) -> list[ScorerPart]:
     """The scorer graphs for these sources: one two-head graph when both are the same pair-model folder, else one each."""
     if discriminator == upvotes and rankers.is_pair_model(discriminator):
-        return [ScorerPart(SCORER, discriminator, SCORERS, pair_model=rankers.load(discriminator))]
+        return [ScorerPart(SCORER, discriminator, (DISCRIMINATOR, UPVOTES), pair_model=rankers.load(discriminator))]
     parts = []
     for role, source in ((DISCRIMINATOR, discriminator), (UPVOTES, upvotes)):
         if rankers.is_pair_model(source):

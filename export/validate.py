@@ -158,8 +158,13 @@ def compare_scores(model_dir: Path, spec: ScorerSpec, reference: np.ndarray, pai
     """Correlation and max abs difference of the exported graph's scores (one pair per run, as a reply sees them) against `reference`."""
     graph = PairGraph(model_dir, spec)
     scores = np.concatenate([score_pairs(graph, [spec], [pair])[0] for pair in pairs])
+    # the error allowed when scores barely vary: 0.02 of a probability, 5% of a regressor's target spread
+    return similarity_check(scores, reference, 0.02 if spec.kind == "probability" else 0.05 * spec.output_scale)
+
+
+def similarity_check(scores: np.ndarray, reference: np.ndarray, tolerance: float) -> dict:
+    """Correlation and max abs difference of exported `scores` against `reference`, with the error allowed when they
+    barely vary (then no correlation can show): what the export's gate reads."""
     spread = reference.std() > 1e-9 and scores.std() > 1e-9
     correlation = float(np.corrcoef(scores, reference)[0, 1]) if spread else 1.0 if np.allclose(scores, reference, atol=1e-3) else 0.0
-    # the error allowed when scores barely vary: 0.02 of a probability, 5% of a regressor's target spread
-    tolerance = 0.02 if spec.kind == "probability" else 0.05 * spec.output_scale
-    return {"correlation": correlation, "max_abs_diff": float(np.abs(scores - reference).max()), "tolerance": tolerance, "pairs": len(pairs)}
+    return {"correlation": correlation, "max_abs_diff": float(np.abs(scores - reference).max()), "tolerance": tolerance, "pairs": len(scores)}

@@ -2,20 +2,23 @@
 
 1. the generator samples N candidate replies to the comment (prompt prefilled once, shared); a
    candidate cut off by the token limit ends at its last whole sentence (`generate.whole_sentences`);
-2. the discriminator gives each the probability that a human wrote it (realism);
+2. the discriminator gives each the probability that a human wrote it (realism), and, where the
+   bundle has a relevance scorer, the probability that it answers this comment rather than
+   another thread's (relevance);
 3. the upvote model predicts how well each would be received;
 4. candidates that are empty, duplicates, echoes of the comment, caught by the `ReplyFilters`
    (blocklist, length, copies of the comment or of a training reply: `replyrank.filters`) or
    below the realism threshold are dropped. When no candidate reaches the threshold, the most
    realistic one is kept and `Result.note` says so (a reply bot that answers nothing to one
    comment in seven is broken); `strict=True` returns none instead;
-5. the kept candidate with the highest `pick_score = realism × upvote_chance` is the reply.
+5. the kept candidate with the highest `pick_score = realism × relevance × upvote_chance` is the
+   reply (without a relevance scorer, `realism × upvote_chance`).
 
 A ranking bundle (no generator), or a bot loaded with `generator=False` (`load_ranker`), runs steps
 2-5 on replies written elsewhere (`Bot.score`) and refuses step 1 (`RankingOnly`).
 
-The selection rule is DialogRPT's (Gao et al., 2020): a human-likeness probability multiplied
-into the feedback ranker's probability. `upvote_chance` is the calibrated probability that Reddit
+The selection rule is DialogRPT's (Gao et al., 2020): the human-vs-machine and human-vs-random
+probabilities (realism, relevance) multiplied into the feedback ranker's probability. `upvote_chance` is the calibrated probability that Reddit
 scores a candidate above the median candidate, sigmoid(k·(u − median u)), with the k the bundle
 measured on held-out sibling pairs (`ScorerSpec.pairwise_scale`). A score whose signal is nil
 gets k ≈ 0, so every chance is about 0.5 and realism alone decides; a bundle that never measured
@@ -34,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from .bundle import DISCRIMINATOR, GENERATOR, UPVOTES, Bundle
+from .bundle import DISCRIMINATOR, GENERATOR, RELEVANCE, UPVOTES, Bundle
 from .errors import InputError, RankingOnly
 from .filters import COPY_WORDS, ReplyFilters, ReplyScreen
 from .generate import GenerationOptions, Generator, check_replies
@@ -55,7 +58,9 @@ class Candidate:
     kept:    whether it passed selection; `reason` says why not when it did not.
     upvote_chance: calibrated probability that Reddit scores it above the median scored candidate
              (0.5 when the bundle's upvote score has no measured signal).
-    pick_score: realism × upvote_chance, the number selection ranks kept candidates by.
+    pick_score: realism × relevance × upvote_chance, the number selection ranks kept candidates by.
+    relevance: probability in [0, 1] that the reply answers this comment rather than another thread's
+             (None when the bundle has no relevance scorer, or the candidate was not scored).
     """
 
     text: str
@@ -66,6 +71,7 @@ class Candidate:
     finish_reason: str | None = None
     upvote_chance: float | None = None
     pick_score: float | None = None
+    relevance: float | None = None
 
 
 @dataclass(frozen=True)
@@ -73,7 +79,7 @@ class Result:
     """What `Bot.reply` and `Bot.score` return: the chosen candidate (or None and why), and every candidate, best first.
 
     note: set when no candidate reached the realism threshold and the most realistic one was kept.
-    why:  how the best candidate won (its realism × upvote chance against the runner-up's).
+    why:  how the best candidate won (its realism × relevance × upvote chance against the runner-up's).
     truncated, prompt_tokens: about the generator's prompt (False and 0 for `Bot.score`, which has none).
     timings_ms: score and total always; prefill and decode for `Bot.reply`.
     """
@@ -198,7 +204,7 @@ class Bot:
         return Result(comment, best, candidates, reason, note, timings_ms=timings, why=self._why(candidates))
 
     def score_pairs(self, pairs: Sequence[tuple[str, str]]) -> dict[str, np.ndarray]:
-        """Every score of each (comment, reply) pair, by score name (`realism`, `upvotes`): the raw numbers, for pairs
+        """Every score of each (comment, reply) pair, by score name (`realism`, `upvotes`, `relevance`): the raw numbers, for pairs
         of many comments at once, without filters or selection (what `eval` measures)."""
         pairs = list(pairs)
         if not all(isinstance(p, tuple) and len(p) == 2 and all(isinstance(t, str) for t in p) for p in pairs):
@@ -259,9 +265,12 @@ class Bot:
         scored = [i for i, r in enumerate(reasons) if r is None]
         realism = np.full(len(texts), np.nan)
         upvotes = np.full(len(texts), np.nan)
+        relevance = np.full(len(texts), np.nan)
         if scored:
             scores = self.scorers(comment, [texts[i] for i in scored])
             realism[scored], upvotes[scored] = scores[DISCRIMINATOR], scores[UPVOTES]
+            if RELEVANCE in scores:
+                relevance[scored] = scores[RELEVANCE]
         realistic = [i for i in scored if realism[i] >= self.realism_threshold]
         note = None
         if scored and not realistic and not self.strict:
@@ -277,9 +286,10 @@ class Bot:
         chance = np.full(len(texts), np.nan)
         if scored:
             chance[scored] = upvote_chance(upvotes[scored], self.bundle.upvotes.pairwise_scale)
+        prior = realism * np.where(np.isnan(relevance), 1.0, relevance) if self.bundle.relevance is not None else realism
         candidates = [
             Candidate(text, _or_none(realism[i]), _or_none(upvotes[i]), reasons[i] is None, reasons[i], finish[i],
-                      _or_none(chance[i]), _or_none(realism[i] * chance[i]))
+                      _or_none(chance[i]), _or_none(prior[i] * chance[i]), _or_none(relevance[i]))
             for i, text in enumerate(texts)
         ]
         # best first: kept ones by pick score, then scored ones by pick score, then the unscored
@@ -296,12 +306,16 @@ class Bot:
         best = candidates[0]
         if not best.kept or best.pick_score is None:
             return None
-        won = f"realism {best.realism:.3f} × upvote chance {best.upvote_chance:.3f} = {best.pick_score:.3f}"
+        def factors(c: Candidate, named: bool) -> str:
+            parts = [("realism", c.realism), ("relevance", c.relevance), ("upvote chance", c.upvote_chance)]
+            return " × ".join(f"{name} {value:.3f}" if named else f"{value:.3f}" for name, value in parts if value is not None)
+
+        won = f"{factors(best, True)} = {best.pick_score:.3f}"
         if self.bundle.upvotes.pairwise_scale is None:
-            won += f" (this bundle's {self.bundle.upvotes.score.name} score has no measured signal, so realism decides)"
+            won += f" (this bundle's {self.bundle.upvotes.score.name} score has no measured signal, so it does not decide)"
         runner_up = next((c for c in candidates[1:] if c.kept), None)
         if runner_up is not None and runner_up.pick_score is not None:
-            won += f"; next best {runner_up.realism:.3f} × {runner_up.upvote_chance:.3f} = {runner_up.pick_score:.3f}"
+            won += f"; next best {factors(runner_up, False)} = {runner_up.pick_score:.3f}"
         return won
 
 

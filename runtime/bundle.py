@@ -8,6 +8,7 @@
                             [prefix_cache.npz: the template prefix's KV cache, from the fp32 graph, optional]
       discriminator/        model.onnx, model.onnx.data, config.json, tokenizer.json
       upvotes/              model.onnx, model.onnx.data, config.json, tokenizer.json
+      relevance/            model.onnx, model.onnx.data, config.json, tokenizer.json: a text embedder [optional]
 
 This module is the contract between the build side and the runtime, as faster-whisper's
 `TranscriptionOptions` is between its writer and reader: frozen dataclasses (`Bundle`,
@@ -18,7 +19,11 @@ keeps what it resolves (the folder it read, sessions) outside the specs.
 A ranking bundle has no generator part: it scores replies written elsewhere (`Bot.score`) and
 cannot write any (`Bot.reply` raises `RankingOnly`). Its manifest has no `generator` entry.
 
-The two scorers may share one graph: when their `path`s are the same, the folder holds one
+The relevance scorer, where a bundle has one, is a text embedder of its own: the comment and each reply
+are embedded apart and the score is a calibrated cosine (kind "cosine"). Bundles without it read as
+before and select on realism and upvotes alone.
+
+The two pair scorers may share one graph: when their `path`s are the same, the folder holds one
 sequence-classification graph with one output per scorer (`ScorerSpec.output`), each pair is
 tokenized and run once, and each scorer reads its own output of that run (see `replyrank.score.Scorers`).
 
@@ -57,9 +62,11 @@ READABLE_VERSIONS = (1, 2, 3)
 MANIFEST = "replyrank.json"
 MODEL_CARD = "README.md"  # beside the manifest: the model card (Hugging Face's layout), written by the export
 STAMP = ".replyrank-verified.json"  # (size, mtime, sha256) of files already verified
-GENERATOR, DISCRIMINATOR, UPVOTES = "generator", "discriminator", "upvotes"
-PARTS = (GENERATOR, DISCRIMINATOR, UPVOTES)
-SCORERS = (DISCRIMINATOR, UPVOTES)
+GENERATOR, DISCRIMINATOR, UPVOTES, RELEVANCE = "generator", "discriminator", "upvotes", "relevance"
+PARTS = (GENERATOR, DISCRIMINATOR, UPVOTES, RELEVANCE)
+SCORERS = (DISCRIMINATOR, UPVOTES, RELEVANCE)
+OPTIONAL_PARTS = (RELEVANCE,)  # a manifest without one reads as a bundle without that scorer
+SCORER_KINDS = ("probability", "regression", "cosine")
 REALISM_THRESHOLD = 0.5  # a candidate is kept at realism >= this, until export calibrates the bundle's own
 SCORER_MAX_LENGTH = 256  # tokens of a (comment, reply) pair, longest first truncated
 # GenerationOptions fields that belong to one call, not to a deployment: never written into a manifest
@@ -82,6 +89,7 @@ class Score:
 DEFAULT_SCORES = {
     DISCRIMINATOR: Score("realism", "probability that a human wrote the reply to the comment", "0-1"),
     UPVOTES: Score("upvotes", "predicted Reddit score s of the reply", "sign(s)·log1p(|s|)"),
+    RELEVANCE: Score("relevance", "probability that the reply answers this comment rather than another thread's", "0-1"),
 }
 
 
@@ -126,6 +134,8 @@ class ScorerSpec:
     kind "probability": the output holds 2 logits per pair; the score is the softmax probability of `label`.
     kind "regression":  the output holds 1 value per pair; the score is `value * output_scale + output_offset`
                         (a regressor learns standardized targets; the scale undoes that).
+    kind "cosine":      the graph embeds one text per run (`output`: one vector per text); the score is
+                        sigmoid(output_scale · cos(comment, reply) + output_offset), a calibrated probability.
     Two scorers with the same `path` share that graph: same tokenizer, one run, one output each.
     pairwise_scale: how much a difference of this score says about which of two replies Reddit
                     scores higher; selection weighs the upvote score by it (None: never measured,
@@ -148,9 +158,9 @@ class ScorerSpec:
     files: Mapping[str, str] = field(default_factory=dict)
 
     @property
-    def width(self) -> int:
-        """Values per pair the output must hold."""
-        return 2 if self.kind == "probability" else 1
+    def width(self) -> int | None:
+        """Values per pair the output must hold (None: an embedding, of any width)."""
+        return {"probability": 2, "regression": 1}.get(self.kind)
 
 
 @dataclass(frozen=True)
@@ -163,6 +173,7 @@ class Bundle:
     generator: GeneratorSpec | None
     discriminator: ScorerSpec
     upvotes: ScorerSpec
+    relevance: ScorerSpec | None = None
     realism_threshold: float = REALISM_THRESHOLD
     threshold_calibration: str | None = None  # how the threshold was set
     quantization: str | None = None
@@ -174,8 +185,12 @@ class Bundle:
     root: Path | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
-        if self.generator is not None and self.generator.path in (self.discriminator.path, self.upvotes.path):
+        if self.generator is not None and self.generator.path in (spec.path for spec in self.scorers.values()):
             raise BundleError(f"the generator and a scorer share the folder {self.generator.path!r}; {REEXPORT}")
+        if self.relevance is not None and (self.relevance.kind != "cosine" or self.relevance.path in (self.discriminator.path, self.upvotes.path)):
+            raise BundleError(f"the relevance scorer must be a cosine embedder in a folder of its own; {REEXPORT}")
+        if "cosine" in (self.discriminator.kind, self.upvotes.kind):
+            raise BundleError(f"only the relevance scorer can be a cosine embedder; {REEXPORT}")
         if self.shared_scorer:
             first, second = self.discriminator, self.upvotes
             if first.output == second.output:
@@ -201,7 +216,9 @@ class Bundle:
 
     @property
     def scorers(self) -> dict[str, ScorerSpec]:
-        return {DISCRIMINATOR: self.discriminator, UPVOTES: self.upvotes}
+        """Every scorer the bundle holds, by part name (relevance only where it has one)."""
+        optional = {RELEVANCE: self.relevance} if self.relevance is not None else {}
+        return {DISCRIMINATOR: self.discriminator, UPVOTES: self.upvotes, **optional}
 
     @property
     def parts(self) -> dict[str, GeneratorSpec | ScorerSpec]:
@@ -256,8 +273,8 @@ class Bundle:
         entries = {}
         for name in PARTS:
             entry = data.get(name)
-            if name == GENERATOR and entry is None and version == RANKING_VERSION:
-                continue  # a ranking bundle
+            if entry is None and (name in OPTIONAL_PARTS or (name == GENERATOR and version == RANKING_VERSION)):
+                continue  # a ranking bundle has no generator; relevance is optional
             if not isinstance(entry, dict) or not isinstance(entry.get("path"), str) or not isinstance(entry.get("files"), dict):
                 raise BundleError(f"{where} has no valid {name!r} entry; re-export the bundle")
             required = ("prompt_template", "eos_token_ids", "context_length") if name == GENERATOR else ("kind",)
@@ -273,6 +290,7 @@ class Bundle:
                 generator=_generator_spec(entries[GENERATOR]) if GENERATOR in entries else None,
                 discriminator=_scorer_spec(entries[DISCRIMINATOR], DISCRIMINATOR),
                 upvotes=_scorer_spec(entries[UPVOTES], UPVOTES),
+                relevance=_scorer_spec(entries[RELEVANCE], RELEVANCE) if RELEVANCE in entries else None,
                 realism_threshold=float(threshold),
                 threshold_calibration=data.get("threshold_calibration"),
                 quantization=data.get("quantization"),
@@ -332,6 +350,7 @@ class Bundle:
             generator=None if self.generator is None else replace(self.generator, files=hashes[self.generator.path]),
             discriminator=replace(self.discriminator, files=hashes[self.discriminator.path]),
             upvotes=replace(self.upvotes, files=hashes[self.upvotes.path]),
+            relevance=None if self.relevance is None else replace(self.relevance, files=hashes[self.relevance.path]),
             format_version=self.written_version,
             root=root.resolve(),
         )
@@ -426,8 +445,8 @@ def with_prefix_cache(spec: GeneratorSpec, generator_dir: str | Path, ids: list[
 def _scorer_spec(entry: Mapping[str, Any], name: str) -> ScorerSpec:
     if entry.get("text_normalization") not in (None, *TEXT_NORMALIZATIONS):
         raise ValueError(f"{name} text_normalization {entry['text_normalization']!r} is not one of {TEXT_NORMALIZATIONS}")
-    if entry["kind"] not in ("probability", "regression"):
-        raise ValueError(f"{name} kind {entry['kind']!r} is neither probability nor regression")
+    if entry["kind"] not in SCORER_KINDS:
+        raise ValueError(f"{name} kind {entry['kind']!r} is not one of {SCORER_KINDS}")
     score = entry.get("score")
     return ScorerSpec(
         path=entry["path"],

@@ -15,7 +15,7 @@ import click
 
 from . import __version__
 from .bot import Bot, Candidate, Result
-from .bundle import GENERATOR, MANIFEST, MODEL_CARD, STAMP, Bundle
+from .bundle import DISCRIMINATOR, GENERATOR, MANIFEST, MODEL_CARD, STAMP, UPVOTES, Bundle
 from .locations import cpu_mismatch, default_bundle_dir, ranking_bundle_dir, stale_default
 from .errors import ReplyrankError
 from .filters import ReplyFilters, read_blocklist
@@ -119,12 +119,15 @@ def _table(result: Result, upvotes_name: str) -> str:
     def number(value: float | None, width: int) -> str:
         return f"{value:{width}.3f}" if value is not None else f"{'-':>{width}}"
 
-    lines = [f"{'#':>2}  {'kept':4}  {'realism':>7}  {upvotes_name:>10}  {'chance':>6}  {'pick':>5}  reply"]
+    relevance = any(c.relevance is not None for c in result.candidates)
+    column = f"  {'relevant':>8}" if relevance else ""
+    lines = [f"{'#':>2}  {'kept':4}  {'realism':>7}{column}  {upvotes_name:>10}  {'chance':>6}  {'pick':>5}  reply"]
     for i, c in enumerate(result.candidates, 1):
         text = " ".join(c.text.split()) or "(empty)"
         note = "" if c.kept else f"   [{c.reason}]"
+        relevant = f"  {number(c.relevance, 8)}" if relevance else ""
         lines.append(
-            f"{i:>2}  {'yes' if c.kept else 'no':4}  {number(c.realism, 7)}  {number(c.upvotes, 10)}  "
+            f"{i:>2}  {'yes' if c.kept else 'no':4}  {number(c.realism, 7)}{relevant}  {number(c.upvotes, 10)}  "
             f"{number(c.upvote_chance, 6)}  {number(c.pick_score, 5)}  {text}{note}"
         )
     if result.why:
@@ -268,11 +271,11 @@ def info(bundle: str | None, json_: bool) -> None:
     click.echo(f"quantized  {read.quantization}, realism threshold {read.realism_threshold:.3f}")
     for part, spec in read.parts.items():
         size = sum(v for k, v in sizes.items() if k.startswith(spec.path + "/"))
-        shared = " (shared scorer graph)" if part != GENERATOR and read.shared_scorer else ""
+        shared = " (shared scorer graph)" if part in (DISCRIMINATOR, UPVOTES) and read.shared_scorer else ""
         click.echo(f"{part:13} {size / 2**20:7.1f} MiB  {read.sources.get(part, '')}{shared}")
     for name, spec in read.scorers.items():
         measured = f"pairwise scale {spec.pairwise_scale:.3f}" if spec.pairwise_scale is not None else "no measured pairwise scale"
-        click.echo(f"{name:13} {spec.score.name} from output {spec.output!r}; {measured if name != GENERATOR and spec.kind == 'regression' else spec.kind}")
+        click.echo(f"{name:13} {spec.score.name} from output {spec.output!r}; {measured if spec.kind == 'regression' else spec.kind}")
         for where, report in (spec.metrics.get("evaluation") or {}).items():  # the sibling protocol (replyrank.evaluate)
             accuracy = "  ".join(f"{gap} {a['model']:.3f} (" + ", ".join(f"{k} {v:.3f}" for k, v in a.items() if k != "model") + ")"
                                  for gap, a in report.get("pairwise", {}).items())

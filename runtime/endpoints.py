@@ -135,7 +135,7 @@ async def info(state: ServerState) -> dict[str, Any]:
             "quantization": bundle.quantization,
             "sources": dict(bundle.sources),
             "realism_threshold": bot.realism_threshold,
-            "scores": {"realism": asdict(bundle.discriminator.score), "upvotes": asdict(bundle.upvotes.score)},
+            "scores": {spec.score.name: asdict(spec.score) for spec in bundle.scorers.values()},
             "ranking_only": bot.ranking_only,  # True: /v1/reply answers 501
             "sampling": None if bot.ranking_only else {**asdict(bot.sampling), "stop": list(bot.sampling.stop)},
         },

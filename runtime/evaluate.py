@@ -311,7 +311,7 @@ def evaluate_bundle(
     split "all" uses every thread of `files` (dumps the bundle never saw); "test" only the test
     threads of the training split (`split_by_thread`, seed 0), for dumps it was trained on.
     """
-    from .bundle import DISCRIMINATOR, UPVOTES
+    from .bundle import DISCRIMINATOR, RELEVANCE, UPVOTES
     from .dumps import Filters, load_pairs_with_stats, split_by_thread
     from .metrics import roc_auc, roc_auc_interval
 
@@ -341,12 +341,15 @@ def evaluate_bundle(
         rng = random.Random(options.seed)
         chosen = rng.sample(pairs, min(realism_comments, len(pairs)))
         progress(f"writing candidates for {len(chosen)} comments (deployment sampling)")
-        real = _batched(bot, [(p.parent, p.reply) for p in chosen], [DISCRIMINATOR])[DISCRIMINATOR]
-        candidates, picks = [], []
+        names = [DISCRIMINATOR] + ([RELEVANCE] if bot.bundle.relevance is not None else [])
+        real_scores = _batched(bot, [(p.parent, p.reply) for p in chosen], names)
+        real = real_scores[DISCRIMINATOR]
+        candidates, picks, pick_relevance = [], [], []
         for i, pair in enumerate(chosen):
             result = bot.reply(pair.parent, seed=options.seed + i)
             candidates += [c.realism for c in result.candidates if c.realism is not None]
             picks += [result.best.realism] if result.best and result.best.realism is not None else []
+            pick_relevance += [result.best.relevance] if result.best and result.best.relevance is not None else []
         generated = np.array(candidates)
         labels, probs = [1] * len(real) + [0] * len(generated), np.concatenate([real, generated])
         report["realism"] = {
@@ -359,6 +362,9 @@ def evaluate_bundle(
             "picks_with_realism_at_least_0.5": float(np.mean(np.array(picks) >= 0.5)) if picks else None,
             "median_pick_realism": float(np.median(picks)) if picks else None,
         }
+        if RELEVANCE in real_scores:  # does the pick answer its comment as often as the real reply does?
+            report["realism"]["median_real_relevance"] = float(np.median(real_scores[RELEVANCE]))
+            report["realism"]["median_pick_relevance"] = float(np.median(pick_relevance)) if pick_relevance else None
     return report
 
 

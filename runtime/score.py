@@ -8,9 +8,14 @@ siblings. The feed holds only the inputs the graph declares (BERT has `token_typ
 and DistilBERT do not), always as int64, as fastembed builds it. A `ScorerSpec` says which output
 a score is read from and how (`read_score`).
 
-`Scorers` holds the bundle's two scorers. When their specs name the same part folder (one
-graph with two heads), it opens one session and runs each pair once, reading both outputs from
-that run; otherwise each scorer has its own graph, and each runs every pair.
+`Scorers` holds the bundle's scorers. When two specs name the same part folder (one graph with
+two heads), it opens one session and runs each pair once, reading both outputs from that run;
+otherwise each scorer has its own graph, and each runs every pair.
+
+A relevance scorer (kind "cosine") is a `TextGraph`: it embeds the comment once and each reply
+once, apart, and scores each pair by its calibrated cosine (DialogRPT's human-vs-random, as a
+bi-encoder: the real reply against replies to other threads). Embedding apart costs one run per
+distinct text, and lets a sentence encoder trained on comment-reply pairs keep what it learned.
 """
 
 from __future__ import annotations
@@ -71,6 +76,43 @@ class PairGraph:
         return {name: np.concatenate([values[i] for values in runs]).astype(np.float64) for i, name in enumerate(names)}
 
 
+class TextGraph:
+    """One exported text-embedding graph (kind "cosine") with its tokenizer: one text per run, unpadded."""
+
+    def __init__(self, model_dir: Path, spec: ScorerSpec, threads: int | None = None):
+        self.session, self.tokenizer = open_part(model_dir, threads)
+        self.tokenizer.encode_special_tokens = True
+        self.tokenizer.enable_truncation(spec.max_length)
+        self.tokenizer.no_padding()
+        self.normalize = spec.text_normalization == "dialogrpt"
+        self.input_names = {i.name for i in self.session.get_inputs()}
+        if spec.output not in {o.name for o in self.session.get_outputs()}:
+            raise BundleError(f"relevance graph {model_dir.name} has no output {spec.output!r}; re-export the bundle")
+        self.output = spec.output
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Unit-length embeddings of `texts`, (texts, dim) float64."""
+        rows = []
+        for e in self.tokenizer.encode_batch([normalize_text(t) if self.normalize else t for t in texts]):
+            feed = {
+                "input_ids": np.array([e.ids], dtype=np.int64),
+                "attention_mask": np.array([e.attention_mask], dtype=np.int64),
+                "token_type_ids": np.array([e.type_ids], dtype=np.int64),
+            }
+            rows.append(self.session.run([self.output], {k: v for k, v in feed.items() if k in self.input_names})[0][0])
+        vectors = np.array(rows, dtype=np.float64).reshape(len(rows), -1)
+        return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+
+    def score(self, spec: ScorerSpec, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+        """sigmoid(scale · cos + offset) of each (comment, reply) pair; each distinct text is embedded once."""
+        if not pairs:
+            return np.zeros(0)
+        texts = list(dict.fromkeys(t for pair in pairs for t in pair))
+        vectors = dict(zip(texts, self.embed(texts)))
+        cosine = np.array([vectors[comment] @ vectors[reply] for comment, reply in pairs])
+        return 1 / (1 + np.exp(-(spec.output_scale * cosine + spec.output_offset)))
+
+
 def read_score(spec: ScorerSpec, output: np.ndarray) -> np.ndarray:
     """One score per pair from the spec's output (pairs, width): a probability or a rescaled regression."""
     if spec.kind == "regression":
@@ -98,8 +140,10 @@ class Scorers:
             by_path.setdefault(spec.path, []).append(name)
         self.names_by_path = by_path
 
-        def open_graph(path: str) -> PairGraph:
+        def open_graph(path: str) -> PairGraph | TextGraph:
             readers = [self.specs[name] for name in by_path[path]]
+            if readers[0].kind == "cosine":
+                return TextGraph(bundle.folder(readers[0]), readers[0], threads)
             return PairGraph(bundle.folder(readers[0]), readers[0], threads, readers)
 
         if pool is None:
@@ -108,8 +152,8 @@ class Scorers:
             futures = {path: pool.submit(open_graph, path) for path in by_path}
             self.graphs = {path: future.result() for path, future in futures.items()}
 
-    def graph(self, name: str) -> PairGraph:
-        """The graph the scorer `name` ("discriminator" or "upvotes") reads."""
+    def graph(self, name: str) -> PairGraph | TextGraph:
+        """The graph the scorer `name` ("discriminator", "upvotes" or "relevance") reads."""
         return self.graphs[self.specs[name].path]
 
     def score(self, pairs: Sequence[tuple[str, str]], names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
@@ -118,7 +162,9 @@ class Scorers:
         scores: dict[str, np.ndarray] = {}
         for path, graph in self.graphs.items():
             readers = [n for n in self.names_by_path[path] if n in wanted]
-            if readers:
+            if readers and isinstance(graph, TextGraph):
+                scores[readers[0]] = graph.score(self.specs[readers[0]], pairs)
+            elif readers:
                 scores.update(zip(readers, score_pairs(graph, [self.specs[n] for n in readers], pairs)))
         return scores
 

@@ -96,3 +96,19 @@ def build_scorer(folder: Path, labels: int, seed: int = 0) -> Path:
 
 PAIRS = [(CORPUS[i], CORPUS[i + 1]) for i in range(0, 16, 2)]
 CALIBRATION_PAIRS = [(CORPUS[i], CORPUS[i + 1]) for i in range(1, 16, 2)]  # the int8 smoothing's texts, other than PAIRS
+
+
+def build_relevance(folder: Path, scale: float = 8.0, offset: float = -4.0, seed: int = 2) -> Path:
+    """A tiny BERT text embedder with a relevance calibration (export.relevance's folder layout)."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(seed)
+    tokenizer = bert_tokenizer(folder)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                        max_position_embeddings=256)
+    BertModel(config).save_pretrained(folder)
+    info = {"pooling": "mean", "normalize": True, "max_length": 64, "text_normalization": "dialogrpt",
+            "calibration": {"scale": scale, "offset": offset, "fitted_on": "nothing: a test model"}}
+    (folder / "replyrank_relevance.json").write_text(json.dumps(info))
+    return folder

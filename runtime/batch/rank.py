@@ -18,7 +18,8 @@ def candidate_columns() -> dict[str, Any]:
     import pyarrow as pa
 
     return {"text": pa.string(), "realism": pa.float64(), "upvotes": pa.float64(), "upvote_chance": pa.float64(),
-            "pick_score": pa.float64(), "kept": pa.bool_(), "reason": pa.string(), "finish_reason": pa.string()}
+            "pick_score": pa.float64(), "kept": pa.bool_(), "reason": pa.string(), "finish_reason": pa.string(),
+            "relevance": pa.float64()}
 
 
 def output_schema(mode: str) -> pa.Schema:
@@ -34,7 +35,8 @@ def output_schema(mode: str) -> pa.Schema:
             ("reply", pa.string()),  # the pick's text; null when none was kept (strict) or on error
             ("realism", pa.float64()),  # the pick's discriminator probability, 0-1
             ("upvotes", pa.float64()),  # the pick's predicted upvotes, on the bundle's scale
-            ("pick_score", pa.float64()),  # what selection ranked it by (realism x upvote chance)
+            ("relevance", pa.float64()),  # the pick's relevance probability, 0-1; null without a relevance scorer
+            ("pick_score", pa.float64()),  # what selection ranked it by (realism x relevance x upvote chance)
             ("note", pa.string()),
             ("reason", pa.string()),
             ("truncated", pa.bool_()),
@@ -47,9 +49,10 @@ def output_schema(mode: str) -> pa.Schema:
         ("parent_id", pa.string()),
         ("group", pa.string()),
         ("realism", pa.float64()),
+        ("relevance", pa.float64()),  # null when the bundle has no relevance scorer
         ("upvotes", pa.float64()),
         ("upvote_chance", pa.float64()),  # calibrated chance of a score above the group's median reply
-        ("pick_score", pa.float64()),  # realism x upvote chance: what selection ranks kept replies by
+        ("pick_score", pa.float64()),  # realism x relevance x upvote chance: what selection ranks kept replies by
         ("kept", pa.bool_()),  # passed replyrank's selection
         ("reason", pa.string()),  # why not
         ("rank", pa.int32()),  # replyrank's order within the group, 1 = the pick
@@ -109,6 +112,7 @@ class Ranker:
         columns = candidate_columns()
         return [{
             **base, "reply": best.text if best else None, "realism": best.realism if best else None,
+            "relevance": best.relevance if best else None,
             "upvotes": best.upvotes if best else None, "pick_score": best.pick_score if best else None,
             "note": result.note, "reason": result.reason, "truncated": result.truncated,
             "candidates": [{name: getattr(c, name) for name in columns} for c in result.candidates],
@@ -136,7 +140,7 @@ class Ranker:
         out = []
         for rank, candidate in enumerate(ranked, 1):
             i = unused[candidate.text].pop(0)
-            out.append({**bases[i], "realism": candidate.realism, "upvotes": candidate.upvotes,
+            out.append({**bases[i], "realism": candidate.realism, "relevance": candidate.relevance, "upvotes": candidate.upvotes,
                         "upvote_chance": candidate.upvote_chance, "pick_score": candidate.pick_score,
                         "kept": candidate.kept, "reason": candidate.reason, "rank": rank,
                         "picked": rank == 1 and candidate.kept, "error": None})
