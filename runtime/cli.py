@@ -315,17 +315,25 @@ class PairsParam(click.ParamType):
 @click.option("--relevance-sets", type=int, default=500, show_default=True,
               help="Sets of the real reply and 9 replies to other threads (0: skip relevance).")
 @click.option("--realism-comments", type=int, default=50, show_default=True, help="Comments to write candidates for (0: skip the realism check).")
+@click.option("--fresh-judge", is_flag=True,
+              help="Also train a lexical judge (TF-IDF + length, logistic regression; needs scikit-learn) on real replies "
+                   "vs the bundle's candidates of DATA's training threads, and test it on its test threads.")
+@click.option("--fresh-judge-comments", type=int, default=200, show_default=True, metavar="N",
+              help="Comments the bundle replies to for --fresh-judge, two thirds on training threads (as long as that many replies).")
 @click.option("--resamples", type=int, default=1000, show_default=True, help="Bootstrap resamples of each 95% interval.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=int, default=None)
 @click.option("--json", "json_", is_flag=True, help="One JSON object on stdout.")
 def eval_command(
     bundle: str | None, data: tuple[str, ...], more_data: tuple[str, ...], split: str, pairs: int | Path, relevance_sets: int,
-    realism_comments: int, resamples: int, seed: int, threads: int | None, json_: bool,
+    realism_comments: int, fresh_judge: bool, fresh_judge_comments: int, resamples: int, seed: int, threads: int | None, json_: bool,
 ) -> None:
     """How well the bundle's scores predict Reddit: DialogRPT's and SHP's protocols and relevance on DATA,
-    beside the time and length baselines, each figure with its bootstrap 95% interval."""
+    beside the time and length baselines, each figure with its bootstrap 95% interval; with --fresh-judge,
+    whether a judge the generator never met tells its replies from real ones."""
+    from .environment import missing_package
     from .evaluate import EvalOptions, evaluate_bundle
+    from .fresh_judge import INSTALL, PACKAGE, JudgeOptions
 
     files = [*data, *more_data]
     if isinstance(pairs, Path):
@@ -336,14 +344,21 @@ def eval_command(
         raise click.UsageError("give the dumps to evaluate on with --data (several after one --data are fine)")
     if pairs < 1 or resamples < 1 or relevance_sets < 0 or realism_comments < 0 or seed < 0:
         raise click.UsageError("--pairs and --resamples must be at least 1; --relevance-sets, --realism-comments and --seed at least 0")
+    if fresh_judge and fresh_judge_comments < 3:
+        raise click.UsageError("--fresh-judge-comments must be at least 3 (two on training threads, one on test threads)")
+    if fresh_judge and missing_package([PACKAGE]):
+        raise click.ClickException(f"--fresh-judge needs scikit-learn, which is not installed: {INSTALL}")
     # the realism check writes candidates: the generator is opened where the bundle named or built has one
-    writes = realism_comments > 0 and (bundle is not None or (default_bundle_dir() / MANIFEST).is_file())
+    writes = (realism_comments > 0 or fresh_judge) and (bundle is not None or (default_bundle_dir() / MANIFEST).is_file())
     bot = _load(bundle, threads, generator=writes)
+    if bot.ranking_only and fresh_judge:
+        raise click.ClickException("--fresh-judge judges the bundle's own replies: this bundle only ranks (no generator)")
     if bot.ranking_only and realism_comments > 0:
         click.echo("note: this bundle only ranks (no generator): the realism check, which writes candidates, is skipped", err=True)
         realism_comments = 0
     options = EvalOptions(pairs_per_gap=pairs, relevance_sets=relevance_sets, resamples=resamples, seed=seed)
-    report = evaluate_bundle(bot, files, options, realism_comments, split, progress=lambda m: click.echo(m, err=True))
+    judge = JudgeOptions(comments=fresh_judge_comments, resamples=resamples, seed=seed) if fresh_judge else None
+    report = evaluate_bundle(bot, files, options, realism_comments, split, progress=lambda m: click.echo(m, err=True), fresh_judge=judge)
     if json_:
         emit_json(report)
         return
@@ -398,6 +413,10 @@ def _print_eval(report: dict, files: list[str], split: str) -> None:
         kept = f"share kept {r['share_kept']:.3f} at {r['threshold']:.3f}" if r["share_kept"] is not None else "no candidates"
         click.echo(f"realism: ROC-AUC real vs own candidates {_ci(r['roc_auc_real_vs_candidates'], r['roc_auc_interval'])} "
                    f"({r['comments']} comments, {r['candidates']} candidates), {kept}")
+    if "fresh_judge" in report:
+        from .fresh_judge import format_fresh_judge
+
+        click.echo(format_fresh_judge(report["fresh_judge"]))
 
 
 def _ci(value: float | None, interval: list[float] | None, signed: bool = False) -> str:

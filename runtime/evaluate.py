@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from .dumps import Pair, SiblingPair, sibling_pairs
+from .fresh_judge import JudgeOptions, evaluate_fresh_judge
 from .metrics import bootstrap_interval, mean_interval, pairwise_outcomes, spearman
 
 GAPS = (1, 5, 20)
@@ -301,12 +302,13 @@ def _spearman_or_none(predicted: np.ndarray, truth: np.ndarray) -> float | None:
 
 def evaluate_bundle(
     bot, files: Sequence[str], options: EvalOptions = EvalOptions(), realism_comments: int = 50, split: str = "all",
-    progress: Callable[[str], None] = lambda message: None,
+    progress: Callable[[str], None] = lambda message: None, fresh_judge: JudgeOptions | None = None,
 ) -> dict:
     """`replyrank eval`: the protocols above on Pushshift dumps, with the bundle's upvote score as the model;
     relevance (hits@1 among 1 + `options.distractors`) for each of the bundle's scorers; and the realism
     head's ROC-AUC of real replies against the bundle's own candidates (deployment sampling) for
-    `realism_comments` parents, with the share of those candidates kept.
+    `realism_comments` parents, with the share of those candidates kept; with `fresh_judge`, a lexical
+    judge the generator never met, trained and tested on the data's own threads (`replyrank.fresh_judge`).
 
     split "all" uses every thread of `files` (dumps the bundle never saw); "test" only the test
     threads of the training split (`split_by_thread`, seed 0), for dumps it was trained on.
@@ -365,6 +367,8 @@ def evaluate_bundle(
         if RELEVANCE in real_scores:  # does the pick answer its comment as often as the real reply does?
             report["realism"]["median_real_relevance"] = float(np.median(real_scores[RELEVANCE]))
             report["realism"]["median_pick_relevance"] = float(np.median(pick_relevance)) if pick_relevance else None
+    if fresh_judge is not None:
+        report["fresh_judge"] = evaluate_fresh_judge(bot, pairs, fresh_judge, progress)  # imports scikit-learn
     return report
 
 
