@@ -185,6 +185,8 @@ def format_fresh_judge(report: dict) -> str:
         judge = report[name]
         lines.append(f"  {title:25}  ROC-AUC real vs candidates {ci(judge, 'roc_auc_real_vs_candidates')}, "
                      f"vs picks {ci(judge, 'roc_auc_real_vs_picks')}; takes {ci(judge, 'picks_taken_for_real')} of the picks "
-                     f"and {judge['real_taken_for_real']:.3f} of the real replies for real")
-    lines.append(f"  (each threshold {report['threshold_rule']}; an AUC of 0.5: the judge cannot tell)")
+                     f"({judge['real_taken_for_real']:.3f} of the real replies) for real; scores "
+                     f"{ci(judge, 'picks_above_real_median')} of the picks above the median real reply")
+    lines.append(f"  (each threshold {report['threshold_rule']}; a judge that cannot tell scores an AUC of 0.5 "
+                 "and half the picks above the median real reply)")
     return "\n".join(lines)
