@@ -7,7 +7,7 @@ sigmoid(scale * cosine + offset). Training is contrastive: MultipleNegativesRank
 of its batch and back (symmetric). Batches hold replies of one subreddit and of similar length, as
 `replyrank.evaluate.relevance_sets` draws its distractors, so neither topic-free style nor length
 can be the answer. A cross-encoder head on the pair (`train_judges.py`) did no better than the
-untrained encoder's cosine; a bi-encoder starts from that cosine and sharpens it.
+untrained encoder's cosine; a bi-encoder starts from that cosine and trains it directly.
 
     python -m replyrank.export.relevance_data prepare DATA    # CPU; then `pack` for the GPU machine
     python3 export/train_relevance.py train --data PACK --base PACK/base --out RUN    # one GPU
