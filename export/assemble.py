@@ -23,19 +23,20 @@ import sys
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from collections.abc import Iterable, Mapping
 from typing import Any, Callable
 
 import numpy as np
 
 import replyrank
 from replyrank.bundle import (
-    DEFAULT_SCORES, DISCRIMINATOR, GENERATOR, MANIFEST, REALISM_THRESHOLD, RELEVANCE, SCORERS, TRAINING_NGRAMS, UPVOTES, Bundle, GeneratorSpec,
-    Score, ScorerSpec,
-    with_prefix_cache,
+    DEFAULT_SCORES, DISCRIMINATOR, GENERATOR, MANIFEST, PREFIX_CACHE, REALISM_THRESHOLD, RELEVANCE, SCORERS, TRAINING_NGRAMS, UPVOTES,
+    Bundle, GeneratorSpec, Score, ScorerSpec,
 )
+from replyrank.errors import BundleError
 from replyrank.environment import cpu_model, int8_dot_product
 from replyrank.errors import ReplyrankError
-from replyrank.filters import COPY_WORDS
+from replyrank.filters import COPY_WORDS, training_ngram_set
 from replyrank.generate import GenerationOptions, Generator
 
 from . import gpt2, relevance
@@ -382,3 +383,21 @@ def _gate_failures(validation: dict[str, Any]) -> list[str]:
                 f"and max abs diff {check['max_abs_diff']:.4f} > {check['tolerance']:.4f}"
             )
     return failures
+
+
+def with_training_ngrams(spec: GeneratorSpec, generator_dir: str | Path, replies: Iterable[str], words: int = COPY_WORDS) -> GeneratorSpec:
+    """Write the hashed `words`-grams of the generator's training `replies` into its folder; the spec that names them.
+
+    For the export side, before `Bundle.write` (which then hashes the file with the folder's others).
+    """
+    if words < 1:
+        raise BundleError(f"training n-grams need at least 1 word, got {words}")
+    np.save(Path(generator_dir) / TRAINING_NGRAMS, training_ngram_set(replies, words), allow_pickle=False)
+    return replace(spec, training_ngrams=TRAINING_NGRAMS, training_ngram_words=words)
+
+
+def with_prefix_cache(spec: GeneratorSpec, generator_dir: str | Path, ids: list[int], cache: Mapping[str, np.ndarray]) -> GeneratorSpec:
+    """Write the template prefix's token `ids` and its KV `cache` (past input name -> array) into the generator's
+    folder; the spec that names them. For the export side, before `Bundle.write`."""
+    np.savez(Path(generator_dir) / PREFIX_CACHE, ids=np.array(ids, dtype=np.int64), **cache)
+    return replace(spec, prefix_cache=PREFIX_CACHE)

@@ -16,25 +16,17 @@ This module is the contract between the build side and the runtime, as faster-wh
 else. The export side builds them and calls `Bundle.write`; the runtime calls `Bundle.read` and
 keeps what it resolves (the folder it read, sessions) outside the specs.
 
-A ranking bundle has no generator part: it scores replies written elsewhere (`Bot.score`) and
-cannot write any (`Bot.reply` raises `RankingOnly`). Its manifest has no `generator` entry.
+A ranking bundle has no generator part (and no `generator` entry): it scores replies written
+elsewhere and `Bot.reply` raises `RankingOnly`. The optional relevance scorer is a text embedder of
+its own (kind "cosine"). The two pair scorers may share one graph with one output each
+(`ScorerSpec.output`), so each pair runs once (`replyrank.score.Scorers`).
 
-The relevance scorer, where a bundle has one, is a text embedder of its own: the comment and each reply
-are embedded apart and the score is a calibrated cosine (kind "cosine"). Bundles without it read as
-before and select on realism and upvotes alone.
+`Bundle.read` checks everything that can be checked without running a model (format version,
+paths inside the folder, every file present with its recorded sha256), so a half-copied or edited
+bundle fails at load time with a message that says what to do, never at the first call.
 
-The two pair scorers may share one graph: when their `path`s are the same, the folder holds one
-sequence-classification graph with one output per scorer (`ScorerSpec.output`), each pair is
-tokenized and run once, and each scorer reads its own output of that run (see `replyrank.score.Scorers`).
-
-`Bundle.read` checks everything that can be checked without running a model: the format
-version, that every listed path stays inside the folder, that every file exists and has the
-sha256 the manifest recorded. A half-copied or edited bundle fails here, at load time, with a
-message that says what to do, never later at the first call.
-
-Format versions: 3 is a ranking bundle's (no generator part); 2 adds `ScorerSpec.output` and the generator's deployment `sampling`, and lets
-the scorers share a path; 1 (replyrank 0.1's first bundles) lacks them and is read as version 2
-with their defaults (`logits`, `GenerationOptions()`, which is what that runtime used).
+Format versions: 3 is a ranking bundle's; 2 adds `ScorerSpec.output` and the generator's `sampling`
+and lets the scorers share a path; 1 lacks them and is read as 2 with their defaults.
 """
 
 from __future__ import annotations
@@ -51,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from .errors import BundleError
-from .filters import COPY_WORDS, training_ngram_set
+from .filters import COPY_WORDS
 from .options import GenerationOptions
 
 # A manifest is written at the oldest version that describes it: replyrank 0.1 (which reads 1 and 2) reads every bundle
@@ -72,8 +64,8 @@ SCORER_MAX_LENGTH = 256  # tokens of a (comment, reply) pair, longest first trun
 # GenerationOptions fields that belong to one call, not to a deployment: never written into a manifest
 PER_CALL_OPTIONS = ("seed",)
 TEXT_NORMALIZATIONS = ("dialogrpt",)  # see replyrank.filters.normalize_text
-TRAINING_NGRAMS = "training_ngrams.npy"  # in the generator folder, see with_training_ngrams
-PREFIX_CACHE = "prefix_cache.npz"  # in the generator folder, see with_prefix_cache
+TRAINING_NGRAMS = "training_ngrams.npy"  # in the generator folder, see export.assemble.with_training_ngrams
+PREFIX_CACHE = "prefix_cache.npz"  # in the generator folder, see export.assemble.with_prefix_cache
 REEXPORT = "re-export it with `replyrank export` (the default bundle: `replyrank build-default --force`)"
 
 
@@ -422,24 +414,6 @@ def _generator_spec(entry: Mapping[str, Any]) -> GeneratorSpec:
         prefix_cache=None if entry.get("prefix_cache") is None else str(entry["prefix_cache"]),
         files=dict(entry["files"]),
     )
-
-
-def with_training_ngrams(spec: GeneratorSpec, generator_dir: str | Path, replies: Iterable[str], words: int = COPY_WORDS) -> GeneratorSpec:
-    """Write the hashed `words`-grams of the generator's training `replies` into its folder; the spec that names them.
-
-    For the export side, before `Bundle.write` (which then hashes the file with the folder's others).
-    """
-    if words < 1:
-        raise BundleError(f"training n-grams need at least 1 word, got {words}")
-    np.save(Path(generator_dir) / TRAINING_NGRAMS, training_ngram_set(replies, words), allow_pickle=False)
-    return replace(spec, training_ngrams=TRAINING_NGRAMS, training_ngram_words=words)
-
-
-def with_prefix_cache(spec: GeneratorSpec, generator_dir: str | Path, ids: list[int], cache: Mapping[str, np.ndarray]) -> GeneratorSpec:
-    """Write the template prefix's token `ids` and its KV `cache` (past input name -> array) into the generator's
-    folder; the spec that names them. For the export side, before `Bundle.write`."""
-    np.savez(Path(generator_dir) / PREFIX_CACHE, ids=np.array(ids, dtype=np.int64), **cache)
-    return replace(spec, prefix_cache=PREFIX_CACHE)
 
 
 def _scorer_spec(entry: Mapping[str, Any], name: str) -> ScorerSpec:

@@ -7,7 +7,7 @@ Copies are long shared word n-grams, the measure GPT-2's authors used for overla
 (8-grams, Radford et al., 2019): a candidate that shares `COPY_WORDS` (8) consecutive words with
 the comment copies it. For copies of the generator's training replies the bundle may carry those
 replies' n-grams, each hashed to 64 bits (blake2b) and stored sorted (`GeneratorSpec.training_ngrams`,
-written by `replyrank.bundle.with_training_ngrams`): 8 bytes per n-gram, no text, looked up with a
+written by `replyrank.export.assemble.with_training_ngrams`): 8 bytes per n-gram, no text, looked up with a
 binary search. A 64-bit hash makes a false match between distinct n-grams about as likely as
 2^-64 per pair: negligible. Words are lower-cased runs of letters and digits (apostrophes inside a
 word kept), so case, punctuation and spacing do not hide a copy.

@@ -12,7 +12,8 @@ from click.testing import CliRunner
 
 import replyrank
 from replyrank import BundleError, InputError, ReplyFilters, read_blocklist
-from replyrank.bundle import TRAINING_NGRAMS, Bundle, with_training_ngrams
+from replyrank.bundle import TRAINING_NGRAMS, Bundle
+from replyrank.export.assemble import with_training_ngrams
 from replyrank.cli import main
 from replyrank.filters import COPY_WORDS, ReplyScreen, ngram_hashes, training_ngram_set
 
