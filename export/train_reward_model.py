@@ -383,7 +383,7 @@ def scoring_cost(model_path: str, adapter: str | None, kit: Path, count: int = 6
                          "passes_ms": [round(v, 1) for v in values]}
         print(f"{name}: {timings[name]}", file=sys.stderr, flush=True)
     return {"pairs": len(pairs), "per_call": per_call, "repeats": repeats, "threads": available_cores(), "cpu": cpu_model(),
-            "load_average_1min": [round(x, 1) for x in load], "timings": timings, "adapter": str(adapter),
+            "load_average_1min": [round(x, 1) for x in load], "timings": timings, "adapter": str(adapter) if adapter else None,
             "versions": package_versions(["torch", "transformers", "peft", "onnxruntime"])}
 
 
@@ -410,6 +410,7 @@ def main() -> None:
     cost.add_argument("--model", required=True)
     cost.add_argument("--adapter", default=None)
     cost.add_argument("--pairs", type=int, default=64)
+    cost.add_argument("--repeats", type=int, default=5)
     cost.add_argument("--out", required=True, help="JSON to write (its cost part)")
     args = parser.parse_args()
     if args.command == "train":
@@ -430,7 +431,7 @@ def main() -> None:
         result["heldout"] = heldout_figures(kit, files, scores)
         result["training"] = {Path(path).stem: json.loads(Path(path).read_text()) for path in args.training}
     else:
-        result["cpu_cost"] = scoring_cost(args.model, args.adapter, kit, args.pairs)
+        result["cpu_cost"] = scoring_cost(args.model, args.adapter, kit, args.pairs, repeats=args.repeats)
     result.setdefault("commands", {})[args.command] = " ".join(["python -m replyrank.export.train_reward_model"] + sys.argv[1:])
     out.write_text(json.dumps(result, indent=1))
 
