@@ -18,11 +18,13 @@ from replyrank.bot import RESULT_SCHEMA
 from replyrank.bundle import MANIFEST, Bundle
 from replyrank.cli import main
 from replyrank.errors import BundleError
-from tiny import PAIRS, build_relevance
+from tiny import PAIRS, REDDIT, build_relevance
 
 COMMENT = "has anyone tried the pasta place near campus"
 REPLIES = ["yes it was fine but a bit expensive for students", "no idea, ask the front desk", "i think it is great"]
 SCALE, OFFSET = 8.0, -4.0
+# real pairs to check the export on, whether or not chitchat-dataset is installed
+VALIDATION = [arg for dump in ("RC_CollegeAdvice.zst", "RS_CollegeAdvice.zst") for arg in ("--validation-data", str(REDDIT / "college" / dump))]
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +37,7 @@ def relevance_bundle(models, relevance_model, tmp_path_factory) -> Path:
     """A bundle with a generator, two scorers and a relevance scorer, exported through the CLI."""
     out = tmp_path_factory.mktemp("relevance-bundle") / "bundle"
     args = ["export", "--generator", str(models["gpt2"]), "--discriminator", str(models["disc"]), "--upvotes", str(models["upv"]),
-            "--relevance", str(relevance_model), "--out", str(out), "--no-quality-gate", "--threshold", "0"]
+            "--relevance", str(relevance_model), "--out", str(out), "--no-quality-gate", "--threshold", "0", *VALIDATION]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     return out
@@ -113,7 +115,7 @@ def test_a_relevance_folder_without_a_calibration_is_refused_in_one_line(models,
     del info["calibration"]
     (broken / "replyrank_relevance.json").write_text(json.dumps(info))
     result = CliRunner().invoke(main, ["export", "--discriminator", str(models["disc"]), "--upvotes", str(models["upv"]),
-                                       "--relevance", str(broken), "--out", str(tmp_path / "out"), "--no-quality-gate"])
+                                       "--relevance", str(broken), "--out", str(tmp_path / "out"), "--no-quality-gate", *VALIDATION])
     assert result.exit_code != 0 and "calibration" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "out").exists()
 
