@@ -84,6 +84,16 @@ REALISM_RECIPE = RankerOptions(epochs=2.0, batch_size=16, learning_rate=5e-5, ma
 DISCRIMINATOR_RECIPE = RankerOptions(epochs=1.0, batch_size=16, learning_rate=3e-5, max_length=128)
 
 
+def mean_pooled(encoder, input_ids, attention_mask, token_type_ids=None):
+    """The encoder's last hidden states averaged over the attention mask: the sentence-transformers pooling."""
+    inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+    if token_type_ids is not None:
+        inputs["token_type_ids"] = token_type_ids
+    hidden = encoder(**inputs).last_hidden_state
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+
 def build_model(base: str, lora_rank: int | None = None):
     """(model, tokenizer): `base` (hub id or folder, BERT family) with fresh realism and upvote heads."""
     import torch
@@ -101,12 +111,7 @@ def build_model(base: str, lora_rank: int | None = None):
             self.upvotes = torch.nn.Linear(hidden, 1)
 
         def forward(self, input_ids, attention_mask, token_type_ids=None):
-            inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
-            if token_type_ids is not None:
-                inputs["token_type_ids"] = token_type_ids
-            hidden = self.encoder(**inputs).last_hidden_state
-            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = self.dropout((hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0))
+            pooled = self.dropout(mean_pooled(self.encoder, input_ids, attention_mask, token_type_ids))
             return self.realism(pooled), self.upvotes(pooled)
 
     tokenizer = AutoTokenizer.from_pretrained(base)

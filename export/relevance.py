@@ -28,6 +28,7 @@ from replyrank.filters import normalize_text
 from replyrank.score import TextGraph
 
 from .convert import ExportError
+from .rankers import mean_pooled
 from .validate import similarity_check
 
 CONFIG_FILE = "replyrank_relevance.json"
@@ -92,13 +93,7 @@ def load(folder: str | Path, base: str | None = None):
             self.encoder = encoder
 
         def forward(self, input_ids, attention_mask, token_type_ids=None):
-            inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
-            if token_type_ids is not None:
-                inputs["token_type_ids"] = token_type_ids
-            hidden = self.encoder(**inputs).last_hidden_state
-            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-            return torch.nn.functional.normalize(pooled, dim=-1)
+            return torch.nn.functional.normalize(mean_pooled(self.encoder, input_ids, attention_mask, token_type_ids), dim=-1)
 
     return Embedder(encoder.float()).eval(), AutoTokenizer.from_pretrained(source), info
 
