@@ -68,6 +68,7 @@ class ExportOptions:
     sampling: GenerationOptions = DEPLOYMENT
     training: dict[str, Any] | None = None  # metrics of the models, where replyrank trained them
     card: CardFacts = field(default_factory=CardFacts)  # what the model card says that the manifest cannot (export.card)
+    sources: dict[str, str] = field(default_factory=dict)  # part -> origin the manifest names, where a part was exported from a temporary folder
 
 
 def _progress(steps: int) -> Callable[[str], None]:
@@ -270,7 +271,7 @@ def _write_bundle(
         realism_threshold=REALISM_THRESHOLD,
         quantization=options.quantize,
         sources={**({GENERATOR: generator} if generator else {}), **{role: part.source for part in parts for role in part.roles},
-                 **({RELEVANCE: embedder[3]} if embedder else {})},
+                 **({RELEVANCE: embedder[3]} if embedder else {}), **options.sources},
         validation=validation,
         training=options.training,
         replyrank_version=replyrank.__version__,

@@ -129,8 +129,12 @@ def _build(out: Path, work: Path, adapter: Path | None, block_size: int, started
     card = CardFacts(license="apache-2.0", base_models=(MINILM_ID,) if rank_only else (SMOLLM2_ID, MINILM_ID),
                      title="replyrank default ranking bundle" if rank_only else "replyrank default bundle")
     scores = {DISCRIMINATOR: DEFAULT_SCORES[DISCRIMINATOR], UPVOTES: rankers.UPVOTE_SCORE}
+    shipped = f"{MINILM_ID} + replyrank export/weights/{rankers.SHIPPED_SCORER.name}"
+    sources = {DISCRIMINATOR: shipped, UPVOTES: shipped, RELEVANCE: f"{MINILM_ID} + replyrank export/weights/{relevance.SHIPPED_RELEVANCE.name}"}
+    if generator and adapter:
+        sources[GENERATOR] = f"{SMOLLM2_ID} + replyrank export/weights/{adapter.name}" if adapter == SHIPPED_GENERATOR else f"{SMOLLM2_ID} + {adapter}"
     export_options = ExportOptions(quantize="int8", block_size=block_size, prompt_template=None if rank_only else PROMPT, scores=scores,
-                                   training=training, card=card)
+                                   training=training, card=card, sources=sources)
     # Without int8 dot products (AVX512-VNNI, AVX-VNNI) ONNX Runtime's u8 x s8 GEMMs can saturate, and the smoothed
     # dynamic-int8 layout misses the export's gate there, to be redone weight-only: start weight-only instead.
     smoothing = calibration if int8_dot_product() is not False else None

@@ -29,6 +29,8 @@ def test_default_bundle_builds_and_replies(tmp_path):
     assert info["manifest"]["training"]["generator"]["round"] == shipped["round"]  # the shipped generator adapter was merged in
     assert info["manifest"]["training"]["default_recipe"] == DEFAULT_RECIPE
     assert info["validation"]["generator_block_size"] == GENERATOR_BLOCK_SIZE
+    # the parts are named by what they were built from, not by the build's temporary folder
+    assert all("export/weights/" in manifest["sources"][part] for part in ("generator", "discriminator", "upvotes", "relevance"))
     result = CliRunner().invoke(main, ["reply", "Any tips for surviving finals week?", "--bundle", str(bundle), "--seed", "1", "--json"])
     data = json.loads(result.stdout)
     assert data["best"] is not None and data["best"]["text"]
