@@ -22,10 +22,10 @@ from .bundle import MANIFEST, REEXPORT, Bundle
 # recorded; and the shipped relevance embedder. The build writes it into the bundle's `training`, so that a cached
 # default bundle built by another recipe is told apart (`stale_default`); raise it whenever what the build produces
 # changes. "custom": built with another adapter or block (`build-default --adapter/--untuned`), the user's choice.
-DEFAULT_RECIPE = 6
+DEFAULT_RECIPE = 7
 # The same for the default ranking bundle (`build-default --rank-only`): the default bundle's scorers alone, in its own
 # folder (`default_ranking_dir`); raise it whenever what that build produces changes.
-DEFAULT_RANKING_RECIPE = 2
+DEFAULT_RANKING_RECIPE = 3
 
 
 def stale_default(bundle: Bundle) -> str | None:
