@@ -156,6 +156,7 @@ def one_reply(bot: replyrank.Bot, comment: str, options: replyrank.GenerationOpt
 def main(bundle: str, data: tuple[str, ...], comments: int, settings: tuple[int, ...], seed: int, threads: int | None, out: str) -> None:
     load_start = os.getloadavg()
     started = datetime.now(timezone.utc)
+    measured = checkout()  # the code this process loads now, before others' commits land in a shared tree
     bot = replyrank.load(bundle, threads=threads)
     groups = comments_with_replies(list(data), comments, seed)
     click.echo(f"{len(groups)} comments, {sum(map(len, groups))} real replies; settings {settings}", err=True)
@@ -171,8 +172,8 @@ def main(bundle: str, data: tuple[str, ...], comments: int, settings: tuple[int,
     report = {
         "date": started.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "finished": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "command": " ".join(["python benchmarks/length.py", *sys.argv[1:]]),
-        **checkout(),
+        "command": " ".join(["python benchmarks/length.py", *("BUNDLE" if a == bundle else a for a in sys.argv[1:])]),
+        **measured,
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "load_average_start": list(load_start),
