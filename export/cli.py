@@ -320,7 +320,7 @@ def train_all_command(
 @click.option("--lora-rank", type=int, default=None, help="Train one LoRA adapter of this rank, continued across the rounds.")
 @click.option("--held-out-data", multiple=True, help="Dumps measured each round instead of the test threads of --data (other subreddits); repeat, globs allowed.")
 @click.option("--max-reply-tokens", type=click.IntRange(min=1), default=None,
-              help="Keep only real replies of at most this many generator tokens (the deployment's max new tokens: 40), so length alone gives no fake away.")
+              help="Keep only real replies of at most this many generator tokens (e.g. the deployment's max new tokens), so length alone gives no fake away.")
 @click.option("--method", type=click.Choice(["best-of-n", "dpo"]), default="best-of-n", show_default=True,
               help="best-of-n: distill the candidates the discriminator ranks best; dpo: prefer real replies over the least human candidate, against the previous round.")
 @click.option("--dpo-beta", type=click.FloatRange(min=0, min_open=True), default=None, help="DPO's beta (default: 0.1).")
