@@ -129,10 +129,14 @@ def _build(out: Path, work: Path, adapter: Path | None, block_size: int, started
     card = CardFacts(license="apache-2.0", base_models=(MINILM_ID,) if rank_only else (SMOLLM2_ID, MINILM_ID),
                      title="replyrank default ranking bundle" if rank_only else "replyrank default bundle")
     scores = {DISCRIMINATOR: DEFAULT_SCORES[DISCRIMINATOR], UPVOTES: rankers.UPVOTE_SCORE}
-    shipped = f"{MINILM_ID} + replyrank export/weights/{rankers.SHIPPED_SCORER.name}"
-    sources = {DISCRIMINATOR: shipped, UPVOTES: shipped, RELEVANCE: f"{MINILM_ID} + replyrank export/weights/{relevance.SHIPPED_RELEVANCE.name}"}
+    # the parts are exported from `work`, a temporary folder: the manifest names what they were made from instead
+    def shipped(base: str, weights: Path) -> str:
+        return f"{base} + replyrank export/weights/{weights.name}" if weights.parent == SHIPPED_GENERATOR.parent else f"{base} + {weights}"
+
+    sources = {DISCRIMINATOR: shipped(MINILM_ID, rankers.SHIPPED_SCORER), UPVOTES: shipped(MINILM_ID, rankers.SHIPPED_SCORER),
+               RELEVANCE: shipped(MINILM_ID, relevance.SHIPPED_RELEVANCE)}
     if generator and adapter:
-        sources[GENERATOR] = f"{SMOLLM2_ID} + replyrank export/weights/{adapter.name}" if adapter == SHIPPED_GENERATOR else f"{SMOLLM2_ID} + {adapter}"
+        sources[GENERATOR] = shipped(SMOLLM2_ID, Path(adapter))
     export_options = ExportOptions(quantize="int8", block_size=block_size, prompt_template=None if rank_only else PROMPT, scores=scores,
                                    training=training, card=card, sources=sources)
     # Without int8 dot products (AVX512-VNNI, AVX-VNNI) ONNX Runtime's u8 x s8 GEMMs can saturate, and the smoothed

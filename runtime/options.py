@@ -34,7 +34,7 @@ class GenerationOptions:
     """How candidates are sampled. `temperature=0` means greedy decoding."""
 
     candidates: int = 8
-    max_new_tokens: int = 64  # at 40 a fifth of candidates hit the cap and long answers were cut (docs/quality.md, "Reply length")
+    max_new_tokens: int = 64  # room for a Reddit-length answer, so the cap rarely cuts one short (docs/quality.md, "Reply length")
     min_new_tokens: int = 1
     temperature: float = 0.7
     top_k: int = 40  # 0 disables
