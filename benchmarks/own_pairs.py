@@ -16,7 +16,8 @@ Two steps, around the commands a user runs (`train upvotes --pairs`, `export --s
   reports each upvote head's pairwise accuracy with `eval`'s bootstrap interval, length's, and the PAIRED
   difference (trained minus shipped, per pair), with an interval that resamples pairs (as `eval` does) and
   one that resamples prompts (the pairs of one comment are not independent): the claim holds only where
-  the difference's interval is above 0.
+  the difference's interval is above 0. Where the file carries the replies' Reddit scores, it also reports
+  how often they order the pairs as the file does: how much of the file's signal is the crowd's vote.
 
     D=../shared/data/reddit/college
     python benchmarks/own_pairs.py pairs --out gradschool.jsonl $D/RS_GradSchool.zst $D/RC_GradSchool.zst
@@ -183,7 +184,10 @@ def compare(shipped: str, trained: str, files: tuple[str, ...], out: str | None)
     for path in files:
         test = split_preferences(read_preferences(path))["test"]
         print(f"{Path(path).name}: scoring {len(test)} held-out pairs with each bundle", file=sys.stderr)
-        result["files"][Path(path).name] = _compare(bots, test)
+        result["files"][Path(path).name] = report = _compare(bots, test)
+        votes = _vote_agreement(path, test)
+        if votes is not None:
+            report["reddit_score"] = votes
     text = json.dumps(result, indent=2)
     if out is None:
         click.echo(text)
@@ -209,6 +213,17 @@ def _compare(bots: dict[str, replyrank.Bot], test: list[PreferencePair]) -> dict
     }
     report["score_correlation"] = float(np.corrcoef(upvotes["trained"], upvotes["shipped"])[0, 1])
     return report
+
+
+def _vote_agreement(path: str, test: list[PreferencePair]) -> dict | None:
+    """How often the replies' Reddit scores order the held-out pairs as the file does (a tie counts half), where the
+    file carries them (`pairs` writes chosen_score, rejected_score): how much of its signal is the crowd's vote."""
+    lines = Path(path).read_bytes().split(b"\n")  # PreferencePair.line counts these lines, from 1
+    rows = [json.loads(lines[p.line - 1]) for p in test]
+    if not all("chosen_score" in row and "rejected_score" in row for row in rows):
+        return None
+    outcomes = pairwise_outcomes([row["chosen_score"] for row in rows], [row["rejected_score"] for row in rows])
+    return {"accuracy": float(outcomes.mean()), "interval": list(mean_interval(outcomes, RESAMPLES))}
 
 
 def _clustered_interval(values: np.ndarray, prompts: list[str]) -> tuple[float, float]:
