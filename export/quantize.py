@@ -36,6 +36,8 @@ step. We fold the Transpose into a constant first, so the head is quantized like
 
 from __future__ import annotations
 
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -220,16 +222,10 @@ def _gated_projection(mul: onnx.NodeProto, producers: dict[str, onnx.NodeProto],
     return None
 
 
-def activation_ranges(model: onnx.ModelProto, names: list[str], calibration: Calibration) -> dict[str, np.ndarray]:
-    """Per channel, the largest |value| of each named activation over the calibration texts (fp32 graph, one pass each)."""
-    import onnxruntime as ort
-
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    probe.graph.output.extend(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None) for name in names)
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every named activation
-    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+def activation_ranges(path: Path, names: list[str], calibration: Calibration) -> dict[str, np.ndarray]:
+    """Per channel, the largest |value| of each named activation over the calibration texts (the fp32 graph at `path`,
+    one pass each)."""
+    session = _probe_session(path, names)
     ranges: dict[str, np.ndarray] = {}
     for ids in calibration.sequences:
         feed = {"input_ids": np.array([ids], dtype=np.int64)}
@@ -246,6 +242,25 @@ def activation_ranges(model: onnx.ModelProto, names: list[str], calibration: Cal
             peak = np.abs(value[:, calibration.skip :].reshape(-1, value.shape[-1])).max(0)
             ranges[name] = np.maximum(ranges[name], peak) if name in ranges else peak
     return ranges
+
+
+def _probe_session(path: Path, names: list[str]):
+    """A session of the graph at `path` that also returns the activations `names`. The probe graph is written beside it
+    without weights and reads the graph's own weights file, so the quantizer's copy of the model is not copied twice
+    more (into a probe and its serialized bytes)."""
+    import onnxruntime as ort
+
+    probe = onnx.load(str(path), load_external_data=False)
+    probe.graph.output.extend(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None) for name in names)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every named activation
+    handle, probe_path = tempfile.mkstemp(suffix=".onnx", dir=path.parent)  # beside the weights its graph names
+    os.close(handle)
+    try:
+        onnx.save(probe, probe_path)
+        return ort.InferenceSession(probe_path, options, providers=["CPUExecutionProvider"])
+    finally:
+        os.unlink(probe_path)
 
 
 def smooth(model: onnx.ModelProto, ranges: dict[str, np.ndarray], alpha: float = SMOOTHING_ALPHA) -> None:
@@ -316,7 +331,7 @@ def quantize_model(src: Path, dst: Path, scheme: str, block_size: int = BLOCK_SI
     if scheme == "int8" and calibration is not None:
         smoothed, dynamic = dynamic_layout(model)
         if smoothed:
-            smooth(model, activation_ranges(model, smoothed, calibration))
+            smooth(model, activation_ranges(src, smoothed, calibration))  # the fold above changes no activation
             layout.update(smoothing_alpha=SMOOTHING_ALPHA, calibration_texts=len(calibration.sequences))
         layout["dynamic_int8"] = to_dynamic_int8(model, dynamic)
     layout["matmul_nbits"] = sum(len(nodes) for nodes in weighted_matmuls(model).values())
