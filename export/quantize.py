@@ -318,6 +318,18 @@ def to_dynamic_int8(model: onnx.ModelProto, activations: list[str]) -> int:
     return replaced
 
 
+def _dynamic_int8(model: onnx.ModelProto, src: Path, calibration: Calibration) -> dict:
+    """Smooth the model's norm-fed activations on the calibration texts (ranges measured on the graph at `src`) and make
+    the MatMuls that read them dynamic int8, in place; what the layout records of it."""
+    smoothed, dynamic = dynamic_layout(model)
+    layout = {}
+    if smoothed:
+        smooth(model, activation_ranges(src, smoothed, calibration))  # folding transposed weights changes no activation
+        layout.update(smoothing_alpha=SMOOTHING_ALPHA, calibration_texts=len(calibration.sequences))
+    layout["dynamic_int8"] = to_dynamic_int8(model, dynamic)
+    return layout
+
+
 def quantize_model(src: Path, dst: Path, scheme: str, block_size: int = BLOCK_SIZE, calibration: Calibration | None = None) -> dict:
     """Quantize every constant-weight MatMul of `src` to `scheme` ('int8' or 'int4') into `dst`; returns the layout.
 
@@ -329,11 +341,14 @@ def quantize_model(src: Path, dst: Path, scheme: str, block_size: int = BLOCK_SI
     fold_transposed_weights(model)
     layout = {"dynamic_int8": 0, "smoothing_alpha": None, "calibration_texts": 0}
     if scheme == "int8" and calibration is not None:
-        smoothed, dynamic = dynamic_layout(model)
-        if smoothed:
-            smooth(model, activation_ranges(src, smoothed, calibration))  # the fold above changes no activation
-            layout.update(smoothing_alpha=SMOOTHING_ALPHA, calibration_texts=len(calibration.sequences))
-        layout["dynamic_int8"] = to_dynamic_int8(model, dynamic)
+        layout.update(_dynamic_int8(model, src, calibration))
+        # a protobuf model keeps every initializer it replaced until the whole model is freed: the quantizer gets the
+        # model as saved, without them
+        with tempfile.TemporaryDirectory(prefix="replyrank-quantize-") as tmp:
+            staged = Path(tmp) / "model.onnx"
+            onnx.save(model, str(staged), save_as_external_data=True, location=WEIGHTS_FILE, size_threshold=1024)
+            del model
+            model = onnx.load(str(staged))
     layout["matmul_nbits"] = sum(len(nodes) for nodes in weighted_matmuls(model).values())
     config = DefaultWeightOnlyQuantConfig(
         block_size=block_size,
