@@ -40,12 +40,16 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
 from .convert import WEIGHTS_FILE
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
 BITS = {"int8": 8, "int4": 4}
 BLOCK_SIZE = 64  # the generator's MatMulNBits block unless an export asks for another (see above)
@@ -244,7 +248,7 @@ def activation_ranges(path: Path, names: list[str], calibration: Calibration) ->
     return ranges
 
 
-def _probe_session(path: Path, names: list[str]):
+def _probe_session(path: Path, names: list[str]) -> ort.InferenceSession:
     """A session of the graph at `path` that also returns the activations `names`. The probe graph is written beside it
     without weights and reads the graph's own weights file, so the quantizer's copy of the model is not copied twice
     more (into a probe and its serialized bytes)."""
