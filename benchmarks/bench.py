@@ -78,6 +78,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--generator-source", help="override the manifest's generator source (HF folder or .gguf)")
     parser.add_argument("--discriminator-source", help="override the manifest's discriminator source folder")
     parser.add_argument("--upvotes-source", help="override the manifest's upvote-model source folder")
+    parser.add_argument("--relevance-source", help="override the manifest's relevance-embedder source folder")
     parser.add_argument("--cache", default=str(HERE / ".cache"), help="where converted peer models are kept")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds one step of a system may take: its conversion, load, a job, the rest (default 3600)")
     parser.add_argument("--comment", default=COMMENT, help="the comment to reply to")
