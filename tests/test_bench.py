@@ -11,7 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from bench import add_ratios, decode_floor, interleave  # noqa: E402
+from bench import add_ratios, decode_floor, interleave, parse  # noqa: E402
 from systems.common import KernelClock, StepBytes, onnx_step_bytes  # noqa: E402
 
 
@@ -33,6 +33,13 @@ def test_onnx_step_bytes_leave_out_the_gathered_embedding(llama_bundle):
     dims = past[0].type.tensor_type.shape.dim
     assert isinstance(found, StepBytes) and 0 < found.weights < files
     assert found.kv_per_token == len(past) * dims[1].dim_value * dims[3].dim_value * 4
+
+
+def test_every_bundle_part_has_a_source_override():
+    from replyrank.bundle import PARTS
+
+    args = parse([f"--{part}-source=elsewhere/{part}" for part in PARTS])
+    assert {part: getattr(args, f"{part}_source") for part in PARTS} == {part: f"elsewhere/{part}" for part in PARTS}
 
 
 def test_kernel_clock_counts_only_the_wrapped_calls():
