@@ -6,8 +6,8 @@
 
 The job: one fixed comment; N candidates of exactly T new tokens each (min = max new tokens, EOS
 never ends a candidate), sampled with the bundle's deployment settings (its manifest's
-`generator.sampling`: temperature 0.7, top-k 40 for bundles of today); then the discriminator and
-the upvote model on the N (comment, reply) pairs. Every system gets the same prompt token ids, the
+`generator.sampling`: temperature 0.7, top-k 40 for bundles of today); then the bundle's scorers
+(realism, upvotes, relevance) on the N (comment, reply) pairs. Every system gets the same prompt token ids, the
 same settings and the same thread count, in a process of its own (`harness.py`, one module per
 system in `systems/`), warmed up once, then timed with `perf_counter`; medians are what is
 compared, as onnxruntime-genai's `benchmark_e2e.py` does it.

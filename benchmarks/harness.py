@@ -80,7 +80,7 @@ def timed_job(system: System, n: int, t: int, seed: int) -> dict[str, Any]:
 
 
 def run_job(system: System, n: int, t: int, seed: int) -> dict[str, Any]:
-    """The reply job once: generate N × T, then both scorers; milliseconds per stage."""
+    """The reply job once: generate N × T, then the scorers; milliseconds per stage."""
     if system.job is not None:
         return system.job(n, t, seed)
     start = time.perf_counter()

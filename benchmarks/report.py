@@ -49,7 +49,7 @@ def plot(results: dict[str, Any], out: Path) -> list[str]:
         ax.yaxis.set_major_formatter(plain)
         ax.yaxis.set_minor_formatter(plain)
         ax.set_xlabel(label)
-        ax.set_ylabel("job latency, ms (generate + both scorers, median)")
+        ax.set_ylabel("job latency, ms (generate + scorers, median)")
         ax.set_title(f"reply job latency vs {axis.upper()} ({fixed}, {job['threads']} threads)")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
@@ -74,7 +74,7 @@ def markdown(results: dict[str, Any]) -> str:
         f"`{results['command']}` — {results['started']} to {results.get('finished', '–')}",
         "",
         f"Job: N = {job['n']} candidates × exactly T = {job['t']} new tokens ({job['forced_length']}), temperature {job['temperature']}, "
-        f"top-k {job['top_k']}, then both scorers on the N pairs. Prompt {job['prompt_tokens']} tokens (comment {job['comment_tokens']}). "
+        f"top-k {job['top_k']}, then the bundle's scorers on the N pairs (the realism and upvote heads, and the relevance embedder where the bundle has one). Prompt {job['prompt_tokens']} tokens (comment {job['comment_tokens']}). "
         f"{job['threads']} thread{'s' if job['threads'] != 1 else ''} for every system, each in its own process, loaded once; 1 warm-up, then {job['passes']} passes of "
         f"{job['runs_per_pass']} timed runs per system (perf_counter), the systems taking turns run by run (A B A B …; the first "
         "rotates from pass to pass), so a drift of the machine's speed hits every system alike; medians.",
@@ -90,7 +90,7 @@ def markdown(results: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
         *[system_row(name, system, results) for name, system in results["systems"].items()],
         "",
-        "- job ms: generate N × T + discriminator + upvote model, wall clock, over every timed run of every pass. replyrank's is "
+        "- job ms: generate N × T + the scorers, wall clock, over every timed run of every pass. replyrank's is "
         "`Bot.reply` (tokenizing, selection included); the peers get the prompt as token ids.",
         "- × replyrank: in each pass, the system's median job over replyrank's median job in the same pass; the median over the passes, "
         "and the smallest and largest pass (each pass's ratio is in the table of passes below).",
@@ -100,7 +100,7 @@ def markdown(results: dict[str, Any]) -> str:
         "- outside kernels: the share of the job's wall time spent outside the runtimes' compute calls (session runs, llama_decode, "
         "generate_batch...: each system's notes say which), median over the runs; tokenizing, sampling, cache moves, selection and glue. "
         "'–' where the whole generate is one library call that does its own sampling (not separable from Python).",
-        "- scoring ms: both scorers on the job's N pairs (replyrank: as timed inside `Bot.reply`).",
+        "- scoring ms: every scorer of the bundle on the job's N pairs (replyrank: as timed inside `Bot.reply`).",
         "- peak RSS: the child process's peak resident set (VmHWM) after the timed job runs / after everything (the scaling runs reach the largest N).",
     ]
     lines += passes_table(results)
