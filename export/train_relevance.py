@@ -154,9 +154,24 @@ def contrastive_loss(encoder, tokens: list[np.ndarray], parents: np.ndarray, rep
     return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
 
 
+def adapter_state(encoder) -> dict:
+    """A copy of the weights training changes (the LoRA adapter), to come back to."""
+    return {name: p.detach().clone() for name, p in encoder.named_parameters() if p.requires_grad}
+
+
+def load_adapter_state(encoder, state: dict) -> None:
+    import torch
+
+    with torch.no_grad():
+        for name, p in encoder.named_parameters():
+            if name in state:
+                p.copy_(state[name])
+
+
 def train(args) -> None:
-    """Train until the deadline; RUN gets the adapter (fp16), the cosines of the validation and held-out sets before
-    and after, and the loss curve and validation history."""
+    """Train until the deadline; RUN gets the adapter (fp16) of the best validation state (a run of several epochs
+    over one data set overfits it), the cosines of the validation and held-out sets before and after, and the loss
+    curve and validation history."""
     import torch
 
     started = time.time()
@@ -175,6 +190,7 @@ def train(args) -> None:
     valid, heldout = data["valid_sets"][: args.valid_sets], data["heldout_sets"]
     cosines = {"valid_untrained": set_cosines(encoder, tokens, valid), "heldout_untrained": set_cosines(encoder, tokens, heldout)}
     history = [{"step": 0, "seconds": 0, "valid_hits_at_1": hits_at_1(cosines["valid_untrained"])}]
+    best, best_state = history[0], adapter_state(encoder)
     trainable = [p for p in encoder.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=RECIPE["peak_lr"], weight_decay=RECIPE["weight_decay"])
     lengths = np.array([len(t) for t in tokens])[replies]
@@ -204,19 +220,26 @@ def train(args) -> None:
             next_check += interval
             history.append({"step": step, "epoch": epoch, "seconds": round(time.time() - start), "valid_hits_at_1": hits_at_1(set_cosines(encoder, tokens, valid))})
             print(f"step {step} (epoch {epoch}): {history[-1]} loss {curve[-1][1] if curve else None}", file=sys.stderr, flush=True)
+            if history[-1]["valid_hits_at_1"] > best["valid_hits_at_1"]:
+                best, best_state = history[-1], adapter_state(encoder)
     cosines["valid_trained"] = set_cosines(encoder, tokens, valid)
-    cosines["heldout_trained"] = set_cosines(encoder, tokens, heldout)
     history.append({"step": step, "epoch": epoch, "seconds": round(time.time() - start), "valid_hits_at_1": hits_at_1(cosines["valid_trained"])})
+    if history[-1]["valid_hits_at_1"] < best["valid_hits_at_1"]:
+        load_adapter_state(encoder, best_state)
+        cosines["valid_trained"] = set_cosines(encoder, tokens, valid)
+    else:
+        best = history[-1]
+    cosines["heldout_trained"] = set_cosines(encoder, tokens, heldout)
     out = Path(args.out)
     save_adapter(encoder, out / "adapter")
     np.savez_compressed(out / "cosines.npz", **{k: v.astype(np.float32) for k, v in cosines.items()})
     summary = {"steps": step, "epochs": round(step * args.batch / len(parents), 2), "train_seconds": round(time.time() - start),
-               "seconds": round(time.time() - started), "batch": args.batch, "recipe": RECIPE, "loss_curve": curve, "validation": history,
+               "seconds": round(time.time() - started), "batch": args.batch, "recipe": RECIPE, "loss_curve": curve, "validation": history, "kept": best,
                "heldout_hits_at_1": {"untrained": hits_at_1(cosines["heldout_untrained"]), "trained": hits_at_1(cosines["heldout_trained"])},
                "versions": {m: __import__(m).__version__ for m in ("torch", "transformers", "peft")},
                "device": torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu"}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    print(json.dumps({k: summary[k] for k in ("steps", "epochs", "seconds", "heldout_hits_at_1")}), file=sys.stderr)
+    print(json.dumps({k: summary[k] for k in ("steps", "epochs", "seconds", "kept", "heldout_hits_at_1")}), file=sys.stderr)
 
 
 def save_adapter(encoder, folder: Path) -> None:
@@ -311,6 +334,7 @@ def finish(data: Path, run: Path | None, out: Path, parity_pairs: int) -> dict:
                        "split": "by thread (replyrank.export.judges.load_split): train threads train, validation threads report",
                        "train_files": manifest["train_files"], "heldout_files": manifest["heldout_files"]},
               "loss_curve": summary["loss_curve"] if run else [],
+              **({"kept": summary["kept"]} if run and "kept" in summary else {}),
               "validation": summary["validation"] if run else [{"step": 0, "valid_hits_at_1": hits_at_1(cosines["valid_untrained"])}],
               "heldout": {"hits_at_1": report["hits_at_1"][trained], "ci95": report["intervals"][trained], "sets": report["sets"],
                           "untrained_cosine": report["hits_at_1"]["untrained"], "untrained_ci95": report["intervals"]["untrained"],
