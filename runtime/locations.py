@@ -15,13 +15,14 @@ from .bundle import MANIFEST, REEXPORT, Bundle
 
 
 # The version of what `replyrank build-default` builds (export.default): SmolLM2-135M-Instruct with the shipped
-# generator adapter merged, quantized at MatMulNBits block `export.default.GENERATOR_BLOCK_SIZE` with the smoothed dynamic-int8
-# projections, its graph taking an attention bias (candidates decode as one sequence, `generate.Candidates`) and
-# returning each kept position's top-k logits (export.quantize.prune_lm_head), the template prefix's cache from the
-# fp32 graph; one MiniLM scorer with the shipped Reddit realism and upvote heads and the realism threshold they
-# recorded; the shipped relevance embedder; and the deployment sampling it records (`export.assemble.DEPLOYMENT`).
-# The build writes it into the bundle's `training`, so that a cached default bundle built by another recipe is told
-# apart (`stale_default`); raise it whenever what the build produces changes. "custom": built with another adapter or block (`build-default --adapter/--untuned`), the user's choice.
+# generator adapter merged, quantized at MatMulNBits block `export.default.GENERATOR_BLOCK_SIZE` with the smoothed
+# dynamic-int8 projections, its graph taking an attention bias (candidates decode as one sequence,
+# `generate.Candidates`) and returning each kept position's top-k logits (export.quantize.prune_lm_head), the template
+# prefix's cache from the fp32 graph; one MiniLM scorer with the shipped Reddit realism and upvote heads and the
+# realism threshold they recorded; the shipped relevance embedder; and the deployment sampling it records
+# (`export.assemble.DEPLOYMENT`). The build writes it into the bundle's `training`, so that a cached default bundle
+# built by another recipe is told apart (`stale_default`); raise it whenever what the build produces changes.
+# "custom": built with another adapter or block (`build-default --adapter/--untuned`), the user's choice.
 DEFAULT_RECIPE = 8
 # The same for the default ranking bundle (`build-default --rank-only`): the default bundle's scorers alone, in its own
 # folder (`default_ranking_dir`); raise it whenever what that build produces changes.
